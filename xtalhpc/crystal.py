@@ -1,0 +1,279 @@
+"""The one crystal type every reader produces and every kernel consumes.
+
+A :class:`Crystal` holds the *full unit cell* (symmetry-expanded, special
+positions merged), so the structure factor is a plain sum over its atoms and
+systematic absences come out as F = 0 without tables.
+
+Units: cell lengths in angstrom, angles in degrees, fractional coordinates,
+isotropic displacement as B = 8 pi^2 <u^2> in angstrom^2, scattering-length
+overrides in fm.
+"""
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import reduce
+
+import numpy as np
+
+from .errors import ScatteringError, StructureError
+from .spacegroups import bravais_lattice, check_space_group, crystal_system
+
+#: B (angstrom^2) used when a file gives no displacement parameter. 0.5 A^2
+#: (Uiso ~ 0.0063 A^2) is typical of inorganic solids near room temperature;
+#: readers record where the default was used in ``Crystal.notes``.
+DEFAULT_B_ISO = 0.5
+
+_SPECIES_RE = re.compile(r"^(?P<mass>\d+)?(?P<el>[A-Z][a-z]?)(?P<charge>\d*[+-]|[+-]\d*)?$")
+
+
+def parse_species(symbol: str, source: str | None = None, field_name: str | None = None) -> tuple[str, int]:
+    """Split a species symbol into ``(nuclide, charge)``.
+
+    ``"Fe3+" -> ("Fe", 3)``, ``"O2-" -> ("O", -2)``, ``"D" -> ("D", 0)``,
+    ``"7Li" -> ("7Li", 0)``. The nuclide is an element symbol, optionally with
+    a mass number in front (an isotope), or D / T for hydrogen isotopes. It is
+    checked against ``periodictable``; anything else raises ScatteringError.
+    """
+    import periodictable
+
+    s = str(symbol).strip()
+    m = _SPECIES_RE.match(s)
+    if not m:
+        raise ScatteringError(
+            f"species {symbol!r} is not an element symbol; allowed: element symbols such as 'Fe', "
+            "isotopes such as 'D', '7Li', '11B', optional charge such as 'O2-' or 'Fe3+'",
+            source, field_name)
+    el, mass, charge_s = m.group("el"), m.group("mass"), m.group("charge") or ""
+    if el in ("D", "T") and mass is None:
+        nuclide = el
+    else:
+        try:
+            element = periodictable.elements.symbol(el)
+        except ValueError:
+            raise ScatteringError(f"unknown element {el!r} in species {symbol!r}", source, field_name) from None
+        if element.number == 0:
+            raise ScatteringError(f"species {symbol!r} is not a chemical element", source, field_name)
+        nuclide = el
+        if mass is not None:
+            try:
+                element[int(mass)]
+            except (KeyError, ValueError):
+                raise ScatteringError(f"unknown isotope {mass}{el} in species {symbol!r}", source, field_name) from None
+            nuclide = f"{int(mass)}{el}"
+    charge = 0
+    if charge_s:
+        sign = -1 if "-" in charge_s else 1
+        digits = charge_s.strip("+-")
+        charge = sign * (int(digits) if digits else 1)
+    return nuclide, charge
+
+
+def element_of(nuclide: str) -> str:
+    """Element symbol of a nuclide (``"7Li" -> "Li"``, ``"D" -> "H"``)."""
+    if nuclide in ("D", "T"):
+        return "H"
+    return nuclide.lstrip("0123456789")
+
+
+def cell_metric(cell) -> np.ndarray:
+    """Real-space metric tensor G (3x3, angstrom^2) of ``(a, b, c, alpha, beta, gamma)``."""
+    a, b, c, al, be, ga = (float(x) for x in cell)
+    ca, cb, cg = (math.cos(math.radians(x)) for x in (al, be, ga))
+    return np.array([[a * a, a * b * cg, a * c * cb],
+                     [a * b * cg, b * b, b * c * ca],
+                     [a * c * cb, b * c * ca, c * c]])
+
+
+def cell_volume(cell) -> float:
+    """Unit-cell volume in angstrom^3; NaN or <= 0 for impossible angle combinations."""
+    det = float(np.linalg.det(cell_metric(cell)))
+    return math.sqrt(det) if det > 0 else (0.0 if det == 0 else -math.sqrt(-det))
+
+
+def lattice_vectors(cell) -> np.ndarray:
+    """Rows a, b, c in Cartesian angstrom (a along x, b in the xy plane)."""
+    a, b, c, al, be, ga = (float(x) for x in cell)
+    ca, cb, cg = (math.cos(math.radians(x)) for x in (al, be, ga))
+    sg = math.sin(math.radians(ga))
+    cx = c * cb
+    cy = c * (ca - cb * cg) / sg
+    cz = math.sqrt(max(c * c - cx * cx - cy * cy, 0.0))
+    return np.array([[a, 0.0, 0.0], [b * cg, b * sg, 0.0], [cx, cy, cz]])
+
+
+def cell_from_vectors(vectors) -> np.ndarray:
+    """``(a, b, c, alpha, beta, gamma)`` of lattice vectors given as rows."""
+    v = np.asarray(vectors, dtype=float)
+    a, b, c = (float(np.linalg.norm(x)) for x in v)
+
+    def ang(x, y, nx, ny):
+        return math.degrees(math.acos(max(-1.0, min(1.0, float(np.dot(x, y)) / (nx * ny)))))
+
+    return np.array([a, b, c, ang(v[1], v[2], b, c), ang(v[0], v[2], a, c), ang(v[0], v[1], a, b)])
+
+
+@dataclass(frozen=True, eq=False)
+class Crystal:
+    """A crystal structure as the full unit cell.
+
+    Attributes
+    ----------
+    cell : ndarray, shape (6,)
+        a, b, c (angstrom), alpha, beta, gamma (degrees).
+    frac : ndarray, shape (n, 3)
+        Fractional coordinates of every atom in the unit cell, wrapped into [0, 1).
+    species : tuple of str
+        Nuclide per atom: element symbol, or isotope such as ``"D"``, ``"7Li"``.
+    occupancy : ndarray, shape (n,)
+        Site occupancy, 0 < occ <= 1.
+    b_iso : ndarray, shape (n,)
+        Isotropic displacement B = 8 pi^2 Uiso (angstrom^2), >= 0.
+    charge : ndarray, shape (n,)
+        Formal charge per atom (used by the X-ray form factors; neutrons ignore it).
+    space_group : int or None
+        International Tables number 1-230 if known.
+    source : str
+        Where the structure came from (file path, database id).
+    name : str
+        A short identifier (CIF data block, file stem, generator id).
+    scattering_length : ndarray or None
+        Per-atom bound coherent scattering length override (fm); NaN entries
+        fall back to the tables. Used to compare with codes that carry their own tables.
+    notes : tuple of str
+        What a reader assumed (defaults used, anisotropic ADPs reduced, ...).
+    """
+
+    cell: np.ndarray
+    frac: np.ndarray
+    species: tuple[str, ...]
+    occupancy: np.ndarray
+    b_iso: np.ndarray
+    charge: np.ndarray | None = None
+    space_group: int | None = None
+    source: str = ""
+    name: str = ""
+    scattering_length: np.ndarray | None = None
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        src = self.source or self.name or None
+        set_ = object.__setattr__
+        cell = np.asarray(self.cell, dtype=np.float64).reshape(-1)
+        if cell.shape != (6,):
+            raise StructureError(f"cell needs 6 numbers (a, b, c, alpha, beta, gamma), got {cell.size}", src, "cell")
+        if not np.all(np.isfinite(cell)):
+            raise StructureError(f"cell {cell.tolist()} has a non-finite value", src, "cell")
+        if np.any(cell[:3] <= 0):
+            raise StructureError(f"cell lengths {cell[:3].tolist()} must be > 0 angstrom", src, "cell")
+        if np.any(cell[3:] <= 0) or np.any(cell[3:] >= 180):
+            raise StructureError(f"cell angles {cell[3:].tolist()} must lie in (0, 180) degrees", src, "cell")
+        vol = cell_volume(cell)
+        if not vol > 1e-6:
+            raise StructureError(f"cell {cell.tolist()} has zero or negative volume ({vol:.3g} A^3)", src, "cell")
+        set_(self, "cell", cell)
+
+        frac = np.asarray(self.frac, dtype=np.float64)
+        if frac.ndim != 2 or frac.shape[1] != 3:
+            raise StructureError(f"fractional coordinates must have shape (n, 3), got {frac.shape}", src, "atoms")
+        n = frac.shape[0]
+        if n == 0:
+            raise StructureError("the structure has no atoms", src, "atoms")
+        if not np.all(np.isfinite(frac)):
+            raise StructureError("an atom has a non-finite fractional coordinate", src, "atoms")
+        set_(self, "frac", frac - np.floor(frac))
+
+        species = tuple(str(s) for s in self.species)
+        if len(species) != n:
+            raise StructureError(f"{len(species)} species for {n} atoms", src, "species")
+        charge = np.zeros(n, dtype=np.int8) if self.charge is None else np.asarray(self.charge, dtype=np.int8)
+        norm = []
+        for i, s in enumerate(species):
+            nuc, q = parse_species(s, src, "species")
+            if q and self.charge is None:
+                charge[i] = q
+            norm.append(nuc)
+        set_(self, "species", tuple(norm))
+        set_(self, "charge", charge)
+
+        occ = np.asarray(self.occupancy, dtype=np.float64).reshape(-1)
+        if occ.shape != (n,):
+            raise StructureError(f"{occ.size} occupancies for {n} atoms", src, "occupancy")
+        bad = np.flatnonzero(~(occ > 0) | ~(occ <= 1.0 + 1e-6))
+        if bad.size:
+            i = int(bad[0])
+            raise StructureError(f"occupancy {occ[i]:g} of atom {i} ({norm[i]}) is outside (0, 1]", src, "occupancy")
+        set_(self, "occupancy", np.minimum(occ, 1.0))
+
+        biso = np.asarray(self.b_iso, dtype=np.float64).reshape(-1)
+        if biso.shape != (n,):
+            raise StructureError(f"{biso.size} displacement parameters for {n} atoms", src, "b_iso")
+        bad = np.flatnonzero(~np.isfinite(biso) | (biso < 0))
+        if bad.size:
+            i = int(bad[0])
+            raise StructureError(f"B_iso {biso[i]:g} A^2 of atom {i} ({norm[i]}) must be finite and >= 0", src, "b_iso")
+        set_(self, "b_iso", biso)
+
+        if self.scattering_length is not None:
+            bl = np.asarray(self.scattering_length, dtype=np.float64).reshape(-1)
+            if bl.shape != (n,):
+                raise StructureError(f"{bl.size} scattering lengths for {n} atoms", src, "scattering_length")
+            set_(self, "scattering_length", bl)
+        if self.space_group is not None:
+            set_(self, "space_group", check_space_group(self.space_group, src, "space_group"))
+        set_(self, "notes", tuple(self.notes))
+
+    # ---- derived quantities -------------------------------------------------
+    @property
+    def n_atoms(self) -> int:
+        return int(self.frac.shape[0])
+
+    @property
+    def volume(self) -> float:
+        """Unit-cell volume in angstrom^3."""
+        return cell_volume(self.cell)
+
+    @property
+    def formula(self) -> str:
+        """Reduced chemical formula, elements in Hill order, occupancies counted."""
+        counts: Counter[str] = Counter()
+        for s, o in zip(self.species, self.occupancy):
+            counts[element_of(s)] += float(o)
+        return reduced_formula(counts)
+
+    @property
+    def crystal_system(self) -> str | None:
+        return None if self.space_group is None else crystal_system(self.space_group)
+
+    @property
+    def bravais_lattice(self) -> str | None:
+        return None if self.space_group is None else bravais_lattice(self.space_group)
+
+    def replace(self, **changes) -> "Crystal":
+        """A copy with some fields changed (validated again)."""
+        kw = {f: getattr(self, f) for f in self.__dataclass_fields__}
+        kw.update(changes)
+        return Crystal(**kw)
+
+
+def reduced_formula(counts: dict[str, float]) -> str:
+    """Hill-order reduced formula of element counts; counts are rounded to 1e-3."""
+    items = {el: round(float(c), 3) for el, c in counts.items() if c > 0}
+    if not items:
+        return ""
+    scaled = {el: int(round(c * 1000)) for el, c in items.items()}
+    g = reduce(math.gcd, scaled.values())
+    red = {el: v / g for el, v in scaled.items()}
+
+    def order(el: str):
+        if "C" in red:
+            return (0 if el == "C" else 1 if el == "H" else 2, el)
+        return (2, el)
+
+    out = []
+    for el in sorted(red, key=order):
+        v = int(red[el])
+        out.append(el if v == 1 else f"{el}{v}")
+    return "".join(out)
