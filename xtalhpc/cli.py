@@ -1,0 +1,51 @@
+"""Command-line entry point: ``xtalhpc SUBCOMMAND ...``.
+
+Each subcommand lives in its own module under ``xtalhpc/commands`` with
+``add_parser(subparsers)`` and ``run(args) -> int``; ``main(argv)`` can be
+called in-process (tests do), and heavy imports happen inside ``run``.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from . import __version__
+from .errors import XtalhpcError
+
+#: Subcommand modules, in the order ``--help`` lists them.
+COMMANDS: tuple[str, ...] = (
+    "simulate",
+    "demo",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="xtalhpc",
+        description="Simulate powder-diffraction patterns at scale and classify crystal symmetry.")
+    parser.add_argument("--version", action="version", version=f"xtalhpc {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMANDS:
+        mod = importlib.import_module(f".commands.{name}", __package__)
+        p = mod.add_parser(sub)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (0 ok, 1 some inputs failed, 2 usage or input error)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except XtalhpcError as exc:
+        print(f"xtalhpc {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
