@@ -1,0 +1,280 @@
+"""CPU launchers: batched over structures with ``prange``, pure compute.
+
+The batch layout (ragged, CSR-style) shared with the CUDA launchers:
+
+* ``recip``      (n, 6)   reciprocal metric g11, g22, g33, g12, g13, g23 (angstrom^-2)
+* ``cell_len``   (n, 3)   a, b, c (angstrom), bounds the index search
+* ``type_off``   (n+1,)   structure i owns scattering types type_off[i]:type_off[i+1]
+* ``type_atom_off`` (T+1,) type t owns atoms type_atom_off[t]:type_atom_off[t+1]
+  (atoms of one structure are contiguous and grouped by type)
+* ``type_coef``  (T, 11)  f(s) coefficients (see xtalhpc.scattering); ``type_b`` (T,) B (angstrom^2)
+* ``frac`` (N, 3), ``occ`` (N,) fractional coordinates and occupancies
+
+Reflections are enumerated on the half sphere (h > 0, or h = 0 and k > 0, or
+h = k = 0 and l > 0); Friedel mates have equal |F|^2 (no anomalous
+scattering), so each counts twice in the multiplicity.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from .physics import (bragg_theta, debye_waller, inv_d2, lorentz_factor, peak_fwhm, pseudo_voigt,
+                      scattering_amplitude)
+
+TWO_PI = 2.0 * math.pi
+RAD2DEG = 180.0 / math.pi
+
+
+@njit(cache=True, inline="always")
+def l_range(h, k, g11, g22, g33, g12, g13, g23, qmax):
+    """Integer l interval (lo, hi) whose Q may lie in (0, qmax] for fixed h, k; lo > hi if none."""
+    b = 2.0 * (g13 * h + g23 * k)
+    c = g11 * h * h + g22 * k * k + 2.0 * g12 * h * k - qmax
+    disc = b * b - 4.0 * g33 * c
+    if disc < 0.0:
+        return 1, 0
+    r = math.sqrt(disc)
+    lo = int(math.ceil((-b - r) / (2.0 * g33) - 1e-9))
+    hi = int(math.floor((-b + r) / (2.0 * g33) + 1e-9))
+    if h == 0 and k == 0 and lo < 1:
+        lo = 1
+    return lo, hi
+
+
+@njit(cache=True, inline="always")
+def index_bounds(a, b, c, qmax):
+    """|h| <= a / d_min etc.: a reciprocal vector of length <= 1/d_min has |h| = |r*.a| <= a |r*|."""
+    s = math.sqrt(qmax)
+    return int(a * s + 1e-9), int(b * s + 1e-9), int(c * s + 1e-9)
+
+
+@njit(cache=True)
+def _count_one(recip, cell_len, i, qmax):
+    g11, g22, g33, g12, g13, g23 = recip[i, 0], recip[i, 1], recip[i, 2], recip[i, 3], recip[i, 4], recip[i, 5]
+    hmax, kmax, _ = index_bounds(cell_len[i, 0], cell_len[i, 1], cell_len[i, 2], qmax)
+    n = 0
+    for h in range(0, hmax + 1):
+        k0 = 0 if h == 0 else -kmax
+        for k in range(k0, kmax + 1):
+            lo, hi = l_range(h, k, g11, g22, g33, g12, g13, g23, qmax)
+            for l in range(lo, hi + 1):
+                q = inv_d2(h, k, l, g11, g22, g33, g12, g13, g23)
+                if q > 0.0 and q <= qmax:
+                    n += 1
+    return n
+
+
+@njit(parallel=True, cache=True)
+def count_reflections(recip, cell_len, qmax, counts):
+    """Number of half-sphere reflections with 0 < Q <= qmax, per structure."""
+    for i in prange(recip.shape[0]):
+        counts[i] = _count_one(recip, cell_len, i, qmax)
+
+
+@njit(cache=True)
+def _sf_one(i, recip, cell_len, qmax, refl_off, type_off, type_atom_off, type_coef, type_b, frac, occ,
+            out_hkl, out_q, out_f2):
+    g11, g22, g33, g12, g13, g23 = recip[i, 0], recip[i, 1], recip[i, 2], recip[i, 3], recip[i, 4], recip[i, 5]
+    hmax, kmax, _ = index_bounds(cell_len[i, 0], cell_len[i, 1], cell_len[i, 2], qmax)
+    t0 = type_off[i]
+    nt = type_off[i + 1] - t0
+    a0 = type_atom_off[t0]
+    na = type_atom_off[t0 + nt] - a0
+    re = np.empty(na)
+    im = np.empty(na)
+    stc = np.empty(na)
+    sts = np.empty(na)
+    for j in range(na):
+        z = TWO_PI * frac[a0 + j, 2]
+        stc[j] = math.cos(z)
+        sts[j] = math.sin(z)
+    pos = refl_off[i]
+    for h in range(0, hmax + 1):
+        k0 = 0 if h == 0 else -kmax
+        for k in range(k0, kmax + 1):
+            lo, hi = l_range(h, k, g11, g22, g33, g12, g13, g23, qmax)
+            if lo > hi:
+                continue
+            # Phase at l = lo for every atom, then one complex multiply per step in l
+            # (the phase recurrence exp(2 pi i l z) = exp(2 pi i z)^l).
+            for j in range(na):
+                ph = TWO_PI * (h * frac[a0 + j, 0] + k * frac[a0 + j, 1] + lo * frac[a0 + j, 2])
+                o = occ[a0 + j]
+                re[j] = o * math.cos(ph)
+                im[j] = o * math.sin(ph)
+            for l in range(lo, hi + 1):
+                q = inv_d2(h, k, l, g11, g22, g33, g12, g13, g23)
+                if q > 0.0 and q <= qmax:
+                    s2 = 0.25 * q
+                    fr = 0.0
+                    fi = 0.0
+                    for tt in range(nt):
+                        t = t0 + tt
+                        sr = 0.0
+                        si = 0.0
+                        for j in range(type_atom_off[t] - a0, type_atom_off[t + 1] - a0):
+                            sr += re[j]
+                            si += im[j]
+                        wgt = scattering_amplitude(type_coef, t, s2) * debye_waller(type_b[t], s2)
+                        fr += wgt * sr
+                        fi += wgt * si
+                    out_hkl[pos, 0] = h
+                    out_hkl[pos, 1] = k
+                    out_hkl[pos, 2] = l
+                    out_q[pos] = q
+                    out_f2[pos] = fr * fr + fi * fi
+                    pos += 1
+                if l < hi:
+                    for j in range(na):
+                        r = re[j] * stc[j] - im[j] * sts[j]
+                        im[j] = re[j] * sts[j] + im[j] * stc[j]
+                        re[j] = r
+
+
+@njit(parallel=True, cache=True)
+def structure_factors(recip, cell_len, qmax, refl_off, type_off, type_atom_off, type_coef, type_b, frac, occ,
+                      out_hkl, out_q, out_f2):
+    """|F(hkl)|^2 (units of coef^2: fm^2 for neutrons) of every half-sphere reflection, per structure."""
+    for i in prange(recip.shape[0]):
+        _sf_one(i, recip, cell_len, qmax, refl_off, type_off, type_atom_off, type_coef, type_b, frac, occ,
+                out_hkl, out_q, out_f2)
+
+
+@njit(cache=True)
+def _families_one(s, e, hkl, q, f2, d_tol, f2_tol, absent_tol, fam_hkl, fam_q, fam_f2, fam_mult):
+    n = e - s
+    if n == 0:
+        return 0
+    order = np.argsort(q[s:e], kind="mergesort")
+    f2max = 0.0
+    for j in range(s, e):
+        if f2[j] > f2max:
+            f2max = f2[j]
+    floor = absent_tol * f2max
+    used = np.zeros(n, dtype=np.bool_)
+    nf = 0
+    g0 = 0
+    while g0 < n:
+        qg = q[s + order[g0]]
+        g1 = g0 + 1
+        while g1 < n and q[s + order[g1]] - qg <= d_tol * qg:
+            g1 += 1
+        # Within one d-group, reflections of equal |F|^2 form a family (symmetry-equivalent
+        # reflections have equal |F|^2; unrelated ones of equal d are kept apart).
+        for a in range(g0, g1):
+            if used[a]:
+                continue
+            ja = s + order[a]
+            fa = f2[ja]
+            m = 0
+            bh, bk, bl = hkl[ja, 0], hkl[ja, 1], hkl[ja, 2]
+            for b in range(a, g1):
+                if used[b]:
+                    continue
+                jb = s + order[b]
+                if abs(f2[jb] - fa) <= f2_tol * max(fa, f2[jb]) + 1e-300 + floor * 1e-3:
+                    used[b] = True
+                    m += 1
+                    h2, k2, l2 = hkl[jb, 0], hkl[jb, 1], hkl[jb, 2]
+                    # Representative: the member with the fewest negative indices, then largest h, k, l.
+                    nb = (h2 < 0) + (k2 < 0) + (l2 < 0)
+                    nr = (bh < 0) + (bk < 0) + (bl < 0)
+                    if nb < nr or (nb == nr and (h2, k2, l2) > (bh, bk, bl)):
+                        bh, bk, bl = h2, k2, l2
+            if fa > floor:
+                o = s + nf
+                fam_hkl[o, 0] = bh
+                fam_hkl[o, 1] = bk
+                fam_hkl[o, 2] = bl
+                fam_q[o] = qg
+                fam_f2[o] = fa
+                fam_mult[o] = 2 * m
+                nf += 1
+        g0 = g1
+    return nf
+
+
+@njit(parallel=True, cache=True)
+def reflection_families(refl_off, hkl, q, f2, d_tol, f2_tol, absent_tol, fam_hkl, fam_q, fam_f2, fam_mult,
+                        fam_count):
+    """Group reflections into families (equal d and |F|^2), sorted by d descending.
+
+    Families of structure i are written at refl_off[i]:refl_off[i] + fam_count[i]; families
+    of one d-group share the same Q value exactly. Families with |F|^2 <= absent_tol * max
+    (systematic absences, numerically ~1e-30 of the maximum) are dropped.
+    """
+    for i in prange(refl_off.shape[0] - 1):
+        fam_count[i] = _families_one(refl_off[i], refl_off[i + 1], hkl, q, f2, d_tol, f2_tol, absent_tol,
+                                     fam_hkl, fam_q, fam_f2, fam_mult)
+
+
+@njit(cache=True)
+def _render_one(i, s, nfam, fam_q, fam_f2, fam_mult, wavelengths, wweights, tt_min, step, npts, u, v, w, x, y,
+                zero, cutoff, min_fwhm, xray, pattern, fam_tt, fam_int, buf):
+    row = pattern[i]
+    j = 0
+    while j < nfam:
+        qg = fam_q[s + j]
+        jj = j
+        msum = 0.0
+        while jj < nfam and fam_q[s + jj] == qg:
+            msum += fam_mult[s + jj] * fam_f2[s + jj]
+            jj += 1
+        th0 = bragg_theta(wavelengths[0], qg)
+        if th0 > 0.0:
+            lf0 = lorentz_factor(th0, xray)
+            for f in range(j, jj):
+                fam_tt[s + f] = 2.0 * th0 * RAD2DEG + zero
+                fam_int[s + f] = fam_mult[s + f] * fam_f2[s + f] * lf0
+        else:
+            for f in range(j, jj):
+                fam_tt[s + f] = np.nan
+                fam_int[s + f] = 0.0
+        for wl in range(wavelengths.shape[0]):
+            th = bragg_theta(wavelengths[wl], qg)
+            if th <= 0.0:
+                continue
+            tt = 2.0 * th * RAD2DEG + zero
+            inten = wweights[wl] * msum * lorentz_factor(th, xray)
+            fwhm, eta = peak_fwhm(th, u, v, w, x, y, min_fwhm)
+            half = cutoff * fwhm
+            i0 = int(math.ceil((tt - half - tt_min) / step))
+            i1 = int(math.floor((tt + half - tt_min) / step))
+            if i1 < 0 or i0 >= npts:
+                continue
+            # A window wider than the grid itself (huge widths near 2theta = 180) is cut one
+            # grid length beyond either end; ``buf`` holds 3 * npts + 1 points.
+            if i0 < -npts:
+                i0 = -npts
+            if i1 > 2 * npts:
+                i1 = 2 * npts
+            total = 0.0
+            for p in range(i0, i1 + 1):
+                val = pseudo_voigt(tt_min + p * step - tt, fwhm, eta)
+                buf[p - i0] = val
+                total += val
+            if total <= 0.0:
+                continue
+            # Renormalise the truncated profile to unit area so sum(pattern) * step equals the
+            # integrated intensity for a peak whose window lies on the grid.
+            scale = inten / (total * step)
+            for p in range(max(i0, 0), min(i1, npts - 1) + 1):
+                row[p] += scale * buf[p - i0]
+        j = jj
+
+
+@njit(parallel=True, cache=True)
+def render_patterns(fam_off, fam_count, fam_q, fam_f2, fam_mult, wavelengths, wweights, tt_min, step, u, v, w,
+                    x, y, zero, cutoff, min_fwhm, xray, pattern, fam_tt, fam_int):
+    """Sum pseudo-Voigt peaks onto each structure's row of ``pattern`` (n, npts).
+
+    Also fills 2theta (degrees, first wavelength) and integrated intensity m |F|^2 L of every family.
+    """
+    npts = pattern.shape[1]
+    for i in prange(pattern.shape[0]):
+        buf = np.empty(3 * npts + 1)
+        _render_one(i, fam_off[i], fam_count[i], fam_q, fam_f2, fam_mult, wavelengths, wweights, tt_min, step,
+                    npts, u, v, w, x, y, zero, cutoff, min_fwhm, xray, pattern, fam_tt, fam_int, buf)

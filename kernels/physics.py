@@ -1,0 +1,111 @@
+"""Scalar physics, written once, compiled for two targets.
+
+Every formula of the simulator lives here as a small ``numba.njit`` function
+on scalars. The CPU launchers (``kernels/cpu.py``) call them from ``njit``
+code; the CUDA launchers (``kernels/cuda.py``) call the very same functions
+from ``cuda.jit`` kernels (numba-cuda compiles an ``njit`` function for the
+device when a kernel calls it). Nothing here allocates, reads files or logs.
+
+Units: angles in radians unless a name says ``deg``; Q = 1/d^2 (angstrom^-2);
+s = sin(theta)/lambda = 1/(2d) so s^2 = Q/4; peak widths in degrees.
+"""
+from __future__ import annotations
+
+import math
+
+from numba import njit
+
+#: 8 ln 2: Gaussian FWHM^2 = 8 ln2 sigma^2.
+EIGHT_LN2 = 5.545177444479562
+#: Centidegree^2 -> degree^2 and centidegree -> degree (GSAS profile units).
+CENTI2 = 1.0e-4
+CENTI = 1.0e-2
+
+
+@njit(cache=True, inline="always")
+def inv_d2(h, k, l, g11, g22, g33, g12, g13, g23):
+    """Q = 1/d^2 = h^T G* h for the reciprocal metric G* (angstrom^-2)."""
+    return (h * h * g11 + k * k * g22 + l * l * g33
+            + 2.0 * (h * k * g12 + h * l * g13 + k * l * g23))
+
+
+@njit(cache=True, inline="always")
+def scattering_amplitude(coef, t, s2):
+    """f(s) = c + sum_i a_i exp(-b_i s^2) for row ``t`` of the (T, 11) coefficient table.
+
+    Neutron rows have a_i = 0 (f = b_c in fm); the exponentials are skipped then.
+    """
+    f = coef[t, 0]
+    for i in range(5):
+        a = coef[t, 1 + i]
+        if a != 0.0:
+            f += a * math.exp(-coef[t, 6 + i] * s2)
+    return f
+
+
+@njit(cache=True, inline="always")
+def debye_waller(b_iso, s2):
+    """Isotropic Debye-Waller factor exp(-B s^2) (B in angstrom^2, s^2 in angstrom^-2)."""
+    return math.exp(-b_iso * s2)
+
+
+@njit(cache=True, inline="always")
+def bragg_theta(wavelength, q):
+    """Bragg angle theta (radians) for Q = 1/d^2; -1 if the reflection is beyond 2theta = 180."""
+    x = 0.5 * wavelength * math.sqrt(q)
+    if x >= 1.0:
+        return -1.0
+    return math.asin(x)
+
+
+@njit(cache=True, inline="always")
+def lorentz_factor(theta, xray):
+    """Powder Lorentz factor 1/(sin^2 th cos th); X-ray adds polarisation (1 + cos^2 2th)/2."""
+    s = math.sin(theta)
+    lf = 1.0 / (s * s * math.cos(theta))
+    if xray:
+        c2 = math.cos(2.0 * theta)
+        lf *= 0.5 * (1.0 + c2 * c2)
+    return lf
+
+
+@njit(cache=True, inline="always")
+def peak_fwhm(theta, u, v, w, x, y, min_fwhm):
+    """TCH pseudo-Voigt (FWHM in degrees, Lorentzian fraction eta) at Bragg angle ``theta``.
+
+    Gaussian: sigma^2 = U tan^2 + V tan + W (centideg^2), FWHM_G = sqrt(8 ln2 sigma^2).
+    Lorentzian: FWHM_L = X / cos + Y tan (centideg). Combined by Thompson, Cox &
+    Hastings (1987): the FWHM polynomial and eta(q = FWHM_L / FWHM).
+    ``min_fwhm`` (degrees) keeps a peak resolvable on the grid where U, V, W dip to zero.
+    """
+    t = math.tan(theta)
+    sig2 = (u * t * t + v * t + w) * CENTI2
+    if sig2 < 0.0:
+        sig2 = 0.0
+    fg = math.sqrt(EIGHT_LN2 * sig2)
+    fl = (x / math.cos(theta) + y * t) * CENTI
+    fg2 = fg * fg
+    fl2 = fl * fl
+    f5 = (fg2 * fg2 * fg + 2.69269 * fg2 * fg2 * fl + 2.42843 * fg2 * fg * fl2
+          + 4.47163 * fg2 * fl2 * fl + 0.07842 * fg * fl2 * fl2 + fl2 * fl2 * fl)
+    fwhm = f5 ** 0.2 if f5 > 0.0 else 0.0
+    if fwhm < min_fwhm:
+        # Broaden both parts alike so eta is kept.
+        if fwhm > 0.0:
+            fl *= min_fwhm / fwhm
+        fwhm = min_fwhm
+    q = fl / fwhm
+    eta = q * (1.36603 - q * (0.47719 - q * 0.11116))
+    if eta > 1.0:
+        eta = 1.0
+    return fwhm, eta
+
+
+@njit(cache=True, inline="always")
+def pseudo_voigt(dx, fwhm, eta):
+    """Unit-area pseudo-Voigt at offset ``dx`` (degrees) from the peak centre."""
+    hw = 0.5 * fwhm
+    z = dx / hw
+    lor = 1.0 / (math.pi * hw * (1.0 + z * z))
+    gau = 0.9394372786996513 / fwhm * math.exp(-2.772588722239781 * (dx / fwhm) ** 2)
+    return eta * lor + (1.0 - eta) * gau

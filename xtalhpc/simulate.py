@@ -1,0 +1,395 @@
+"""Powder patterns from crystals: packing, backend dispatch, results.
+
+This module turns :class:`~xtalhpc.crystal.Crystal` objects into the ragged
+arrays the kernels take (``xtalhpc_kernels``), calls the CPU or CUDA
+launchers, and wraps what comes back. The physics itself lives in
+``kernels/physics.py`` only.
+"""
+from __future__ import annotations
+
+import csv
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .crystal import Crystal, cell_metric
+from .errors import InputError
+from .instruments import Instrument, get_instrument
+from .scattering import N_COEFF, scattering_coefficients
+
+#: Largest number of half-sphere reflections one structure may have (about 28 bytes
+#: each while computing, twice that with families: ~110 MB). On the BT-1 grid
+#: (d_min 0.775 A) this is a cell of ~440,000 A^3.
+MAX_REFLECTIONS = 2_000_000
+#: Reflections whose Q = 1/d^2 agree to this relative tolerance are one peak.
+D_TOL = 1e-9
+#: Reflections of one d whose |F|^2 agree to this relative tolerance are one family.
+F2_TOL = 1e-6
+#: Families with |F|^2 below this fraction of the structure's strongest are absent
+#: (systematic absences come out at ~1e-30 of the maximum in float64).
+ABSENT_TOL = 1e-12
+#: A rendered peak is never narrower than this many grid steps (FWHM), so it stays sampled.
+MIN_FWHM_STEPS = 0.5
+#: Reflections computed per kernel call at most; bounds memory for any batch size.
+CHUNK_REFLECTIONS = 4_000_000
+
+
+@dataclass
+class Reflections:
+    """Reflection families of one pattern, strongest d first (d descending).
+
+    ``multiplicity`` counts every member (both Friedel mates). ``F2`` is |F|^2 of one
+    member (fm^2 for neutrons, electrons^2 for X-rays); ``intensity`` = m |F|^2 L(theta)
+    at the first wavelength (X-ray L includes (1 + cos^2 2theta)/2).
+    """
+
+    hkl: np.ndarray
+    d: np.ndarray
+    two_theta: np.ndarray
+    multiplicity: np.ndarray
+    F2: np.ndarray
+    intensity: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.d.shape[0])
+
+    def write_csv(self, path: str | Path) -> None:
+        """CSV with columns h, k, l, d, two_theta, multiplicity, F2, intensity (one row per family)."""
+        with open(path, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["h", "k", "l", "d", "two_theta", "multiplicity", "F2", "intensity"])
+            for j in range(len(self)):
+                h, k, l = (int(x) for x in self.hkl[j])
+                w.writerow([h, k, l, f"{self.d[j]:.6f}", f"{self.two_theta[j]:.5f}", int(self.multiplicity[j]),
+                            f"{self.F2[j]:.8g}", f"{self.intensity[j]:.8g}"])
+
+
+@dataclass
+class Pattern:
+    """A simulated powder pattern: intensity per degree on the instrument's 2theta grid."""
+
+    two_theta: np.ndarray
+    intensity: np.ndarray
+    reflections: Reflections
+    crystal: Crystal
+    instrument: Instrument
+    device: str = "cpu"
+
+    def write_xye(self, path: str | Path) -> None:
+        """Three columns 2theta, intensity, sigma (sqrt of the intensity scaled to 1e5 counts max)."""
+        from .io_patterns import write_xye
+
+        write_xye(path, self.two_theta, self.intensity, header=self._header())
+
+    def write_reflections(self, path: str | Path) -> None:
+        self.reflections.write_csv(path)
+
+    def plot(self, path: str | Path) -> None:
+        from .plotting import plot_pattern
+
+        plot_pattern(self, path)
+
+    def _header(self) -> str:
+        c = self.crystal
+        inst = self.instrument
+        cell = " ".join(f"{x:.5g}" for x in c.cell)
+        return (f"xtalhpc simulated {inst.radiation} pattern | {c.formula} | sg {c.space_group} | cell {cell} | "
+                f"instrument {inst.name} lambda {','.join(f'{w:g}' for w in inst.wavelengths)} A | source {c.source}")
+
+
+@dataclass
+class BatchResult:
+    """Patterns of a batch, with a ragged list of reflection families.
+
+    Families of structure i are rows ``peak_offsets[i]:peak_offsets[i+1]`` of the ``peak_*``
+    arrays. Failed structures (``ok[i]`` false, reason in ``errors[i]``) have a zero
+    pattern and no families.
+    """
+
+    two_theta: np.ndarray
+    patterns: np.ndarray
+    ok: np.ndarray
+    errors: dict[int, str]
+    peak_offsets: np.ndarray
+    peak_hkl: np.ndarray
+    peak_d: np.ndarray
+    peak_two_theta: np.ndarray
+    peak_multiplicity: np.ndarray
+    peak_F2: np.ndarray
+    peak_intensity: np.ndarray
+    device: str = "cpu"
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.patterns.shape[0])
+
+    def reflections(self, i: int) -> Reflections:
+        s, e = int(self.peak_offsets[i]), int(self.peak_offsets[i + 1])
+        return Reflections(self.peak_hkl[s:e], self.peak_d[s:e], self.peak_two_theta[s:e],
+                           self.peak_multiplicity[s:e], self.peak_F2[s:e], self.peak_intensity[s:e])
+
+
+@dataclass
+class PackedBatch:
+    """Crystals packed into the kernels' ragged layout (see ``kernels/cpu.py``)."""
+
+    recip: np.ndarray
+    cell_len: np.ndarray
+    type_off: np.ndarray
+    type_atom_off: np.ndarray
+    type_coef: np.ndarray
+    type_b: np.ndarray
+    frac: np.ndarray
+    occ: np.ndarray
+
+
+def _scattering_types(c: Crystal, radiation: str):
+    """Group atoms by (species, charge, length override, B): one f(s) and one Debye-Waller per type."""
+    n = c.n_atoms
+    species_ids: dict[tuple, int] = {}
+    sid = np.empty(n, dtype=np.int64)
+    bover = c.scattering_length if c.scattering_length is not None else np.full(n, np.nan)
+    for j in range(n):
+        key = (c.species[j], int(c.charge[j]) if radiation == "xray" else 0,
+               None if not np.isfinite(bover[j]) else float(bover[j]))
+        sid[j] = species_ids.setdefault(key, len(species_ids))
+    keys = np.stack([sid.astype(np.float64), c.b_iso], axis=1)
+    uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    order = np.argsort(inverse, kind="stable")
+    counts = np.bincount(inverse, minlength=len(uniq))
+    rev = {v: k for k, v in species_ids.items()}
+    coef = np.empty((len(uniq), N_COEFF))
+    for t, (s_idx, _) in enumerate(uniq):
+        nuclide, charge, bo = rev[int(s_idx)]
+        try:
+            coef[t] = scattering_coefficients(nuclide, radiation, charge, bo)
+        except InputError as exc:
+            raise type(exc)(exc.message, c.source or c.name, "species") from None
+    return order, counts, coef, uniq[:, 1].copy()
+
+
+def pack(crystals: Sequence[Crystal], radiation: str) -> PackedBatch:
+    """Pack crystals into the kernels' layout (raises InputError naming the crystal's source)."""
+    n = len(crystals)
+    recip = np.empty((n, 6))
+    cell_len = np.empty((n, 3))
+    type_off = np.zeros(n + 1, dtype=np.int64)
+    parts_counts, parts_coef, parts_b, parts_frac, parts_occ = [], [], [], [], []
+    for i, c in enumerate(crystals):
+        gstar = np.linalg.inv(cell_metric(c.cell))
+        recip[i] = gstar[0, 0], gstar[1, 1], gstar[2, 2], gstar[0, 1], gstar[0, 2], gstar[1, 2]
+        cell_len[i] = c.cell[:3]
+        order, counts, coef, bt = _scattering_types(c, radiation)
+        type_off[i + 1] = type_off[i] + len(counts)
+        parts_counts.append(counts)
+        parts_coef.append(coef)
+        parts_b.append(bt)
+        parts_frac.append(c.frac[order])
+        parts_occ.append(c.occupancy[order])
+    counts = np.concatenate(parts_counts) if n else np.zeros(0, dtype=np.int64)
+    type_atom_off = np.zeros(len(counts) + 1, dtype=np.int64)
+    np.cumsum(counts, out=type_atom_off[1:])
+    return PackedBatch(
+        recip=recip, cell_len=cell_len, type_off=type_off, type_atom_off=type_atom_off,
+        type_coef=np.concatenate(parts_coef) if n else np.zeros((0, N_COEFF)),
+        type_b=np.concatenate(parts_b) if n else np.zeros(0),
+        frac=np.ascontiguousarray(np.concatenate(parts_frac)) if n else np.zeros((0, 3)),
+        occ=np.concatenate(parts_occ) if n else np.zeros(0))
+
+
+def subset(p: PackedBatch, idx: np.ndarray) -> PackedBatch:
+    """The packed structures ``idx`` as a batch of their own."""
+    tparts, aparts, t_off, ta_counts = [], [], [0], []
+    for i in idx:
+        t0, t1 = p.type_off[i], p.type_off[i + 1]
+        tparts.append(np.arange(t0, t1))
+        aparts.append(np.arange(p.type_atom_off[t0], p.type_atom_off[t1]))
+        t_off.append(t_off[-1] + t1 - t0)
+        ta_counts.append(np.diff(p.type_atom_off[t0:t1 + 1]))
+    t = np.concatenate(tparts) if tparts else np.zeros(0, dtype=np.int64)
+    a = np.concatenate(aparts) if aparts else np.zeros(0, dtype=np.int64)
+    cnt = np.concatenate(ta_counts) if ta_counts else np.zeros(0, dtype=np.int64)
+    ta_off = np.zeros(len(cnt) + 1, dtype=np.int64)
+    np.cumsum(cnt, out=ta_off[1:])
+    return PackedBatch(p.recip[idx], p.cell_len[idx], np.asarray(t_off, dtype=np.int64), ta_off,
+                       p.type_coef[t], p.type_b[t], np.ascontiguousarray(p.frac[a]), p.occ[a])
+
+
+def qmax_of(instrument: Instrument) -> float:
+    """Largest Q = 1/d^2 whose peak centre can fall on the grid."""
+    return 1.0 / instrument.d_min ** 2
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; ``cuda`` without a GPU is an error."""
+    from .backend import resolve_device as _resolve
+
+    return _resolve(device)
+
+
+def _run_cpu(p: PackedBatch, counts: np.ndarray, inst: Instrument, timings: dict) -> tuple:
+    from xtalhpc_kernels import cpu
+
+    n = p.recip.shape[0]
+    qmax = qmax_of(inst)
+    refl_off = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(counts, out=refl_off[1:])
+    m = int(refl_off[-1])
+    t = time.perf_counter()
+    hkl = np.empty((m, 3), dtype=np.int32)
+    q = np.empty(m)
+    f2 = np.empty(m)
+    cpu.structure_factors(p.recip, p.cell_len, qmax, refl_off, p.type_off, p.type_atom_off, p.type_coef, p.type_b,
+                          p.frac, p.occ, hkl, q, f2)
+    t2 = time.perf_counter()
+    timings["structure_factors"] = timings.get("structure_factors", 0.0) + t2 - t
+    fam_hkl = np.empty((m, 3), dtype=np.int32)
+    fam_q = np.empty(m)
+    fam_f2 = np.empty(m)
+    fam_mult = np.empty(m, dtype=np.int32)
+    fam_count = np.zeros(n, dtype=np.int64)
+    cpu.reflection_families(refl_off, hkl, q, f2, D_TOL, F2_TOL, ABSENT_TOL, fam_hkl, fam_q, fam_f2, fam_mult,
+                            fam_count)
+    t3 = time.perf_counter()
+    timings["families"] = timings.get("families", 0.0) + t3 - t2
+    patterns = np.zeros((n, inst.n_points))
+    fam_tt = np.empty(m)
+    fam_int = np.empty(m)
+    cpu.render_patterns(refl_off[:-1], fam_count, fam_q, fam_f2, fam_mult,
+                        np.asarray(inst.wavelengths, dtype=np.float64),
+                        np.asarray(inst.wavelength_weights, dtype=np.float64), inst.two_theta_min,
+                        inst.two_theta_step, inst.U, inst.V, inst.W, inst.X, inst.Y, inst.zero, inst.profile_cutoff,
+                        MIN_FWHM_STEPS * inst.two_theta_step, inst.radiation == "xray", patterns, fam_tt, fam_int)
+    timings["profiles"] = timings.get("profiles", 0.0) + time.perf_counter() - t3
+    return refl_off, fam_count, fam_hkl, fam_q, fam_f2, fam_mult, fam_tt, fam_int, patterns
+
+
+def _gather(refl_off: np.ndarray, fam_count: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices of every structure's families, and the compacted offsets."""
+    offsets = np.zeros(len(fam_count) + 1, dtype=np.int64)
+    np.cumsum(fam_count, out=offsets[1:])
+    idx = np.repeat(refl_off[:-1] - offsets[:-1], fam_count) + np.arange(offsets[-1])
+    return idx, offsets
+
+
+def simulate_batch(crystals: Sequence[Crystal], instrument: "str | Instrument" = "bt1-cu311", *,
+                   device: str = "cpu", on_error: str = "raise",
+                   max_reflections: int = MAX_REFLECTIONS) -> BatchResult:
+    """Simulate the powder pattern of every crystal on the instrument's grid.
+
+    Parameters
+    ----------
+    crystals : sequence of Crystal
+    instrument : str or Instrument
+        Preset name, TOML path or an Instrument.
+    device : {"cpu", "cuda", "auto"}
+    on_error : {"raise", "collect"}
+        ``collect`` records a failing structure in ``errors`` (zero pattern) and goes on.
+    max_reflections : int
+        Cap on half-sphere reflections per structure (:data:`MAX_REFLECTIONS`).
+    """
+    if on_error not in ("raise", "collect"):
+        raise InputError(f"on_error {on_error!r} is not 'raise' or 'collect'", field="on_error")
+    inst = get_instrument(instrument)
+    dev = resolve_device(device)
+    n = len(crystals)
+    errors: dict[int, str] = {}
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    # Check scattering data one structure at a time so a species without data fails only its own.
+    ok_idx: list[int] = []
+    packs: list[Crystal] = []
+    for i, c in enumerate(crystals):
+        if not isinstance(c, Crystal):
+            raise InputError(f"item {i} is a {type(c).__name__}, not a Crystal", field="crystals")
+        try:
+            _scattering_types(c, inst.radiation)
+        except InputError as exc:
+            if on_error == "raise":
+                raise
+            errors[i] = str(exc)
+            continue
+        ok_idx.append(i)
+        packs.append(c)
+    p = pack(packs, inst.radiation)
+    timings["pack"] = time.perf_counter() - t0
+    from xtalhpc_kernels import cpu
+
+    counts = np.zeros(len(ok_idx), dtype=np.int64)
+    t1 = time.perf_counter()
+    cpu.count_reflections(p.recip, p.cell_len, qmax_of(inst), counts)
+    timings["count"] = time.perf_counter() - t1
+    too_many = np.flatnonzero(counts > max_reflections)
+    for j in too_many:
+        c = crystals[ok_idx[j]]
+        msg = (f"{c.source or c.name}: field 'cell': {int(counts[j]):,} reflections to d_min = "
+               f"{inst.d_min:.4f} A exceed the cap of {max_reflections:,} (cell volume {c.volume:.0f} A^3); "
+               "use a smaller cell, a shorter 2theta range or raise max_reflections")
+        if on_error == "raise":
+            raise InputError(msg.split(": field 'cell': ", 1)[1], c.source or c.name, "cell")
+        errors[ok_idx[j]] = msg
+    keep = np.flatnonzero(counts <= max_reflections)
+
+    patterns = np.zeros((n, inst.n_points))
+    ok = np.zeros(n, dtype=bool)
+    fam_parts: list[tuple] = []
+    per_item_counts = np.zeros(n, dtype=np.int64)
+    # Chunks bounded by reflection count keep memory flat for any batch size.
+    start = 0
+    while start < len(keep):
+        stop = start
+        tot = 0
+        while stop < len(keep) and (stop == start or tot + counts[keep[stop]] <= CHUNK_REFLECTIONS):
+            tot += counts[keep[stop]]
+            stop += 1
+        sel = keep[start:stop]
+        sub = subset(p, sel) if len(sel) != p.recip.shape[0] else p
+        if dev == "cuda":
+            from .backend import run_cuda
+
+            out = run_cuda(sub, counts[sel], inst, timings)
+        else:
+            out = _run_cpu(sub, counts[sel], inst, timings)
+        refl_off, fam_count, fam_hkl, fam_q, fam_f2, fam_mult, fam_tt, fam_int, pats = out
+        idx, _ = _gather(refl_off, fam_count)
+        items = np.asarray([ok_idx[j] for j in sel], dtype=np.int64)
+        patterns[items] = pats
+        ok[items] = True
+        per_item_counts[items] = fam_count
+        fam_parts.append((items, fam_count, fam_hkl[idx], fam_q[idx], fam_f2[idx], fam_mult[idx], fam_tt[idx],
+                          fam_int[idx]))
+        start = stop
+
+    # Reassemble the families in input order.
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(per_item_counts, out=offsets[1:])
+    m = int(offsets[-1])
+    hkl = np.empty((m, 3), dtype=np.int32)
+    qv = np.empty(m)
+    f2 = np.empty(m)
+    mult = np.empty(m, dtype=np.int32)
+    tt = np.empty(m)
+    inten = np.empty(m)
+    for items, fc, a_hkl, a_q, a_f2, a_m, a_tt, a_i in fam_parts:
+        dst = np.repeat(offsets[items], fc) + (np.arange(len(a_q)) - np.repeat(np.cumsum(fc) - fc, fc))
+        hkl[dst], qv[dst], f2[dst], mult[dst], tt[dst], inten[dst] = a_hkl, a_q, a_f2, a_m, a_tt, a_i
+    timings["total"] = time.perf_counter() - t0
+    return BatchResult(two_theta=inst.two_theta, patterns=patterns, ok=ok, errors=errors, peak_offsets=offsets,
+                       peak_hkl=hkl, peak_d=1.0 / np.sqrt(qv), peak_two_theta=tt, peak_multiplicity=mult,
+                       peak_F2=f2, peak_intensity=inten, device=dev, timings=timings)
+
+
+def simulate(crystal: Crystal, instrument: "str | Instrument" = "bt1-cu311", *, device: str = "cpu") -> Pattern:
+    """Simulate one crystal's powder pattern on ``instrument`` (preset name, TOML path or Instrument).
+
+    Returns a :class:`Pattern` with the 2theta grid (degrees), the intensity per degree and
+    the reflection families (hkl, d, 2theta, multiplicity, |F|^2, integrated intensity).
+    """
+    inst = get_instrument(instrument)
+    res = simulate_batch([crystal], inst, device=device, on_error="raise")
+    return Pattern(two_theta=res.two_theta, intensity=res.patterns[0], reflections=res.reflections(0),
+                   crystal=crystal, instrument=inst, device=res.device)
