@@ -31,8 +31,9 @@ F2_TOL = 1e-6
 #: Families with |F|^2 below this fraction of the structure's strongest are absent
 #: (systematic absences come out at ~1e-30 of the maximum in float64).
 ABSENT_TOL = 1e-12
-#: A rendered peak is never narrower than this many grid steps (FWHM), so it stays sampled.
-MIN_FWHM_STEPS = 0.5
+#: A rendered peak is never narrower than this many grid steps (FWHM), so it stays sampled
+#: (the discrete sum of a profile then equals its integral to ~1e-5).
+MIN_FWHM_STEPS = 2.0
 #: Reflections computed per kernel call at most; bounds memory for any batch size.
 CHUNK_REFLECTIONS = 4_000_000
 

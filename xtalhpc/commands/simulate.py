@@ -1,0 +1,100 @@
+"""``xtalhpc simulate FILE... --instrument NAME``: patterns of structure files.
+
+Writes the pattern as .xye, the reflection families as CSV and a PNG plot.
+With one structure each OUT is a file name; with several, OUT names a
+directory and files are named after each structure. A file that cannot be
+read or simulated is reported and the others still run (exit status 1).
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("simulate", help="simulate powder patterns of structure files (CIF, .ncmat, POSCAR)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("files", nargs="+", metavar="FILE", help="structure files (CIF, .ncmat, POSCAR)")
+    add_simulation_options(p)
+    p.add_argument("--xye", metavar="OUT", help="write the pattern (2theta, intensity, sigma) as .xye")
+    p.add_argument("--reflections", metavar="OUT", help="write the reflection families as CSV")
+    p.add_argument("--plot", metavar="OUT", help="write a PNG plot with reflection ticks")
+    return p
+
+
+def add_simulation_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by every command that computes patterns."""
+    p.add_argument("--instrument", default="bt1-cu311",
+                   help="preset name (see `xtalhpc simulate --list-instruments`) or a TOML file "
+                        "[path.toml or path.toml:name] (default: bt1-cu311)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="compute backend; auto picks CUDA when a GPU is visible (default: auto)")
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", name).strip("_") or "structure"
+
+
+def _targets(out: str | None, names: list[str], suffix: str) -> list[Path | None]:
+    if out is None:
+        return [None] * len(names)
+    if len(names) == 1 and not out.endswith("/") and not Path(out).is_dir():
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        return [Path(out)]
+    d = Path(out)
+    d.mkdir(parents=True, exist_ok=True)
+    seen: dict[str, int] = {}
+    paths = []
+    for n in names:
+        base = _safe(n)
+        k = seen.get(base, 0)
+        seen[base] = k + 1
+        paths.append(d / f"{base if k == 0 else f'{base}-{k}'}{suffix}")
+    return paths
+
+
+def run(args) -> int:
+    from ..backend import resolve_device
+    from ..errors import XtalhpcError
+    from ..instruments import get_instrument
+    from ..io import read_structures
+    from ..simulate import Pattern, simulate_batch
+
+    inst = get_instrument(args.instrument)
+    device = resolve_device(args.device, announce=args.device == "auto")
+    crystals, names, failures = [], [], []
+    for f in args.files:
+        try:
+            cs = read_structures(f)
+        except XtalhpcError as exc:
+            failures.append((f, str(exc)))
+            continue
+        for c in cs:
+            crystals.append(c)
+            names.append(c.name if len(cs) == 1 else f"{Path(f).stem}_{c.name}")
+    res = simulate_batch(crystals, inst, device=device, on_error="collect")
+    xye = _targets(args.xye, names, ".xye")
+    csvs = _targets(args.reflections, names, ".csv")
+    pngs = _targets(args.plot, names, ".png")
+    for i, c in enumerate(crystals):
+        if not res.ok[i]:
+            failures.append((c.source or names[i], res.errors[i]))
+            continue
+        pat = Pattern(res.two_theta, res.patterns[i], res.reflections(i), c, inst, res.device)
+        r = pat.reflections
+        on = (r.two_theta >= inst.two_theta_min) & (r.two_theta <= inst.two_theta_max)
+        print(f"{names[i]}: {c.formula}, SG {c.space_group}, {c.n_atoms} atoms, "
+              f"{int(on.sum())} reflection families on the grid ({inst.name}, {res.device})")
+        if xye[i]:
+            pat.write_xye(xye[i])
+        if csvs[i]:
+            pat.write_reflections(csvs[i])
+        if pngs[i]:
+            pat.plot(pngs[i])
+    for src, msg in failures:
+        print(f"FAILED {src}: {msg}", file=sys.stderr)
+    n_ok = int(res.ok.sum())
+    print(f"{n_ok} simulated, {len(failures)} failed, of {n_ok + len(failures)} inputs")
+    return 1 if failures else 0
