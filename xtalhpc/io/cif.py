@@ -1,0 +1,567 @@
+"""CIF reader: every data block of a CIF file -> :class:`~xtalhpc.crystal.Crystal`.
+
+gemmi parses the file (fast, and its parse errors carry the line number); the
+crystallography is done here, so each convention is visible and tested:
+
+* **Cell** from ``_cell_length_*`` / ``_cell_angle_*``. A missing angle takes the
+  CIF dictionary default of 90 deg only where the space group forces it
+  (orthorhombic, tetragonal, cubic); otherwise it is an error.
+* **Symmetry**, first match wins: the symmetry-operator loop
+  (``_space_group_symop_operation_xyz``, ``_symmetry_equiv_pos_as_xyz``, their
+  DDL2 spellings, or the magnetic operation x centering loops of an mCIF, time
+  reversal ignored), else the Hall symbol, else the Hermann-Mauguin symbol,
+  else the IT number (standard setting, noted). With none of these the atoms
+  are taken as the whole cell (P1) and this is noted. An operator list that is
+  not a group is completed to one (noted).
+* **Space-group number**: the group the operators used for the expansion form
+  (gemmi's table, which knows the common non-standard settings), else spglib's
+  classification of those operators with the cell, else the IT-number tag.
+* **Full cell**: each site is mapped through every operator and images closer
+  than :data:`MERGE_TOL` angstrom to an earlier image of the same site are
+  merged (special positions). Different sites are never merged.
+* **Species** from ``_atom_site_type_symbol`` (charges kept for the Crystal,
+  which strips them; D and isotopes such as 7Li survive), else from the label.
+* **Displacement**: anisotropic U, B or beta of ``_atom_site_aniso_*`` reduced to
+  U_eq = trace(U_cart) / 3 in the Cartesian (orthogonalised) frame; else
+  ``_atom_site_U_iso_or_equiv``; else ``_atom_site_B_iso_or_equiv``; else
+  :data:`~xtalhpc.crystal.DEFAULT_B_ISO` (noted). B = 8 pi^2 U.
+* **Occupancy** ``_atom_site_occupancy`` (CIF default 1 where absent or '?');
+  sites with occupancy 0 are dropped (noted); > 1 is an error.
+"""
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+
+from ..crystal import DEFAULT_B_ISO, Crystal, cell_volume, lattice_vectors, parse_species
+from ..errors import InputError, StructureError
+
+#: Images of one site closer than this (angstrom) are one atom on a special
+#: position. gemmi's ``get_all_unit_cell_sites`` uses 0.4 A, which also merges
+#: the symmetry images of a *disordered* atom sitting 0.15-0.4 A off a symmetry
+#: element (a common split-site model) and so loses part of its scattering.
+#: Special positions written with 3-4 decimals (0.333 for 1/3) miss the exact
+#: point by < 0.03 A in cells up to ~40 A, so 0.1 A separates the two cases.
+MERGE_TOL = 0.1
+
+#: Tags holding symmetry operators, in order of preference (DDL1 and DDL2 spellings).
+SYMOP_TAGS = (
+    "_space_group_symop_operation_xyz",
+    "_space_group_symop.operation_xyz",
+    "_symmetry_equiv_pos_as_xyz",
+    "_symmetry_equiv.pos_as_xyz",
+)
+MAGN_OP_TAGS = ("_space_group_symop_magn_operation.xyz", "_space_group_symop.magn_operation_xyz",
+                "_space_group_symop_magn_operation_xyz")
+MAGN_CEN_TAGS = ("_space_group_symop_magn_centering.xyz", "_space_group_symop.magn_centering_xyz",
+                 "_space_group_symop_magn_centering_xyz")
+HALL_TAGS = ("_space_group_name_Hall", "_symmetry_space_group_name_Hall", "_space_group.name_Hall")
+HM_TAGS = ("_space_group_name_H-M_alt", "_symmetry_space_group_name_H-M", "_space_group.name_H-M_alt")
+NUMBER_TAGS = ("_space_group_IT_number", "_symmetry_Int_Tables_number", "_space_group.IT_number")
+CELL_TAGS = ("_cell_length_a", "_cell_length_b", "_cell_length_c",
+             "_cell_angle_alpha", "_cell_angle_beta", "_cell_angle_gamma")
+
+_EIGHT_PI2 = 8.0 * math.pi ** 2
+# Occupancies are refined numbers; 1.0 written as 1.00 or 0.9999 is fine, 1.01 is not.
+_OCC_TOL = 1e-6
+
+
+def read_cif(path: str | Path) -> list[Crystal | StructureError]:
+    """Read every structural data block of a CIF file.
+
+    Parameters
+    ----------
+    path : str or Path
+        The CIF (or mCIF) file.
+
+    Returns
+    -------
+    list of Crystal or StructureError
+        One entry per data block that carries structure data (a cell or an
+        atom-site loop), in file order: the crystal, or the error that block
+        raised. Blocks with neither (publication or text blocks such as
+        ``data_global``) are skipped.
+
+    Raises
+    ------
+    StructureError
+        The file cannot be parsed (gemmi's message with the line number), or no
+        block carries structure data.
+    """
+    import gemmi
+
+    path = Path(path)
+    src = str(path)
+    try:
+        doc = gemmi.cif.read(src)
+    except (RuntimeError, ValueError, OSError) as exc:
+        msg = str(exc)
+        if msg.startswith(src):
+            msg = msg[len(src):].lstrip(":")
+        raise StructureError(f"cannot parse CIF: {msg.strip()}", src, "syntax") from None
+    if len(doc) == 0:
+        raise StructureError("no data block (a CIF needs at least one 'data_' block)", src, "data_")
+    blocks = [b for b in doc if _is_structural(b)]
+    if not blocks:
+        names = ", ".join(f"data_{b.name}" for b in doc)
+        raise StructureError(f"no data block has a cell or atom sites (blocks: {names})", src,
+                             "_atom_site_fract_x")
+    several = len(blocks) > 1
+    out: list[Crystal | StructureError] = []
+    for block in blocks:
+        bsrc = f"{src}#{block.name}" if several else src
+        try:
+            out.append(_read_block(block, bsrc, path.stem))
+        except StructureError as exc:
+            out.append(exc)
+        except InputError as exc:  # ScatteringError from the Crystal, space-group range, ...
+            out.append(StructureError(exc.message, exc.source or bsrc, exc.field))
+    return out
+
+
+def _is_structural(block) -> bool:
+    if block.find_value("_cell_length_a") is not None:
+        return True
+    return any(block.find_values(t) for t in ("_atom_site_fract_x", "_atom_site_label", "_atom_site_Cartn_x"))
+
+
+# ---- values -------------------------------------------------------------------
+
+def _value(block, tags):
+    """(tag, raw string) of the first tag present, else (tags[0], None)."""
+    for t in tags:
+        v = block.find_value(t)
+        if v is not None:
+            return t, v
+    return tags[0], None
+
+
+def _is_null(raw: str | None) -> bool:
+    return raw is None or raw in ("?", ".")
+
+
+_SIMPLE_FRACTION = re.compile(r"^[+-]?\d+/\d+$")
+
+
+def _number(raw: str, src: str, tag: str) -> float:
+    import gemmi
+
+    x = gemmi.cif.as_number(raw)
+    if math.isnan(x) and _SIMPLE_FRACTION.match(raw.strip()):
+        num, den = raw.strip().split("/")
+        if int(den) != 0:
+            return int(num) / int(den)  # '1/4' for a special position: not CIF numbers, but unambiguous
+    if math.isnan(x):
+        raise StructureError(f"{raw!r} is not a number", src, tag)
+    return x
+
+
+# ---- symmetry -----------------------------------------------------------------
+
+def _parse_ops(triplets, src, tag):
+    import gemmi
+
+    ops = []
+    for t in triplets:
+        t = gemmi.cif.as_string(t).strip()
+        parts = [p for p in t.replace(" ", "").split(",")]
+        if len(parts) == 4 and parts[3] in ("+1", "-1", "1"):  # magnetic: time reversal dropped
+            parts = parts[:3]
+        try:
+            ops.append(gemmi.Op(",".join(parts)))
+        except RuntimeError as exc:
+            raise StructureError(f"symmetry operator {t!r} cannot be parsed ({exc}); "
+                                 "allowed: triplets such as '-x,y+1/2,-z'", src, tag) from None
+    return ops
+
+
+def _symmetry(block, cell6, src):
+    """Operators for the expansion, the space-group number, notes and the source tag."""
+    import gemmi
+
+    notes: list[str] = []
+    ops = None
+    origin = None
+    for tag in SYMOP_TAGS:
+        col = block.find_values(tag)
+        if col:
+            ops = _parse_ops(list(col), src, tag)
+            origin = tag
+            break
+    if ops is None:
+        for tag in MAGN_OP_TAGS:
+            col = block.find_values(tag)
+            if col:
+                ops = _parse_ops(list(col), src, tag)
+                origin = tag
+                for ctag in MAGN_CEN_TAGS:
+                    ccol = block.find_values(ctag)
+                    if ccol:
+                        cen = _parse_ops(list(ccol), src, ctag)
+                        ops = [c * o for c in cen for o in ops]
+                        break
+                notes.append("magnetic CIF: nuclear positions from the magnetic operators, time reversal ignored")
+                break
+    if ops is None:
+        tag, raw = _value(block, HALL_TAGS)
+        if not _is_null(raw):
+            hall = gemmi.cif.as_string(raw).strip()
+            try:
+                ops = list(gemmi.symops_from_hall(hall))
+            except RuntimeError as exc:
+                raise StructureError(f"Hall symbol {hall!r} cannot be parsed ({exc})", src, tag) from None
+            origin = tag
+    if ops is None:
+        tag, raw = _value(block, HM_TAGS)
+        if not _is_null(raw):
+            hm = gemmi.cif.as_string(raw).strip()
+            sg = gemmi.find_spacegroup_by_name(hm, cell6[3], cell6[5])
+            if sg is None:
+                # common spellings: 'P2_1/n', 'P2(1)/c', 'P 21 /m'
+                alt = re.sub(r"\((\d)\)", r"\1", hm.replace("_", ""))
+                alt = re.sub(r"\s*/\s*", "/", alt)
+                sg = gemmi.find_spacegroup_by_name(alt, cell6[3], cell6[5])
+            if sg is None:
+                raise StructureError(f"Hermann-Mauguin symbol {hm!r} is not a known space group and the "
+                                     "block has no symmetry operators", src, tag)
+            ops = list(sg.operations())
+            origin = tag
+    number_tag, raw_number = _value(block, NUMBER_TAGS)
+    tag_number = None
+    if not _is_null(raw_number):
+        try:
+            tag_number = int(_number(raw_number, src, number_tag))
+        except StructureError:
+            tag_number = None
+        if tag_number is not None and not 1 <= tag_number <= 230:
+            raise StructureError(f"space group number {tag_number} is outside 1-230", src, number_tag)
+    if ops is None and tag_number is not None:
+        ops = list(gemmi.find_spacegroup_by_number(tag_number).operations())
+        origin = number_tag
+        notes.append(f"symmetry from {number_tag} = {tag_number} alone: standard setting assumed")
+    if ops is None:
+        notes.append("no symmetry operators, Hall/H-M symbol or IT number: atoms taken as the whole cell (P1)")
+        return [gemmi.Op("x,y,z")], None, notes, None
+
+    given = {op.wrap().triplet() for op in ops}
+    identity = gemmi.Op("x,y,z")
+    if identity.triplet() not in given:
+        # gemmi finds the centring vectors relative to the identity; without it the group is empty
+        ops = [identity] + list(ops)
+        notes.append(f"identity operator missing from {origin}; added")
+        given.add(identity.triplet())
+    try:
+        group = gemmi.GroupOps(ops)
+        group.add_missing_elements()
+    except RuntimeError as exc:
+        raise StructureError(f"symmetry operators do not form a crystallographic group ({exc})", src, origin) from None
+    full = [op for op in group]
+    if len(full) != len(given):
+        notes.append(f"{len(given)} symmetry operators in {origin} completed to a group of {len(full)}")
+    sg = gemmi.find_spacegroup_by_ops(group)
+    number = sg.number if sg is not None else None
+    if number is None:
+        number = _spglib_number(full, cell6)
+    if number is None and tag_number is not None:
+        number = tag_number
+        notes.append(f"space group of the operators not identified; using {number_tag} = {tag_number}")
+    if number is not None and tag_number is not None and number != tag_number:
+        notes.append(f"{number_tag} says {tag_number} but the symmetry operators form group {number}; "
+                     f"using {number}")
+    return full, number, notes, origin
+
+
+def _spglib_number(ops, cell6):
+    try:
+        import spglib
+    except ImportError:  # pragma: no cover - spglib is a dependency
+        return None
+    rot = np.array([np.array(op.rot) // op.DEN for op in ops], dtype="intc")
+    tr = np.array([np.array(op.tran, dtype=float) / op.DEN for op in ops])
+    try:
+        t = spglib.get_spacegroup_type_from_symmetry(rot, tr, lattice_vectors(cell6), symprec=1e-5)
+    except Exception:  # noqa: BLE001 - spglib raises assorted errors for odd operator sets
+        return None
+    if t is None:
+        return None
+    n = getattr(t, "number", None)
+    if n is None and isinstance(t, dict):
+        n = t.get("number")
+    return int(n) if n else None
+
+
+# ---- species ------------------------------------------------------------------
+
+_LABEL_RE = re.compile(r"^(\d*)([A-Z][a-z]?)")
+
+
+def species_from_label(label: str) -> str | None:
+    """Element (or D) at the start of an atom-site label, e.g. ``'Fe2a' -> 'Fe'``, ``'OW1' -> 'O'``."""
+    import periodictable
+
+    m = _LABEL_RE.match(label.strip())
+    if not m:
+        m2 = re.match(r"^([A-Za-z])([A-Za-z]?)", label.strip())
+        if not m2:
+            return None
+        cands = [m2.group(1).upper() + m2.group(2).lower(), m2.group(1).upper()]
+    else:
+        sym = m.group(2)
+        cands = [sym, sym[0]] if len(sym) == 2 else [sym]
+    for c in cands:
+        if c in ("D", "T"):
+            return c
+        try:
+            if periodictable.elements.symbol(c).number > 0:
+                return c
+        except ValueError:
+            continue
+    return None
+
+
+def _species(raw_type, label, src, tag):
+    """Species string for the Crystal (charge kept) from a type symbol or label."""
+    import gemmi
+
+    if raw_type is not None and not _is_null(raw_type):
+        sym = gemmi.cif.as_string(raw_type).strip()
+        try:
+            parse_species(sym, src, tag)
+            return sym, False
+        except InputError:
+            pass
+        m = re.match(r"^(\d*[A-Z][a-z]?)(\d*\.\d+)([+-])$", sym)
+        if m:  # fractional oxidation state such as 'Mn3.5+' (mixed valence): neutral atom
+            try:
+                parse_species(m.group(1), src, tag)
+                return m.group(1), False
+            except InputError:
+                pass
+        # Common non-standard spellings: 'FE3+', 'O-2', 'Fe3' (oxidation state without sign)
+        m = re.match(r"^(\d*)([A-Za-z]{1,2}?)(\d*[+-]?|[+-]\d*)$", sym)
+        if m:
+            el = m.group(2)[0].upper() + m.group(2)[1:].lower()
+            charge = m.group(3)
+            if charge and charge[-1] not in "+-" and charge[0] not in "+-":
+                charge = ""  # digits only: an oxidation state with no sign, or a label-style suffix
+            cand = f"{m.group(1)}{el}{charge}"
+            try:
+                parse_species(cand, src, tag)
+                return cand, False
+            except InputError:
+                pass
+        raise StructureError(f"type symbol {sym!r} (site {label!r}) is not an element; allowed: element "
+                             "symbols such as 'Fe', isotopes such as 'D' or '7Li', charges such as 'O2-'",
+                             src, tag)
+    el = species_from_label(label)
+    if el is None:
+        raise StructureError(f"no _atom_site_type_symbol and the label {label!r} does not start with an "
+                             "element symbol", src, "_atom_site_label")
+    return el, True
+
+
+# ---- displacement ---------------------------------------------------------------
+
+def _aniso_ueq(block, cell6, src):
+    """U_eq (A^2) per site label from the _atom_site_aniso_ loop (U, B or beta)."""
+    import gemmi
+
+    out: dict[str, float] = {}
+    kinds = (("U", 1.0), ("B", 1.0 / _EIGHT_PI2), ("beta", None))
+    for kind, scale in kinds:
+        table = block.find("_atom_site_aniso_", ["label", f"{kind}_11", f"{kind}_22", f"{kind}_33",
+                                                 f"{kind}_12", f"{kind}_13", f"{kind}_23"])
+        if len(table) == 0:
+            continue
+        L = lattice_vectors(cell6).T  # columns a, b, c (angstrom)
+        recip = np.linalg.inv(L)  # rows a*, b*, c* (1/angstrom)
+        nstar = np.linalg.norm(recip, axis=1)
+        for row in table:
+            label = gemmi.cif.as_string(row[0])
+            vals = [row[i] for i in range(1, 7)]
+            if any(_is_null(v) for v in vals):
+                continue
+            u = np.array([gemmi.cif.as_number(v) for v in vals])
+            if np.any(np.isnan(u)):
+                raise StructureError(f"anisotropic {kind} of site {label!r} is not a number", src,
+                                     f"_atom_site_aniso_{kind}_11")
+            m = np.array([[u[0], u[3], u[4]], [u[3], u[1], u[5]], [u[4], u[5], u[2]]])
+            if kind == "beta":
+                # beta_ij = 2 pi^2 a*_i a*_j U^ij
+                m = m / (2.0 * math.pi ** 2 * np.outer(nstar, nstar))
+            else:
+                m = m * scale
+            # CIF U^ij refer to the basis a_i / |a_i| scaled by |a*_i|:
+            # U_cart = L diag(|a*|) U diag(|a*|) L^T
+            n = np.diag(nstar)
+            ucart = L @ n @ m @ n @ L.T
+            out.setdefault(label, float(np.trace(ucart)) / 3.0)
+    return out
+
+
+# ---- the block ----------------------------------------------------------------
+
+def _cell(block, src):
+    import gemmi
+
+    vals = []
+    missing_angles = []
+    for i, tag in enumerate(CELL_TAGS):
+        raw = block.find_value(tag)
+        if _is_null(raw):
+            if i < 3:
+                what = "absent" if raw is None else f"unknown ({raw!r})"
+                raise StructureError(f"no unit cell: {tag} is {what}", src, tag)
+            missing_angles.append(tag)
+            vals.append(90.0)
+            continue
+        x = gemmi.cif.as_number(raw)
+        if math.isnan(x):
+            raise StructureError(f"{raw!r} is not a number", src, tag)
+        vals.append(x)
+    cell6 = np.array(vals)
+    if np.any(cell6[:3] <= 0):
+        raise StructureError(f"cell lengths {cell6[:3].tolist()} must be > 0 angstrom", src, "_cell_length_a")
+    if np.any(cell6[3:] <= 0) or np.any(cell6[3:] >= 180):
+        raise StructureError(f"cell angles {cell6[3:].tolist()} must lie in (0, 180) degrees", src, "_cell_angle_alpha")
+    vol = cell_volume(cell6)
+    if not vol > 1e-6:
+        raise StructureError(f"cell {cell6.tolist()} has zero or negative volume ({vol:.3g} A^3); "
+                             "the angles cannot close a cell", src, "_cell_angle_alpha")
+    return cell6, missing_angles
+
+
+def _read_block(block, src: str, stem: str) -> Crystal:
+    import gemmi
+
+    cell6, missing_angles = _cell(block, src)
+    ops, number, notes, _origin = _symmetry(block, cell6, src)
+    if missing_angles:
+        if number is None or number < 16:
+            raise StructureError(f"{', '.join(missing_angles)} absent and the space group "
+                                 f"({number or 'unknown'}) does not fix the angles at 90 deg", src,
+                                 missing_angles[0])
+        if 143 <= number <= 194:
+            raise StructureError(f"{', '.join(missing_angles)} absent in a trigonal/hexagonal cell", src,
+                                 missing_angles[0])
+        notes.append(f"{', '.join(missing_angles)} absent: 90 deg (CIF default; fixed by space group {number})")
+
+    table = block.find("_atom_site_", ["label", "?type_symbol", "?fract_x", "?fract_y", "?fract_z",
+                                       "?U_iso_or_equiv", "?B_iso_or_equiv", "?occupancy", "?calc_flag"])
+    if len(table) == 0:
+        if block.find_values("_atom_site_type_symbol") and block.find_values("_atom_site_fract_x"):
+            table = block.find("_atom_site_", ["type_symbol", "?type_symbol", "?fract_x", "?fract_y",
+                                               "?fract_z", "?U_iso_or_equiv", "?B_iso_or_equiv",
+                                               "?occupancy", "?calc_flag"])
+        if len(table) == 0:
+            if block.find_values("_atom_site_Cartn_x"):
+                raise StructureError("atom sites are given only as Cartesian coordinates; allowed: "
+                                     "_atom_site_fract_x/y/z", src, "_atom_site_fract_x")
+            raise StructureError("no atoms: the block has no _atom_site_ loop", src, "_atom_site_fract_x")
+    if not table.has_column(2):
+        raise StructureError("no atom coordinates: _atom_site_fract_x/y/z absent", src, "_atom_site_fract_x")
+    aniso = _aniso_ueq(block, cell6, src)
+
+    L = lattice_vectors(cell6)
+    rots = np.array([np.array(op.rot, dtype=float) / op.DEN for op in ops])
+    trans = np.array([np.array(op.tran, dtype=float) / op.DEN for op in ops])
+
+    frac_all, species_all, occ_all, b_all, charge_all = [], [], [], [], []
+    default_b, from_label, zero_occ, unknown_occ = [], [], [], []
+    for row in table:
+        label = gemmi.cif.as_string(row[0]) or f"#{len(species_all) + 1}"
+        if row.has(8) and gemmi.cif.as_string(row[8]).lower() in ("dum", "dummy"):
+            continue
+        xyz = []
+        for i, axis in zip((2, 3, 4), "xyz"):
+            tag = f"_atom_site_fract_{axis}"
+            raw = row[i] if row.has(i) else None
+            if _is_null(raw):
+                raise StructureError(f"site {label!r} has no {axis} coordinate ({raw or 'absent'})", src, tag)
+            xyz.append(_number(raw, src, tag))
+        sp, by_label = _species(row[1] if row.has(1) else None, label, src, "_atom_site_type_symbol")
+        if by_label:
+            from_label.append(label)
+        occ = 1.0
+        if row.has(7):
+            raw = row[7]
+            if _is_null(raw):
+                if raw == "?":
+                    unknown_occ.append(label)
+            else:
+                occ = _number(raw, src, "_atom_site_occupancy")
+        if occ > 1.0 + _OCC_TOL:
+            raise StructureError(f"occupancy {occ:g} of site {label!r} is > 1; allowed: 0 < occupancy <= 1",
+                                 src, "_atom_site_occupancy")
+        if occ < 0:
+            raise StructureError(f"occupancy {occ:g} of site {label!r} is negative; allowed: 0 < occupancy <= 1",
+                                 src, "_atom_site_occupancy")
+        if occ == 0:
+            zero_occ.append(label)
+            continue
+        if label in aniso:
+            u = aniso[label]
+            utag = "_atom_site_aniso_U_11"
+        elif row.has(5) and not _is_null(row[5]):
+            u = _number(row[5], src, "_atom_site_U_iso_or_equiv")
+            utag = "_atom_site_U_iso_or_equiv"
+        elif row.has(6) and not _is_null(row[6]):
+            u = _number(row[6], src, "_atom_site_B_iso_or_equiv") / _EIGHT_PI2
+            utag = "_atom_site_B_iso_or_equiv"
+        else:
+            u = None
+        if u is None:
+            b = DEFAULT_B_ISO
+            default_b.append(label)
+        else:
+            b = _EIGHT_PI2 * u
+            if not b >= 0:
+                raise StructureError(f"displacement of site {label!r} is negative (U = {u:.4g} A^2); "
+                                     "allowed: U >= 0", src, utag)
+
+        images = np.einsum("kij,j->ki", rots, np.array(xyz)) + trans
+        images -= np.floor(images)
+        keep = _unique_images(images, L)
+        frac_all.append(images[keep])
+        n = int(keep.sum())
+        species_all += [sp] * n
+        occ_all += [min(occ, 1.0)] * n
+        b_all += [b] * n
+
+    if not frac_all:
+        what = "every site has occupancy 0" if zero_occ else "the _atom_site_ loop is empty"
+        raise StructureError(f"no atoms: {what}", src, "_atom_site_fract_x")
+    if default_b:
+        notes.append(f"no displacement parameter for {_few(default_b)}: B = {DEFAULT_B_ISO} A^2 (default)")
+    if aniso:
+        notes.append("anisotropic displacements reduced to U_eq = trace(U_cart)/3")
+    if from_label:
+        notes.append(f"species from the labels of {_few(from_label)} (no _atom_site_type_symbol)")
+    if zero_occ:
+        notes.append(f"sites with occupancy 0 dropped: {_few(zero_occ)}")
+    if unknown_occ:
+        notes.append(f"occupancy '?' taken as 1 for {_few(unknown_occ)}")
+    return Crystal(cell=cell6, frac=np.concatenate(frac_all), species=tuple(species_all),
+                   occupancy=np.array(occ_all), b_iso=np.array(b_all), space_group=number,
+                   source=src, name=block.name or stem, notes=tuple(notes))
+
+
+def _unique_images(images: np.ndarray, lattice: np.ndarray) -> np.ndarray:
+    """Mask of images kept: the first of each group closer than MERGE_TOL (minimum image)."""
+    d = images[:, None, :] - images[None, :, :]
+    d -= np.round(d)
+    dist2 = np.einsum("ijk,kl,ijl->ij", d, lattice @ lattice.T, d)
+    close = dist2 < MERGE_TOL ** 2
+    keep = np.ones(len(images), dtype=bool)
+    for i in range(1, len(images)):
+        if np.any(close[i, :i] & keep[:i]):
+            keep[i] = False
+    return keep
+
+
+def _few(labels, n=6):
+    s = ", ".join(labels[:n])
+    return s + (f" (+{len(labels) - n} more)" if len(labels) > n else "")
