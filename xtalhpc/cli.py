@@ -17,6 +17,9 @@ from .errors import XtalhpcError
 COMMANDS: tuple[str, ...] = (
     "simulate",
     "demo",
+    "generate",
+    "info",
+    "verify",
 )
 
 

@@ -1,0 +1,102 @@
+"""``xtalhpc generate``: structures -> sharded HDF5 dataset, on N MPI ranks."""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+
+from ..dataset import schema
+
+#: Shown in --help without importing the generator (kept equal to generate.DEFAULT_SHARD_SIZE by a test).
+DEFAULT_SHARD_SIZE_TEXT = "256"
+
+
+def _split(text: str):
+    if text.lower() in ("none", "unassigned"):
+        return None
+    try:
+        parts = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected 'TRAIN,VAL,TEST' fractions or 'none'") from None
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected three fractions TRAIN,VAL,TEST")
+    return parts
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "generate", help="simulate patterns for many structures into a sharded HDF5 dataset (MPI)",
+        description="Simulate powder patterns for every input structure into DIR/shards/part-*.h5 and a master "
+                    "DIR/dataset.h5 (Virtual Datasets). Rerunning the same command resumes an interrupted run. "
+                    "On a workstation --ranks N re-launches under mpiexec; under Slurm use "
+                    "`srun --mpi=pmi2 xtalhpc generate ...` (see slurm/generate.sbatch).")
+    p.add_argument("sources", nargs="*", metavar="SOURCE",
+                   help="structure files, directories or globs (CIF, .ncmat, POSCAR, CSV structure lists)")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="dataset directory (created)")
+    p.add_argument("-i", "--instrument", default="bt1-cu311",
+                   help="instrument preset, TOML file or file.toml:name (default: bt1-cu311)")
+    p.add_argument("-n", "--ranks", type=int, default=None, metavar="N",
+                   help="MPI ranks; outside an MPI world N > 1 re-launches under mpiexec (default: the world found, "
+                        "else 1)")
+    p.add_argument("-k", "--shard-size", type=int, default=None, metavar="K",
+                   help=f"input items per shard (default {DEFAULT_SHARD_SIZE_TEXT})")
+    p.add_argument("--seed", type=int, default=0, help="root seed; item i uses (seed, i) (default 0)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"), help="simulation backend")
+    p.add_argument("--compression", default="gzip", choices=("gzip", "lzf", "none"),
+                   help="filter for patterns and peak lists (default gzip + shuffle)")
+    p.add_argument("--compression-level", type=int, default=None, metavar="L", help="gzip level 1-9 (default 4)")
+    p.add_argument("--peaks", action=argparse.BooleanOptionalAction, default=True,
+                   help="store ragged reflection lists so patterns can be re-rendered (default: yes)")
+    p.add_argument("--split", type=_split, default=schema.DEFAULT_SPLIT_FRACTIONS, metavar="TRAIN,VAL,TEST",
+                   help="split fractions assigned by hashing the structure-type group key, or 'none' "
+                        "(default 0.8,0.1,0.1)")
+    p.add_argument("--synthetic", type=int, default=0, metavar="N",
+                   help="add N synthetic crystals (xtalhpc.synth), spread over space groups 1-230")
+    p.add_argument("--per-space-group", action="store_true", help="with --synthetic: N per space group")
+    p.add_argument("--cycle-to", type=int, default=None, metavar="N",
+                   help="reuse the inputs cyclically until N items (benchmarks)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no per-shard log lines")
+    return p
+
+
+
+def config_from_args(args):
+    from ..generate import DEFAULT_SHARD_SIZE, GenerateConfig
+
+    return GenerateConfig(
+        sources=tuple(args.sources), output=args.output, instrument=args.instrument,
+        shard_size=DEFAULT_SHARD_SIZE if args.shard_size is None else args.shard_size, seed=args.seed,
+        device=args.device, compression=args.compression, compression_level=args.compression_level,
+        peaks=args.peaks, split=args.split, synthetic=args.synthetic, per_space_group=args.per_space_group,
+        cycle_to=args.cycle_to)
+
+
+def run(args) -> int:
+    from ..errors import InputError
+    from ..generate import get_comm, in_mpi_world, relaunch, run_generate, slurm_ntasks
+
+    cfg = config_from_args(args)
+    if args.ranks is not None and args.ranks < 1:
+        raise InputError(f"--ranks {args.ranks} must be >= 1", field="--ranks")
+    if args.ranks and args.ranks > 1 and not in_mpi_world() and slurm_ntasks() <= 1:
+        extra = ["--quiet"] if args.quiet else []
+        return relaunch(cfg, args.ranks, extra)
+    comm = get_comm(args.ranks)
+    if comm.size > 1:
+        # One write per line: ranks share stderr under mpiexec. Tests read the pid to kill a rank.
+        sys.stderr.write(f"[generate] rank {comm.rank}/{comm.size} pid {os.getpid()} host {platform.node()}\n")
+        if args.ranks is not None and args.ranks != comm.size and comm.rank == 0:
+            sys.stderr.write(f"[generate] --ranks {args.ranks} ignored: running on the MPI world of {comm.size} ranks\n")
+        sys.stderr.flush()
+    summary = run_generate(cfg, comm, quiet=args.quiet)
+    if summary is None:
+        return 0
+    sums = summary.times["sum"]
+    busy = sum(r["compute_wall"] for r in summary.times["per_rank"])
+    print(f"{summary.n_patterns} patterns + {summary.n_rejected} rejected = "
+          f"{summary.n_patterns + summary.n_rejected} of {summary.n_items} inputs; "
+          f"{summary.shards_computed} of {summary.n_shards} shards computed on {summary.ranks} rank(s) in "
+          f"{summary.wall_s:.1f} s; simulate_batch {100 * sums['simulate'] / busy if busy else 0:.0f}% of rank time; "
+          f"{summary.master}")
+    return 1 if summary.n_rejected else 0

@@ -1,0 +1,252 @@
+"""Writing and checking one shard file.
+
+A shard holds the results of K consecutive input items: the patterns that
+were generated and the items that were rejected, so ``n_patterns +
+n_rejected == n_items`` for every shard. It is written to
+``part-XXXXX.h5.tmp``, its completeness attributes are written last, and only
+then is it renamed to ``part-XXXXX.h5``: a shard under its final name is
+complete unless the file system lost data afterwards (which the per-dataset
+SHA-256 checksums catch).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import XtalhpcError
+from . import schema
+
+#: Largest chunk of pattern rows. 16 rows of the 3296-point BT-1 grid are 211 kB
+#: uncompressed: big enough for gzip to see structure across patterns (shuffle
+#: filter), small enough that random access to one pattern decompresses little.
+#: Measured in benchmarks/bench_generate.py (see docs/dataset.md).
+PATTERN_CHUNK_ROWS = 16
+
+
+class ShardError(XtalhpcError):
+    """A shard file that is missing, incomplete, corrupt or from another run."""
+
+
+@dataclass
+class ShardData:
+    """Everything one shard stores, as in-memory arrays.
+
+    ``patterns`` is (n, n_points) float32, normalised to max 1 per row;
+    ``per_pattern`` maps each name of :data:`schema.PER_PATTERN` to an array of
+    length n; ``peaks`` maps each name of :data:`schema.PER_PEAK` to an array of
+    length ``peak_count.sum()`` (empty dict when peaks are not stored);
+    ``rejects`` maps ``item_index``, ``source``, ``reason`` to arrays.
+    """
+
+    index: int
+    item_start: int
+    item_stop: int
+    patterns: np.ndarray
+    per_pattern: dict[str, np.ndarray]
+    peaks: dict[str, np.ndarray] = field(default_factory=dict)
+    rejects: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def n_patterns(self) -> int:
+        return int(self.patterns.shape[0])
+
+    @property
+    def n_rejected(self) -> int:
+        return int(len(self.rejects.get("item_index", ())))
+
+
+def array_sha256(a: np.ndarray) -> str:
+    """SHA-256 of an array's values in a canonical byte form (strings UTF-8, NUL separated)."""
+    h = hashlib.sha256()
+    if a.dtype == object or a.dtype.kind in "US":
+        for s in a.reshape(-1):
+            h.update(s.encode("utf-8") if isinstance(s, str) else bytes(s))
+            h.update(b"\0")
+    else:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def compression_kwargs(compression: str, level: int | None) -> dict:
+    """h5py filter keywords for ``--compression`` (gzip, lzf or none)."""
+    if compression == "gzip":
+        return {"compression": "gzip", "compression_opts": 4 if level is None else int(level), "shuffle": True}
+    if compression == "lzf":
+        return {"compression": "lzf", "shuffle": True}
+    if compression == "none":
+        return {}
+    raise ValueError(f"compression {compression!r}; allowed: gzip, lzf, none")
+
+
+def write_shard(directory: str | Path, data: ShardData, *, config_digest: str,
+                compression: str = "gzip", compression_level: int | None = None) -> Path:
+    """Write ``data`` as ``DIR/shards/part-XXXXX.h5`` (via ``.tmp`` and an atomic rename).
+
+    Returns the final path. The root attributes ``complete`` (True) and the item
+    counts are written after every dataset, so a crash leaves either no final
+    file or a ``.tmp`` that the next run deletes.
+    """
+    import h5py
+
+    directory = Path(directory)
+    final = directory / schema.shard_name(data.index)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(final.name + schema.TMP_SUFFIX)
+    n, n_points = data.patterns.shape
+    comp = compression_kwargs(compression, compression_level)
+    sums: dict[str, str] = {}
+    with h5py.File(tmp, "w", libver=("v110", "latest")) as f:
+        pat = np.ascontiguousarray(data.patterns, dtype=np.float32)
+        rows = max(1, min(PATTERN_CHUNK_ROWS, n))
+        f.create_dataset("patterns", data=pat, **({"chunks": (rows, n_points), **comp} if n else {}))
+        sums["patterns"] = array_sha256(pat)
+        for name, (dtype, tail, _) in schema.PER_PATTERN.items():
+            arr = np.asarray(data.per_pattern[name])
+            if dtype != schema.STR:
+                arr = arr.astype(dtype, copy=False)
+            if arr.shape != (n, *tail):
+                raise ValueError(f"shard {data.index}: {name} has shape {arr.shape}, expected {(n, *tail)}")
+            f.create_dataset(name, data=arr, dtype=schema.h5_dtype(dtype))
+            sums[name] = array_sha256(arr)
+        if data.peaks:
+            g = f.create_group("peaks")
+            m = int(np.sum(data.per_pattern["peak_count"]))
+            for name, (dtype, tail, _) in schema.PER_PEAK.items():
+                arr = np.ascontiguousarray(data.peaks[name], dtype=dtype)
+                if arr.shape != (m, *tail):
+                    raise ValueError(f"shard {data.index}: peaks/{name} has shape {arr.shape}, expected {(m, *tail)}")
+                kw = {"chunks": True, **comp} if m else {}
+                g.create_dataset(name, data=arr, **kw)
+                sums[f"peaks/{name}"] = array_sha256(arr)
+        g = f.create_group("rejects")
+        for name in schema.REJECT_FIELDS:
+            arr = np.asarray(data.rejects.get(name, np.zeros(0, dtype=np.int64 if name == "item_index" else object)))
+            if name == "item_index":
+                g.create_dataset(name, data=arr.astype(np.int64))
+            else:
+                g.create_dataset(name, data=arr.astype(object), dtype=h5py.string_dtype("utf-8"))
+        a = f.attrs
+        a["schema"] = schema.SCHEMA_NAME
+        a["schema_version"] = schema.SCHEMA_VERSION
+        a["shard_index"] = data.index
+        a["item_start"] = data.item_start
+        a["item_stop"] = data.item_stop
+        a["n_points"] = n_points
+        a["config_digest"] = config_digest
+        a["has_peaks"] = bool(data.peaks)
+        a["sha256"] = schema.canonical_json(sums)
+        a["n_items"] = data.item_stop - data.item_start
+        a["n_patterns"] = n
+        a["n_rejected"] = data.n_rejected
+        # Written last: readers treat a shard without it as incomplete.
+        a["complete"] = True
+    if n + data.n_rejected != data.item_stop - data.item_start:
+        tmp.unlink()
+        raise ValueError(f"shard {data.index}: {n} patterns + {data.n_rejected} rejects != "
+                         f"{data.item_stop - data.item_start} items")
+    os.replace(tmp, final)
+    return final
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """What a shard's root attributes say about it."""
+
+    path: Path
+    index: int
+    item_start: int
+    item_stop: int
+    n_patterns: int
+    n_rejected: int
+    n_points: int
+    has_peaks: bool
+    n_peaks: int
+    config_digest: str
+    sha256: dict
+
+
+def shard_info(path: str | Path, *, expect_digest: str | None = None, expect_index: int | None = None) -> ShardInfo:
+    """Open a shard and check it is complete; raise :class:`ShardError` otherwise.
+
+    Checks: the file opens as HDF5, has the schema name, ``complete`` is set,
+    ``n_patterns + n_rejected == n_items``, dataset lengths match the counts,
+    and (when given) the config digest and shard index match. Checksums are
+    not recomputed here (see :func:`check_shard_checksums`).
+    """
+    import h5py
+
+    p = Path(path)
+    if not p.is_file():
+        raise ShardError(f"shard file {p} is missing")
+    try:
+        f = h5py.File(p, "r")
+    except OSError as exc:
+        raise ShardError(f"shard {p} cannot be opened as HDF5 (truncated or corrupt?): {exc}") from None
+    with f:
+        a = f.attrs
+        if a.get("schema") != schema.SCHEMA_NAME:
+            raise ShardError(f"shard {p} has schema {a.get('schema')!r}, expected {schema.SCHEMA_NAME!r}")
+        if not bool(a.get("complete", False)):
+            raise ShardError(f"shard {p} is incomplete (no 'complete' attribute)")
+        try:
+            info = ShardInfo(
+                path=p, index=int(a["shard_index"]), item_start=int(a["item_start"]),
+                item_stop=int(a["item_stop"]), n_patterns=int(a["n_patterns"]), n_rejected=int(a["n_rejected"]),
+                n_points=int(a["n_points"]), has_peaks=bool(a["has_peaks"]),
+                n_peaks=int(f["peaks/two_theta"].shape[0]) if "peaks" in f else 0,
+                config_digest=str(a["config_digest"]), sha256=_json_loads(a["sha256"]))
+            if info.n_patterns + info.n_rejected != info.item_stop - info.item_start \
+                    or int(a["n_items"]) != info.item_stop - info.item_start:
+                raise ShardError(f"shard {p}: {info.n_patterns} patterns + {info.n_rejected} rejects "
+                                 f"!= {info.item_stop - info.item_start} items")
+            lengths = {"patterns": f["patterns"].shape[0], "rejects": f["rejects/item_index"].shape[0]}
+            lengths.update({k: f[k].shape[0] for k in schema.PER_PATTERN})
+            bad = {k: v for k, v in lengths.items()
+                   if v != (info.n_rejected if k == "rejects" else info.n_patterns)}
+            if bad:
+                raise ShardError(f"shard {p}: dataset lengths {bad} disagree with the counts in its attributes")
+            if info.has_peaks and info.n_peaks != int(np.sum(f["peak_count"][:])):
+                raise ShardError(f"shard {p}: {info.n_peaks} peak rows but peak_count sums to "
+                                 f"{int(np.sum(f['peak_count'][:]))}")
+        except KeyError as exc:
+            raise ShardError(f"shard {p} lacks {exc}") from None
+    if expect_index is not None and info.index != expect_index:
+        raise ShardError(f"shard {p} says it is shard {info.index}, expected {expect_index}")
+    if expect_digest is not None and info.config_digest != expect_digest:
+        raise ShardError(f"shard {p} was written with another generation config "
+                         f"(digest {info.config_digest[:12]}, expected {expect_digest[:12]})")
+    return info
+
+
+def _json_loads(s):
+    import json
+
+    return json.loads(s)
+
+
+def check_shard_checksums(path: str | Path) -> list[str]:
+    """Recompute every dataset's SHA-256; return a list of mismatches (empty if all match)."""
+    import h5py
+
+    problems = []
+    try:
+        with h5py.File(path, "r") as f:
+            sums = _json_loads(f.attrs["sha256"])
+            for name, want in sums.items():
+                try:
+                    arr = f[name][()]
+                except (OSError, KeyError) as exc:
+                    problems.append(f"{path}: {name} cannot be read: {exc}")
+                    continue
+                if isinstance(arr, np.ndarray) and arr.dtype == object:
+                    arr = np.array([s.decode("utf-8") if isinstance(s, bytes) else s for s in arr], dtype=object)
+                got = array_sha256(np.asarray(arr))
+                if got != want:
+                    problems.append(f"{path}: {name} checksum {got[:12]} != stored {want[:12]}")
+    except (OSError, KeyError) as exc:
+        problems.append(f"{path}: cannot be read: {exc}")
+    return problems

@@ -1,0 +1,932 @@
+"""``xtalhpc generate``: simulate patterns for many structures into a sharded HDF5 dataset.
+
+How the work is cut and shared (DESIGN.md section 5):
+
+* **Items.** The inputs are enumerated deterministically before any work:
+  the structure files (sorted by path) and, inside each file, its structure
+  blocks in file order; then the synthetic crystals, if asked for. Each block
+  is one *item* with a global index; a file that cannot be read at all is one
+  item (rejected). Anything random about item i derives from ``(seed, i)``.
+* **Shards.** Shard s holds items ``[s*K, (s+1)*K)``: shard count and content
+  depend on the inputs and the shard size K only, never on the number of ranks.
+* **Scheduling.** Dynamic: rank 0 keeps the queue of shards still to do and
+  answers requests from the other ranks between its own items, so one slow
+  shard (structure costs differ 1000x) never holds up the rest. Each worker
+  asks for its next shard as soon as it starts one, so the answer is waiting
+  when it finishes. With one rank it is a plain loop.
+* **Resume.** A shard is written as ``part-XXXXX.h5.tmp`` and renamed when
+  complete. Rerunning the same command computes only the shards missing under
+  their final names; a different config (digest of everything that changes the
+  bytes) is refused.
+
+MPI: ``xtalhpc generate --ranks N`` outside any MPI world re-launches itself
+under ``mpiexec -n N`` (the ``mpich`` wheel's, next to the Python executable);
+under ``srun --mpi=pmi2`` it uses the world it finds. ``srun`` without a PMI
+plugin starts N independent singletons that would all write the same shards:
+that is detected (Slurm says N tasks, MPI says world size 1) and refused.
+"""
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .dataset import schema
+from .errors import InputError, XtalhpcError
+
+#: Default shard size. 256 BT-1 patterns are ~1-3 MB compressed per shard file:
+#: few enough files for parallel file systems, fine-grained enough for dynamic
+#: scheduling of 100k items over tens of ranks.
+DEFAULT_SHARD_SIZE = 256
+#: Environment variable: seconds to sleep after each shard (a test hook to make
+#: runs slow enough to be killed mid-way; never set it in production).
+THROTTLE_ENV = "XTALHPC_GENERATE_SHARD_DELAY"
+#: Rank 0 computes its own shards in sub-batches of about this many seconds and
+#: answers other ranks' requests in between (the latency a worker can see).
+POLL_INTERVAL_S = 0.1
+#: Structure files parsed and kept per process (consecutive items share files).
+FILE_CACHE = 64
+#: Environment variables by which MPI launchers announce a world to their ranks.
+_MPI_ENV = ("PMI_RANK", "PMI_SIZE", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS", "MV2_COMM_WORLD_SIZE",
+            "HYDI_CONTROL_FD", "PMI_FD")
+
+
+class MPIEnvironmentError(XtalhpcError):
+    """The MPI world is not the one the job asked for (e.g. srun without --mpi=pmi2)."""
+
+
+# ---------------------------------------------------------------------------- config
+@dataclass(frozen=True)
+class GenerateConfig:
+    """Everything that defines a generated dataset (saved as ``generate.json``).
+
+    Attributes
+    ----------
+    sources : tuple of str
+        Structure files, directories or globs (CIF, .ncmat, POSCAR, CSV lists).
+    output : str
+        Dataset directory (the master file is ``OUTPUT/dataset.h5``).
+    instrument : str
+        Preset name, TOML path or ``path.toml:name``.
+    shard_size : int
+        Items per shard, K >= 1.
+    seed : int
+        Root seed; item i uses ``(seed, i)`` (synthetic crystals).
+    device : str
+        Simulation backend: cpu, cuda or auto. Not part of the digest.
+    compression : {"gzip", "lzf", "none"}
+        Filter of the pattern and peak datasets; gzip with byte shuffle by default.
+    compression_level : int or None
+        gzip level 1-9 (default 4).
+    peaks : bool
+        Store the ragged reflection-family lists (2theta, intensity, d, |F|^2, hkl, m).
+    split : tuple of 3 floats or None
+        Train/val/test fractions assigned by hashing the structure-type group key;
+        None stores ``unassigned``.
+    synthetic : int
+        Synthetic crystals to add (``xtalhpc.synth``); per space group if
+        ``per_space_group``, else spread over groups 1-230 in turn.
+    per_space_group : bool
+    cycle_to : int or None
+        Reuse the enumerated inputs cyclically until there are this many items
+        (benchmarks; every repeat is a separate item with its own index).
+    """
+
+    sources: tuple[str, ...]
+    output: str
+    instrument: str = "bt1-cu311"
+    shard_size: int = DEFAULT_SHARD_SIZE
+    seed: int = 0
+    device: str = "cpu"
+    compression: str = "gzip"
+    compression_level: int | None = None
+    peaks: bool = True
+    split: tuple[float, float, float] | None = schema.DEFAULT_SPLIT_FRACTIONS
+    synthetic: int = 0
+    per_space_group: bool = False
+    cycle_to: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sources", tuple(str(s) for s in self.sources))
+        if not self.sources and not self.synthetic:
+            raise InputError("no inputs: give structure files, directories or globs, or --synthetic N",
+                             field="sources")
+        if not (isinstance(self.shard_size, int) and self.shard_size >= 1):
+            raise InputError(f"shard size {self.shard_size!r} must be an integer >= 1", field="--shard-size")
+        if not (isinstance(self.seed, int) and 0 <= self.seed < 2**63):
+            raise InputError(f"seed {self.seed!r} must be an integer in [0, 2^63)", field="--seed")
+        if self.compression not in ("gzip", "lzf", "none"):
+            raise InputError(f"compression {self.compression!r}; allowed: gzip, lzf, none", field="--compression")
+        if self.compression_level is not None and not (
+                self.compression == "gzip" and 1 <= int(self.compression_level) <= 9):
+            raise InputError(f"compression level {self.compression_level!r} needs --compression gzip and 1-9",
+                             field="--compression-level")
+        if self.split is not None:
+            fr = tuple(float(x) for x in self.split)
+            if len(fr) != 3 or any(not (0 <= x <= 1) for x in fr) or abs(sum(fr) - 1) > 1e-9:
+                raise InputError(f"split fractions {self.split!r} must be three numbers in [0, 1] summing to 1 "
+                                 "(train, val, test)", field="--split")
+            object.__setattr__(self, "split", fr)
+        if self.synthetic < 0:
+            raise InputError(f"--synthetic {self.synthetic} must be >= 0", field="--synthetic")
+        if self.cycle_to is not None and self.cycle_to < 1:
+            raise InputError(f"--cycle-to {self.cycle_to} must be >= 1", field="--cycle-to")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def digest_fields(self) -> dict:
+        """The fields that change the bytes of the dataset (not device or output path)."""
+        d = self.to_dict()
+        d.pop("device")
+        d.pop("output")
+        return d
+
+
+# ---------------------------------------------------------------------------- items
+@lru_cache(maxsize=FILE_CACHE)
+def read_file_items(path: str) -> tuple:
+    """Structures of one file: a tuple with one entry per block, a Crystal or an error text.
+
+    A file that cannot be read at all gives a 1-tuple with its error text, so it
+    counts as one (rejected) item. Cached per process: consecutive items of a
+    shard usually come from the same files.
+    """
+    p = Path(path)
+    try:
+        if p.is_dir():
+            raise InputError("is a directory, not a structure file", path)
+        from . import io
+
+        # read_blocks keeps the good blocks of a file whose other blocks are bad.
+        reader = getattr(io, "read_blocks", None) or io.read_structures
+        got = reader(p)
+    except Exception as exc:  # noqa: BLE001 - every failure of one input becomes a reject row
+        return (_reason(exc),)
+    if not got:
+        return ("no structure in the file",)
+    return tuple(c if not isinstance(c, BaseException) else _reason(c) for c in got)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, XtalhpcError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+@dataclass
+class Manifest:
+    """The deterministic list of input items.
+
+    Items ``0 .. n_file_items-1`` are structure blocks (files sorted by path,
+    blocks in file order); then ``synthetic`` synthetic crystals; the whole list
+    is repeated cyclically up to ``cycle_to`` if set.
+    """
+
+    files: list[str]
+    blocks: list[int]
+    sizes: list[int]
+    synthetic: int = 0
+    per_space_group: bool = False
+    cycle_to: int | None = None
+    offsets: list[int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.offsets = [0]
+        for b in self.blocks:
+            self.offsets.append(self.offsets[-1] + b)
+
+    @property
+    def n_file_items(self) -> int:
+        return self.offsets[-1]
+
+    @property
+    def n_base(self) -> int:
+        return self.n_file_items + self.synthetic
+
+    @property
+    def n_items(self) -> int:
+        return self.cycle_to if self.cycle_to is not None else self.n_base
+
+    def locate(self, i: int) -> tuple[str, object, int]:
+        """``("file", file number, block)`` or ``("synthetic", space_group, item index)`` of item ``i``."""
+        if not 0 <= i < self.n_items:
+            raise IndexError(i)
+        if self.n_base == 0:
+            raise InputError("the inputs hold no structure to cycle over", field="--cycle-to")
+        b = i % self.n_base
+        if b < self.n_file_items:
+            f = bisect.bisect_right(self.offsets, b) - 1
+            return "file", f, b - self.offsets[f]
+        j = b - self.n_file_items
+        if self.per_space_group:
+            per = self.synthetic // 230
+            sg = j // per + 1
+        else:
+            sg = j % 230 + 1
+        return "synthetic", sg, i
+
+    def digest(self) -> str:
+        return schema.digest({"files": self.files, "blocks": self.blocks, "sizes": self.sizes,
+                              "synthetic": self.synthetic, "per_space_group": self.per_space_group,
+                              "cycle_to": self.cycle_to})
+
+
+def list_files(sources) -> list[str]:
+    """Sorted structure-file paths of the sources (directories, globs, files)."""
+    from .io import iter_structure_files
+
+    files = {str(p) for p in iter_structure_files(list(sources))}
+    return sorted(files)
+
+
+def load_item(man: Manifest, i: int, seed: int):
+    """The Crystal of item ``i``, or an error text."""
+    kind, where, k = man.locate(i)
+    if kind == "file":
+        entries = read_file_items(man.files[where])
+        if k >= len(entries):
+            return f"block {k} expected but the file now has {len(entries)} (file changed during the run?)"
+        return entries[k]
+    try:
+        from .synth import generate_crystal
+    except ImportError as exc:
+        raise InputError(f"--synthetic needs xtalhpc.synth.generate_crystal, not available here ({exc})",
+                         field="--synthetic") from None
+    try:
+        return generate_crystal(int(where), seed, int(k))
+    except Exception as exc:  # noqa: BLE001
+        return _reason(exc)
+
+
+def item_source_id(man: Manifest, i: int, seed: int) -> tuple[str, str]:
+    """``(source_id, file)`` of item ``i``.
+
+    ``source_id`` is the file path, ``path#k`` (k-th structure block, from 0)
+    for files with several blocks, or ``synthetic:sg<N>:seed<S>:item<i>``; ``file`` is the path or
+    ``synthetic`` (the rejects table's ``source`` column).
+    """
+    kind, where, k = man.locate(i)
+    if kind == "file":
+        path = man.files[where]
+        if man.blocks[where] > 1:
+            return f"{path}#{k}", path
+        return path, path
+    return f"synthetic:sg{where}:seed{seed}:item{k}", "synthetic"
+
+
+# ---------------------------------------------------------------------------- MPI plumbing
+class SerialComm:
+    """The one-rank stand-in for an mpi4py communicator (no MPI needed)."""
+
+    rank = 0
+    size = 1
+
+    def bcast(self, obj, root=0):
+        return obj
+
+    def allgather(self, obj):
+        return [obj]
+
+    def gather(self, obj, root=0):
+        return [obj]
+
+    def barrier(self):
+        pass
+
+
+def in_mpi_world() -> bool:
+    """Whether an MPI launcher (mpiexec, srun --mpi=...) started this process."""
+    return any(k in os.environ for k in _MPI_ENV)
+
+
+def slurm_ntasks() -> int:
+    """Tasks of the current Slurm step (1 outside Slurm or in a 1-task step)."""
+    if "SLURM_PROCID" not in os.environ:
+        return 1
+    for k in ("SLURM_STEP_NUM_TASKS", "SLURM_NTASKS", "SLURM_NPROCS"):
+        v = os.environ.get(k, "")
+        if v.isdigit():
+            return int(v)
+    return 1
+
+
+def get_comm(ranks: int | None):
+    """The communicator to use, after the srun-singleton check."""
+    n_slurm = slurm_ntasks()
+    if n_slurm > 1 or in_mpi_world() or (ranks or 1) > 1:
+        try:
+            from mpi4py import MPI
+        except ImportError as exc:
+            raise MPIEnvironmentError(f"more than one rank needs mpi4py (pip install 'xtalhpc[mpi]'): {exc}") from None
+        comm = MPI.COMM_WORLD
+        if n_slurm > 1 and comm.Get_size() == 1:
+            raise MPIEnvironmentError(
+                f"Slurm started {n_slurm} tasks (SLURM_PROCID={os.environ.get('SLURM_PROCID')}) but MPI sees a "
+                "world of 1 rank: srun started independent singletons that would all write the same shards. "
+                "Launch with `srun --mpi=pmi2 xtalhpc generate ...` (check `srun --mpi=list`), or run one task.")
+        if comm.Get_size() == 1:
+            return SerialComm()
+        return _MPIComm(comm)
+    return SerialComm()
+
+
+class _MPIComm:
+    """Thin wrapper: lower-case collectives, plus waiting without spinning a core."""
+
+    def __init__(self, comm):
+        self.comm = comm
+        self.rank = comm.Get_rank()
+        self.size = comm.Get_size()
+
+    def bcast(self, obj, root=0):
+        self._quiet_barrier()
+        return self.comm.bcast(obj, root=root)
+
+    def allgather(self, obj):
+        self._quiet_barrier()
+        return self.comm.allgather(obj)
+
+    def gather(self, obj, root=0):
+        self._quiet_barrier()
+        return self.comm.gather(obj, root=root)
+
+    def barrier(self):
+        self._quiet_barrier()
+
+    def _quiet_barrier(self):
+        # MPICH's blocking calls poll a core at 100%; a rank that waits for rank 0
+        # (building the master, computing a slow shard) should leave the core to it.
+        req = self.comm.Ibarrier()
+        while not req.Test():
+            time.sleep(0.002)
+
+
+TAG_REQUEST, TAG_ASSIGN, TAG_DONE = 11, 12, 13
+
+
+class _Coordinator:
+    """Rank 0's side of dynamic scheduling: hands out shard indices, collects progress."""
+
+    def __init__(self, comm, todo: list[int], progress: "Progress"):
+        self.comm = comm
+        self.queue = list(todo)
+        self.progress = progress
+        self.closed = 0  # workers told "no more shards"
+        self.assigned = 0  # shards handed to workers
+        self.reported = 0  # of those, reported done
+
+    def take(self) -> int | None:
+        return self.queue.pop(0) if self.queue else None
+
+    def poll(self) -> None:
+        if self.comm.size == 1:
+            return
+        from mpi4py import MPI
+
+        c = self.comm.comm
+        st = MPI.Status()
+        while c.Iprobe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=st):
+            src, tag = st.Get_source(), st.Get_tag()
+            msg = c.recv(source=src, tag=tag)
+            if tag == TAG_REQUEST:
+                nxt = self.take()
+                c.send(-1 if nxt is None else nxt, dest=src, tag=TAG_ASSIGN)
+                if nxt is None:
+                    self.closed += 1
+                else:
+                    self.assigned += 1
+            elif tag == TAG_DONE:
+                self.reported += 1
+                self.progress.shard_done(**msg)
+
+    def drain(self) -> None:
+        """Answer until every worker has been told there is nothing left (and reported its last shard)."""
+        # A worker asks for its next shard before reporting the current one, so
+        # "all told to stop" is not enough: wait for every report too.
+        while self.closed < self.comm.size - 1 or self.reported < self.assigned:
+            self.poll()
+            time.sleep(0.002)
+
+
+class _Worker:
+    """A non-zero rank's side: ask early, so the next assignment is waiting when a shard finishes."""
+
+    def __init__(self, comm):
+        self.comm = comm
+        self.pending = None
+
+    def request(self) -> None:
+        self.comm.comm.send(None, dest=0, tag=TAG_REQUEST)
+        self.pending = self.comm.comm.irecv(source=0, tag=TAG_ASSIGN)
+
+    def next(self) -> int | None:
+        if self.pending is None:
+            self.request()
+        while True:
+            done, val = self.pending.test()
+            if done:
+                break
+            time.sleep(0.0005)
+        self.pending = None
+        if val < 0:
+            return None
+        self.request()
+        return int(val)
+
+    def report(self, **msg) -> None:
+        self.comm.comm.send(msg, dest=0, tag=TAG_DONE)
+
+
+# ---------------------------------------------------------------------------- progress
+class Progress:
+    """Rank 0's aggregated progress: a log line per shard and a rate line."""
+
+    def __init__(self, n_items: int, n_shards_total: int, n_shards_todo: int, stream=None, quiet: bool = False):
+        self.n_items = n_items
+        self.total = n_shards_total
+        self.todo = n_shards_todo
+        self.done = 0
+        self.items = 0
+        self.patterns = 0
+        self.rejected = 0
+        self.t0 = time.perf_counter()
+        self.stream = stream or sys.stderr
+        self.quiet = quiet
+
+    def shard_done(self, *, shard: int, rank: int, n_patterns: int, n_rejected: int, seconds: float) -> None:
+        self.done += 1
+        self.items += n_patterns + n_rejected
+        self.patterns += n_patterns
+        self.rejected += n_rejected
+        if self.quiet:
+            return
+        el = time.perf_counter() - self.t0
+        rate = self.patterns / el if el > 0 else 0.0
+        left = self.todo - self.done
+        eta = left * el / self.done if self.done else float("nan")
+        # One write per line: ranks share stderr under mpiexec.
+        self.stream.write(f"[generate] shard {shard:05d} rank {rank}: {n_patterns} patterns, {n_rejected} rejected, "
+                          f"{seconds:.2f} s | {self.done}/{self.todo} shards done, {self.patterns} patterns, "
+                          f"{rate:,.1f} patterns/s, ETA {_fmt_s(eta)}\n")
+        self.stream.flush()
+
+
+def _fmt_s(s: float) -> str:
+    if not math.isfinite(s):
+        return "?"
+    s = int(round(s))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+# ---------------------------------------------------------------------------- one shard
+@dataclass
+class ShardTimes:
+    read: float = 0.0
+    simulate: float = 0.0
+    kernels: float = 0.0
+    post: float = 0.0
+    write: float = 0.0
+
+    def add(self, other: "ShardTimes") -> None:
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+
+def _group_key_fn():
+    """``xtalhpc.curate.structure_type_key`` if installed, else the formula|space-group fallback."""
+    try:
+        from .curate.splits import structure_type_key  # noqa: F401
+
+        return "xtalhpc.curate.structure_type_key", structure_type_key
+    except Exception:  # noqa: BLE001 - absent or broken curation package: fall back, and say so in the dataset
+        return "reduced formula|space group", lambda c: schema.fallback_group_key(c.formula, c.space_group)
+
+
+def compute_shard(index: int, cfg: GenerateConfig, man: Manifest, instrument, *, key_fn,
+                  between=None, sub_batch_s: float | None = None) -> tuple["object", ShardTimes]:
+    """Simulate items ``[index*K, (index+1)*K)`` into a :class:`~xtalhpc.dataset.ShardData`.
+
+    ``between`` (rank 0 with workers) is called between sub-batches of about
+    ``sub_batch_s`` seconds; results do not depend on the sub-batching.
+    """
+    from .dataset import ShardData
+    from .simulate import simulate_batch
+
+    k = cfg.shard_size
+    start, stop = index * k, min((index + 1) * k, man.n_items)
+    times = ShardTimes()
+    t = time.perf_counter()
+    crystals, items, rejects = [], [], []
+    for i in range(start, stop):
+        obj = load_item(man, i, cfg.seed)
+        if isinstance(obj, str):
+            rejects.append((i, item_source_id(man, i, cfg.seed)[1], obj))
+        elif obj.space_group is None:
+            rejects.append((i, item_source_id(man, i, cfg.seed)[1],
+                            f"{obj.source or obj.name}: no space group (the label); the reader could not determine it"))
+        else:
+            crystals.append(obj)
+            items.append(i)
+    times.read = time.perf_counter() - t
+
+    # Simulate in sub-batches (one batch unless rank 0 must poll).
+    n_points = instrument.n_points
+    results = []  # (positions in crystals, BatchResult)
+    pos = 0
+    step = len(crystals) if not sub_batch_s else 1
+    while pos < len(crystals):
+        sel = list(range(pos, min(len(crystals), pos + step)))
+        t = time.perf_counter()
+        try:
+            res = simulate_batch([crystals[j] for j in sel], instrument, device=cfg.device, on_error="collect")
+        except XtalhpcError:
+            raise
+        dt = time.perf_counter() - t
+        times.simulate += dt
+        times.kernels += sum(v for kk, v in res.timings.items() if kk not in ("total", "pack"))
+        results.append((sel, res))
+        pos += len(sel)
+        if between is not None:
+            between()
+            if sub_batch_s and dt > 0:
+                step = max(1, min(k, int(step * min(4.0, sub_batch_s / dt))))
+
+    t = time.perf_counter()
+    pats, per, pk = [], {n: [] for n in schema.PER_PATTERN}, {n: [] for n in schema.PER_PEAK}
+    for sel, res in results:
+        for r, j in enumerate(sel):
+            i, c = items[j], crystals[j]
+            sid, fname = item_source_id(man, i, cfg.seed)
+            if not res.ok[r]:
+                rejects.append((i, fname, res.errors.get(r, "simulation failed")))
+                continue
+            p = res.patterns[r]
+            scale = float(np.max(p)) if p.size else 0.0
+            if not (math.isfinite(scale) and scale > 0):
+                rejects.append((i, fname, f"{sid}: no reflection on the 2theta grid "
+                                          f"({instrument.two_theta_min}-{instrument.two_theta_max} deg)"))
+                continue
+            sg = int(c.space_group)
+            try:
+                key = key_fn(c)
+            except Exception as exc:  # noqa: BLE001
+                rejects.append((i, fname, f"{sid}: no structure-type key: {_reason(exc)}"))
+                continue
+            pats.append((p / scale).astype(np.float32))
+            s0, s1 = int(res.peak_offsets[r]), int(res.peak_offsets[r + 1])
+            per["item_index"].append(i)
+            per["space_group"].append(sg)
+            per["crystal_system"].append(schema.VOCABULARIES["crystal_system"].index(c.crystal_system))
+            per["bravais_lattice"].append(schema.VOCABULARIES["bravais_lattice"].index(c.bravais_lattice))
+            per["split"].append(schema.assign_split(key, cfg.split))
+            per["scale"].append(scale)
+            per["lattice"].append(np.asarray(c.cell, dtype=np.float64))
+            per["n_atoms"].append(c.n_atoms)
+            per["peak_count"].append(s1 - s0 if cfg.peaks else 0)
+            per["source_id"].append(sid)
+            per["formula"].append(c.formula)
+            per["group_key"].append(key)
+            if cfg.peaks:
+                pk["two_theta"].append(res.peak_two_theta[s0:s1])
+                pk["intensity"].append(res.peak_intensity[s0:s1])
+                pk["d"].append(res.peak_d[s0:s1])
+                pk["F2"].append(res.peak_F2[s0:s1])
+                pk["hkl"].append(res.peak_hkl[s0:s1])
+                pk["multiplicity"].append(res.peak_multiplicity[s0:s1])
+    n = len(pats)
+    per_arr = {}
+    for name, (dtype, tail, _) in schema.PER_PATTERN.items():
+        if dtype == schema.STR:
+            per_arr[name] = np.array(per[name], dtype=object).reshape(n)
+        else:
+            per_arr[name] = np.array(per[name], dtype=dtype).reshape(n, *tail)
+    peaks = {}
+    if cfg.peaks:
+        for name, (dtype, tail, _) in schema.PER_PEAK.items():
+            parts = pk[name]
+            peaks[name] = (np.concatenate(parts).astype(dtype) if parts else np.zeros((0, *tail), dtype=dtype))
+    rejects.sort()
+    data = ShardData(
+        index=index, item_start=start, item_stop=stop,
+        patterns=np.stack(pats) if n else np.zeros((0, n_points), dtype=np.float32),
+        per_pattern=per_arr, peaks=peaks,
+        rejects={"item_index": np.array([r[0] for r in rejects], dtype=np.int64),
+                 "source": np.array([r[1] for r in rejects], dtype=object),
+                 "reason": np.array([r[2] for r in rejects], dtype=object)})
+    times.post = time.perf_counter() - t
+    return data, times
+
+
+# ---------------------------------------------------------------------------- the run
+@dataclass
+class RunSummary:
+    n_items: int
+    n_patterns: int
+    n_rejected: int
+    n_shards: int
+    shards_computed: int
+    wall_s: float
+    ranks: int
+    times: dict
+    master: str
+
+
+def _enumerate(comm, cfg: GenerateConfig) -> Manifest:
+    """All ranks: sorted file list (rank 0), block counts (files split over ranks)."""
+    files = comm.bcast(list_files(cfg.sources) if comm.rank == 0 and cfg.sources else ([] if comm.rank == 0 else None))
+    mine = {i: (len(read_file_items(files[i])), _size(files[i])) for i in range(comm.rank, len(files), comm.size)}
+    merged: dict[int, tuple[int, int]] = {}
+    for part in comm.allgather(mine):
+        merged.update(part)
+    blocks = [merged[i][0] for i in range(len(files))]
+    sizes = [merged[i][1] for i in range(len(files))]
+    syn = cfg.synthetic * 230 if cfg.per_space_group else cfg.synthetic
+    return Manifest(files, blocks, sizes, synthetic=syn, per_space_group=cfg.per_space_group, cycle_to=cfg.cycle_to)
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return -1
+
+
+def _prepare_output(cfg: GenerateConfig, digest: str, record: dict, n_shards: int, log) -> tuple[list[int], list]:
+    """Rank 0: check an existing output against this config, clean leftovers, list shards still to do."""
+    from .dataset import ShardError, shard_info
+
+    out = Path(cfg.output)
+    cfg_path = out / schema.CONFIG_NAME
+    if cfg_path.exists():
+        try:
+            old = json.loads(cfg_path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise InputError(f"cannot read the existing config: {exc}", str(cfg_path)) from None
+        if old.get("config_digest") != digest:
+            changed = _diff(old.get("config", {}), record["config"])
+            if old.get("manifest_digest") != record["manifest_digest"]:
+                changed.append("the input files (list, sizes or block counts)")
+            raise InputError(
+                f"{out} holds a dataset generated with another config (changed: {', '.join(changed) or 'schema or version'}); "
+                "rerun the same command to resume, or choose a new --output", str(cfg_path))
+    elif out.exists() and any(out.iterdir()):
+        raise InputError(f"{out} exists, is not empty and is not an xtalhpc dataset; choose a new --output",
+                         str(out))
+    (out / schema.SHARD_DIR).mkdir(parents=True, exist_ok=True)
+    tmp = cfg_path.with_name(cfg_path.name + schema.TMP_SUFFIX)
+    tmp.write_text(json.dumps(record, indent=2, default=schema._json_default) + "\n")
+    os.replace(tmp, cfg_path)
+    for p in sorted((out / schema.SHARD_DIR).glob("*" + schema.TMP_SUFFIX)):
+        log(f"removing {p.name}: left by an interrupted run")
+        p.unlink()
+    todo, done = [], []
+    for s in range(n_shards):
+        p = out / schema.shard_name(s)
+        if not p.exists():
+            todo.append(s)
+            continue
+        try:
+            done.append(shard_info(p, expect_digest=digest, expect_index=s))
+        except ShardError as exc:
+            if "another generation config" in str(exc):
+                raise InputError(str(exc) + "; choose a new --output", str(p)) from None
+            log(f"recomputing {p.name}: {exc}")
+            p.unlink()
+            todo.append(s)
+    return todo, done
+
+
+def _diff(a: dict, b: dict) -> list[str]:
+    keys = sorted(set(a) | set(b))
+    return [f"{k} {a.get(k)!r} -> {b.get(k)!r}" for k in keys if schema.canonical_json(a.get(k)) != schema.canonical_json(b.get(k))]
+
+
+def run_generate(cfg: GenerateConfig, comm=None, *, log_stream=None, quiet: bool = False) -> RunSummary | None:
+    """Generate (or resume) the dataset of ``cfg`` on the ranks of ``comm``.
+
+    Every rank calls this; rank 0 returns the :class:`RunSummary`, the others None.
+    """
+    from .dataset import build_master, shard_info, write_shard
+    from .instruments import get_instrument
+
+    comm = comm or SerialComm()
+    stream = log_stream or sys.stderr
+
+    def log(msg: str) -> None:
+        if comm.rank == 0 and not quiet:
+            stream.write(f"[generate] {msg}\n")
+            stream.flush()
+
+    t_start = time.perf_counter()
+    instrument = get_instrument(cfg.instrument)
+    throttle = float(os.environ.get(THROTTLE_ENV, "0") or 0)
+
+    # Enumerate inputs, then decide (rank 0) what is left to do; errors are broadcast so all ranks stop.
+    t = time.perf_counter()
+    man = _enumerate(comm, cfg)
+    t_enum = time.perf_counter() - t
+    key_method, key_fn = _group_key_fn()
+    n_items = man.n_items
+    n_shards = -(-n_items // cfg.shard_size)
+    record = {
+        "schema": schema.SCHEMA_NAME, "schema_version": schema.SCHEMA_VERSION, "xtalhpc_version": __version__,
+        "config": cfg.digest_fields(), "instrument": instrument.to_dict(), "group_key_method": key_method,
+        "manifest_digest": man.digest(), "n_items": n_items, "n_files": len(man.files), "n_shards": n_shards,
+    }
+    digest = schema.digest(record)
+    record["config_digest"] = digest
+    record["device"] = cfg.device
+    decision = None
+    if comm.rank == 0:
+        try:
+            if n_items == 0:
+                raise InputError(f"the sources {list(cfg.sources)} hold no structure file", field="sources")
+            todo, done = _prepare_output(cfg, digest, record, n_shards, log)
+            decision = ("ok", todo)
+        except XtalhpcError as exc:
+            decision = ("error", exc)
+    decision = comm.bcast(decision)
+    if decision[0] == "error":
+        raise decision[1]
+    todo = decision[1]
+    log(f"{n_items} input items ({len(man.files)} files, {man.synthetic} synthetic"
+        f"{', cycled' if cfg.cycle_to else ''}) -> {n_shards} shards of {cfg.shard_size}; "
+        f"{n_shards - len(todo)} already complete, {len(todo)} to compute on {comm.size} rank(s); "
+        f"instrument {instrument.name} ({instrument.n_points} points)")
+
+    # Compute.
+    times = ShardTimes()
+    t_wait = 0.0
+    n_mine = 0
+    progress = Progress(n_items, n_shards, len(todo), stream, quiet or comm.rank != 0)
+    t_loop = time.perf_counter()
+    try:
+        if comm.rank == 0:
+            coord = _Coordinator(comm, todo, progress)
+            coord.poll()
+            while (s := coord.take()) is not None:
+                t = time.perf_counter()
+                data, tm = compute_shard(s, cfg, man, instrument, key_fn=key_fn,
+                                         between=coord.poll if comm.size > 1 else None,
+                                         sub_batch_s=POLL_INTERVAL_S if comm.size > 1 else None)
+                t1 = time.perf_counter()
+                write_shard(cfg.output, data, config_digest=digest, compression=cfg.compression,
+                            compression_level=cfg.compression_level)
+                tm.write = time.perf_counter() - t1
+                times.add(tm)
+                n_mine += 1
+                if throttle:
+                    time.sleep(throttle)
+                progress.shard_done(shard=s, rank=0, n_patterns=data.n_patterns, n_rejected=data.n_rejected,
+                                    seconds=time.perf_counter() - t)
+                coord.poll()
+            t = time.perf_counter()
+            coord.drain()
+            t_wait += time.perf_counter() - t
+        else:
+            worker = _Worker(comm)
+            while True:
+                t = time.perf_counter()
+                s = worker.next()
+                t_wait += time.perf_counter() - t
+                if s is None:
+                    break
+                t = time.perf_counter()
+                data, tm = compute_shard(s, cfg, man, instrument, key_fn=key_fn)
+                t1 = time.perf_counter()
+                write_shard(cfg.output, data, config_digest=digest, compression=cfg.compression,
+                            compression_level=cfg.compression_level)
+                tm.write = time.perf_counter() - t1
+                times.add(tm)
+                n_mine += 1
+                if throttle:
+                    time.sleep(throttle)
+                worker.report(shard=s, rank=comm.rank, n_patterns=data.n_patterns, n_rejected=data.n_rejected,
+                              seconds=time.perf_counter() - t)
+    except Exception:
+        if comm.size > 1:
+            # One rank failing must not leave the others waiting forever for it.
+            traceback.print_exc()
+            sys.stderr.flush()
+            comm.comm.Abort(1)
+        raise
+    t_compute = time.perf_counter() - t_loop
+    stats = comm.gather({"rank": comm.rank, "shards": n_mine, "times": dataclasses.asdict(times),
+                         "wait": t_wait, "compute_wall": t_compute, "peak_rss_kb": _peak_rss_kb()})
+
+    if comm.rank != 0:
+        return None
+    # Master file over every shard.
+    t = time.perf_counter()
+    infos = [shard_info(Path(cfg.output) / schema.shard_name(s), expect_digest=digest, expect_index=s)
+             for s in range(n_shards)]
+    n_pat = sum(i.n_patterns for i in infos)
+    n_rej = sum(i.n_rejected for i in infos)
+    if n_pat + n_rej != n_items:
+        raise XtalhpcError(f"generated {n_pat} + rejected {n_rej} != inputs {n_items}: a shard lost items")
+    wall = time.perf_counter() - t_start
+    provenance = {
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "host": platform.node(), "python": platform.python_version(), "numpy": np.__version__,
+        "h5py": _version("h5py"), "numba": _version("numba"), "mpi4py": _version("mpi4py"),
+        "ranks": comm.size, "device": cfg.device, "command": "xtalhpc generate " + " ".join(config_to_argv(cfg)),
+        "generate_wall_s_last_run": round(wall, 3),
+    }
+    attrs = {
+        "xtalhpc_version": __version__, "config": json.dumps(record["config"], default=schema._json_default),
+        "config_digest": digest, "instrument": json.dumps(instrument.to_dict()), "instrument_name": instrument.name,
+        "radiation": instrument.radiation, "wavelength_angstrom": instrument.wavelength, "seed": cfg.seed,
+        "n_items": n_items, "n_files": len(man.files), "manifest_digest": man.digest(),
+        "group_key_method": key_method,
+        "split_fractions": json.dumps(None if cfg.split is None else dict(zip(("train", "val", "test"), cfg.split))),
+        "normalisation": "each pattern divided by its maximum (stored as scale), so max = 1",
+        "units": json.dumps(schema.UNITS), "vocabularies": json.dumps({k: list(v) for k, v in schema.VOCABULARIES.items()}),
+        "provenance": json.dumps(provenance),
+    }
+    build_master(cfg.output, infos, two_theta=instrument.two_theta, attrs=attrs)
+    t_master = time.perf_counter() - t
+    log(f"generated {n_pat} + rejected {n_rej} = {n_pat + n_rej} of {n_items} inputs "
+        f"({'OK' if n_pat + n_rej == n_items else 'MISMATCH'}); master {Path(cfg.output) / schema.MASTER_NAME}")
+    agg = ShardTimes()
+    for st in stats:
+        agg.add(ShardTimes(**st["times"]))
+    return RunSummary(n_items=n_items, n_patterns=n_pat, n_rejected=n_rej, n_shards=n_shards,
+                      shards_computed=len(todo), wall_s=time.perf_counter() - t_start, ranks=comm.size,
+                      times={"enumerate": t_enum, "master": t_master, "compute_wall": t_compute,
+                             "per_rank": stats, "sum": dataclasses.asdict(agg)},
+                      master=str(Path(cfg.output) / schema.MASTER_NAME))
+
+
+def _version(mod: str) -> str:
+    try:
+        from importlib.metadata import version
+
+        return version(mod)
+    except Exception:  # noqa: BLE001
+        return "absent"
+
+
+def _peak_rss_kb() -> int:
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
+# ---------------------------------------------------------------------------- launching
+def config_to_argv(cfg: GenerateConfig, ranks: int | None = None) -> list[str]:
+    """The ``xtalhpc generate`` arguments that reproduce ``cfg`` (used to re-launch under mpiexec)."""
+    argv = [*cfg.sources, "--output", cfg.output, "--instrument", cfg.instrument,
+            "--shard-size", str(cfg.shard_size), "--seed", str(cfg.seed), "--device", cfg.device,
+            "--compression", cfg.compression]
+    if cfg.compression_level is not None:
+        argv += ["--compression-level", str(cfg.compression_level)]
+    argv.append("--peaks" if cfg.peaks else "--no-peaks")
+    argv += ["--split", "none" if cfg.split is None else ",".join(repr(x) for x in cfg.split)]
+    if cfg.synthetic:
+        argv += ["--synthetic", str(cfg.synthetic)]
+        if cfg.per_space_group:
+            argv.append("--per-space-group")
+    if cfg.cycle_to is not None:
+        argv += ["--cycle-to", str(cfg.cycle_to)]
+    if ranks is not None:
+        argv += ["--ranks", str(ranks)]
+    return argv
+
+
+def mpiexec_path() -> str:
+    """The mpiexec beside the running Python (the ``mpich`` wheel's), else the one on PATH."""
+    here = Path(sys.executable).parent / "mpiexec"
+    if here.exists():
+        return str(here)
+    found = shutil.which("mpiexec")
+    if not found:
+        raise MPIEnvironmentError("--ranks > 1 needs mpiexec: pip install 'xtalhpc[mpi]' (mpi4py + mpich), "
+                                  f"none found beside {sys.executable} or on PATH")
+    return found
+
+
+def relaunch(cfg: GenerateConfig, ranks: int, extra: list[str] | None = None) -> int:
+    """Run ``xtalhpc generate`` under ``mpiexec -n ranks`` and return its exit status."""
+    env = dict(os.environ)
+    # One rank per core: Numba's thread pool would otherwise oversubscribe the machine.
+    env.setdefault("NUMBA_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // ranks)))
+    cmd = [mpiexec_path(), "-n", str(ranks), sys.executable, "-m", "xtalhpc.cli", "generate",
+           *config_to_argv(cfg, ranks), *(extra or [])]
+    print(f"[generate] launching {ranks} ranks: {' '.join(cmd)}", file=sys.stderr, flush=True)
+    return subprocess.call(cmd, env=env)
