@@ -1,0 +1,270 @@
+"""CUDA kernels: |F|^2 over reflections x atoms and profile rendering, for a ragged batch.
+
+The kernels call the scalar functions of ``kernels/physics.py`` (``inv_d2``,
+``scattering_amplitude``, ``debye_waller``, ``bragg_theta``, ``lorentz_factor``,
+``peak_fwhm``, ``pseudo_voigt_parts``): numba-cuda compiles an ``njit`` function
+for the device when a kernel calls it, so each formula has one definition for
+both targets. Host-side work (column enumeration, families, batching, streams)
+lives in ``cuda_launch.py``; nothing here allocates on the host, reads files or logs.
+
+Work decomposition
+------------------
+|F|^2: the CPU enumerates the reflections of a structure column by column, an
+(h, k) column being the run of l with 0 < Q <= Q_max, and walks the phase
+exp(2 pi i l z) along l by one complex multiply per step. On the GPU a *work
+item* is a block of ``L_BLOCK`` consecutive l of one column: the thread takes
+one sincos per atom for the first l of its block and the recurrence for the
+rest, so sincos is amortised over ``L_BLOCK`` reflections while every thread
+stays independent (no dynamic per-thread arrays). Columns are enumerated on
+the host (``cuda_launch.enumerate_columns``): a few hundred per structure,
+24 bytes each, and they fix each reflection's output row, which is the same
+row the CPU writes (same h, k, l order), so the CPU's family code reads
+either backend's output alike.
+
+Profiles: one thread per reflection family (the first family of each group
+of equal d renders the summed peak, as the CPU does), a serial walk over its
+window (a first pass for the window's total, for the unit-area
+renormalisation, a second to add), and ``atomic.add`` into the pattern row:
+neighbouring peaks overlap only over a few points, so contention is low.
+
+Everything is float64 (see docs/gpu.md): families are formed by comparing
+|F|^2 to a relative 1e-6, which float32 sums over hundreds of atoms do not
+keep, and an H100 has half its FP32 rate in FP64.
+"""
+from __future__ import annotations
+
+import math
+
+from numba import cuda, float64, int32, int64, njit, types
+
+from numba import config
+
+from . import physics
+from .physics import GAUSS_HALF_WIDTH
+
+
+def _device_fn(f):
+    """An ``njit`` function as the kernels call it.
+
+    On a GPU (and for ``cuda.compile_ptx``) the njit dispatcher itself: numba-cuda compiles
+    it for the device. Under the CUDA simulator its Python source (``py_func``), because the
+    simulator's fake device arrays cannot be passed to compiled CPU code. Either way the
+    formula is the one written in ``physics.py``.
+    """
+    return f.py_func if config.ENABLE_CUDASIM else f
+
+
+inv_d2 = _device_fn(physics.inv_d2)
+scattering_amplitude = _device_fn(physics.scattering_amplitude)
+debye_waller = _device_fn(physics.debye_waller)
+bragg_theta = _device_fn(physics.bragg_theta)
+lorentz_factor = _device_fn(physics.lorentz_factor)
+peak_fwhm = _device_fn(physics.peak_fwhm)
+pseudo_voigt_parts = _device_fn(physics.pseudo_voigt_parts)
+
+TWO_PI = 2.0 * math.pi
+RAD2DEG = 180.0 / math.pi
+#: Reflections along l handled by one thread: one sincos per atom per block, then the
+#: phase recurrence (one complex multiply per reflection per atom). 8 keeps the four
+#: per-thread accumulator arrays (64 doubles) in registers on sm_80/sm_90.
+L_BLOCK = 8
+
+
+def _find_segment(off, x):
+    """Largest c with off[c] <= x, for a non-decreasing ``off`` whose last entry exceeds x."""
+    lo = 0
+    hi = off.shape[0] - 1
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if off[mid] <= x:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+find_segment = _device_fn(njit(inline="always")(_find_segment))
+
+
+def _structure_factor_kernel(recip, col_struct, col_h, col_k, col_l0, col_nl, col_out, col_item_off, type_off,
+                             type_atom_off, type_coef, type_b, frac, occ, step_c, step_s, out_hkl, out_q, out_f2):
+    """|F(hkl)|^2 of every reflection of every column (see the module docstring).
+
+    Column c of structure ``col_struct[c]`` holds l = col_l0[c] .. col_l0[c] + col_nl[c] - 1 at
+    (h, k) = (col_h[c], col_k[c]); its reflections go to output rows col_out[c] + (l - col_l0[c]).
+    Work item g belongs to the column c with col_item_off[c] <= g < col_item_off[c + 1].
+    ``step_c``, ``step_s``: cos and sin of 2 pi z per atom (the step of the l recurrence).
+    """
+    sr = cuda.local.array(L_BLOCK, float64)
+    si = cuda.local.array(L_BLOCK, float64)
+    fr = cuda.local.array(L_BLOCK, float64)
+    fi = cuda.local.array(L_BLOCK, float64)
+    n_items = col_item_off[col_item_off.shape[0] - 1]
+    for item in range(cuda.grid(1), n_items, cuda.gridsize(1)):
+        c = find_segment(col_item_off, item)
+        blk = item - col_item_off[c]
+        i = col_struct[c]
+        h = col_h[c]
+        k = col_k[c]
+        l0 = col_l0[c] + blk * L_BLOCK
+        nl = min(L_BLOCK, col_nl[c] - blk * L_BLOCK)
+        g11, g22, g33 = recip[i, 0], recip[i, 1], recip[i, 2]
+        g12, g13, g23 = recip[i, 3], recip[i, 4], recip[i, 5]
+        for m in range(L_BLOCK):
+            fr[m] = 0.0
+            fi[m] = 0.0
+        for t in range(type_off[i], type_off[i + 1]):
+            for m in range(L_BLOCK):
+                sr[m] = 0.0
+                si[m] = 0.0
+            for j in range(type_atom_off[t], type_atom_off[t + 1]):
+                p = h * frac[j, 0] + k * frac[j, 1] + l0 * frac[j, 2]
+                # Subtracting the nearest integer is exact and keeps sin/cos on their short path.
+                p -= math.floor(p + 0.5)
+                ph = TWO_PI * p
+                o = occ[j]
+                cr = o * math.cos(ph)
+                ci = o * math.sin(ph)
+                zc = step_c[j]
+                zs = step_s[j]
+                for m in range(L_BLOCK):
+                    sr[m] += cr
+                    si[m] += ci
+                    r = cr * zc - ci * zs
+                    ci = cr * zs + ci * zc
+                    cr = r
+            for m in range(L_BLOCK):
+                if m < nl:
+                    s2 = 0.25 * inv_d2(h, k, l0 + m, g11, g22, g33, g12, g13, g23)
+                    wgt = scattering_amplitude(type_coef, t, s2) * debye_waller(type_b[t], s2)
+                    fr[m] += wgt * sr[m]
+                    fi[m] += wgt * si[m]
+        o0 = col_out[c] + blk * L_BLOCK
+        for m in range(L_BLOCK):
+            if m < nl:
+                out_hkl[o0 + m, 0] = h
+                out_hkl[o0 + m, 1] = k
+                out_hkl[o0 + m, 2] = l0 + m
+                out_q[o0 + m] = inv_d2(h, k, l0 + m, g11, g22, g33, g12, g13, g23)
+                out_f2[o0 + m] = fr[m] * fr[m] + fi[m] * fi[m]
+
+
+def _zero_kernel(pattern):
+    """pattern[:] = 0 (grid-stride over all points)."""
+    n = pattern.shape[0] * pattern.shape[1]
+    npts = pattern.shape[1]
+    for g in range(cuda.grid(1), n, cuda.gridsize(1)):
+        pattern[g // npts, g % npts] = 0.0
+
+
+def _window(tt, fwhm, cutoff, tt_min, step, npts):
+    """Grid-index window [i0, i1] of a peak at ``tt`` (degrees), as the CPU renderer cuts it.
+
+    Returns i0 > i1 when the window misses the grid; a window wider than the grid is cut one
+    grid length beyond either end.
+    """
+    half = cutoff * fwhm
+    i0 = int(math.ceil((tt - half - tt_min) / step))
+    i1 = int(math.floor((tt + half - tt_min) / step))
+    if i1 < 0 or i0 >= npts:
+        return 1, 0
+    if i0 < -npts:
+        i0 = -npts
+    if i1 > 2 * npts:
+        i1 = 2 * npts
+    return i0, i1
+
+
+peak_window = _device_fn(njit(inline="always")(_window))
+
+
+def _profile_point(p, i0, ic, gw, x0, d0, step, amp_l, inv_hw, amp_g, a_g):
+    """Unit-area pseudo-Voigt at grid index p: the Lorentzian everywhere in the window, the
+    Gaussian within gw points of the centre index ic (beyond, it is below 3e-8 of its height)."""
+    z = (x0 + (p - i0) * step) * inv_hw
+    v = amp_l / (1.0 + z * z)
+    j = p - ic
+    if amp_g > 0.0 and j >= -gw and j <= gw:
+        dx = d0 + j * step
+        v += amp_g * math.exp(-a_g * dx * dx)
+    return v
+
+
+profile_point = _device_fn(njit(inline="always")(_profile_point))
+
+
+def _render_kernel(fam_off, fam_q, fam_f2, fam_mult, wavelengths, wweights, tt_min, step, u, v, w, x, y, zero,
+                   cutoff, min_fwhm, xray, pattern, fam_tt, fam_int):
+    """Add every family's peak to its structure's row of ``pattern`` (which starts zeroed).
+
+    Families are dense: structure i owns fam_off[i]:fam_off[i + 1], sorted by d descending,
+    families of one d sharing one Q value exactly. Also writes 2theta (degrees, first
+    wavelength) and integrated intensity m |F|^2 L of every family, as the CPU does.
+    """
+    npts = pattern.shape[1]
+    nfam = fam_q.shape[0]
+    for f in range(cuda.grid(1), nfam, cuda.gridsize(1)):
+        i = find_segment(fam_off, f)
+        qg = fam_q[f]
+        th0 = bragg_theta(wavelengths[0], qg)
+        if th0 > 0.0:
+            fam_tt[f] = 2.0 * th0 * RAD2DEG + zero
+            fam_int[f] = fam_mult[f] * fam_f2[f] * lorentz_factor(th0, xray)
+        else:
+            fam_tt[f] = math.nan
+            fam_int[f] = 0.0
+        if f > fam_off[i] and fam_q[f - 1] == qg:
+            continue  # the group's first family renders the summed peak
+        msum = 0.0
+        e = fam_off[i + 1]
+        jj = f
+        while jj < e and fam_q[jj] == qg:
+            msum += fam_mult[jj] * fam_f2[jj]
+            jj += 1
+        for wl in range(wavelengths.shape[0]):
+            th = bragg_theta(wavelengths[wl], qg)
+            if th <= 0.0:
+                continue
+            fwhm, eta = peak_fwhm(th, u, v, w, x, y, min_fwhm)
+            tt = 2.0 * th * RAD2DEG + zero
+            inten = wweights[wl] * msum * lorentz_factor(th, xray)
+            i0, i1 = peak_window(tt, fwhm, cutoff, tt_min, step, npts)
+            if i0 > i1:
+                continue
+            amp_l, inv_hw, amp_g, a_g = pseudo_voigt_parts(fwhm, eta)
+            x0 = tt_min + i0 * step - tt
+            ic = int(round((tt - tt_min) / step))
+            gw = int(GAUSS_HALF_WIDTH * fwhm / step) + 1
+            d0 = tt_min + ic * step - tt
+            total = 0.0
+            for p in range(i0, i1 + 1):
+                total += profile_point(p, i0, ic, gw, x0, d0, step, amp_l, inv_hw, amp_g, a_g)
+            if total <= 0.0:
+                continue
+            # Unit area over the window, so sum(pattern) * step keeps the integrated intensity.
+            scale = inten / (total * step)
+            for p in range(max(i0, 0), min(i1, npts - 1) + 1):
+                cuda.atomic.add(pattern, (i, p),
+                                scale * profile_point(p, i0, ic, gw, x0, d0, step, amp_l, inv_hw, amp_g, a_g))
+
+
+structure_factor_kernel = cuda.jit(_structure_factor_kernel)
+zero_kernel = cuda.jit(_zero_kernel)
+render_kernel = cuda.jit(_render_kernel)
+
+_i32 = int32[::1]
+_i64 = int64[::1]
+_f64 = float64[::1]
+_f64_2d = float64[:, ::1]
+
+#: Kernel name -> (Python function, the one signature the launchers call it with). The
+#: launchers pass exactly these dtypes and layouts, so the PTX test compiles what runs.
+SIGNATURES = {
+    "structure_factor": (_structure_factor_kernel, (
+        _f64_2d, _i32, _i32, _i32, _i32, _i32, _i64, _i64, _i64, _i64, _f64_2d, _f64, _f64_2d, _f64, _f64, _f64,
+        int32[:, ::1], _f64, _f64)),
+    "zero": (_zero_kernel, (_f64_2d,)),
+    "render": (_render_kernel, (
+        _i64, _f64, _f64, _i32, _f64, _f64, float64, float64, float64, float64, float64, float64, float64,
+        float64, float64, float64, types.boolean, _f64_2d, _f64, _f64)),
+}

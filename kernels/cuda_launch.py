@@ -1,0 +1,404 @@
+"""Host side of the CUDA backend: batches, pinned buffers, streams, families.
+
+:func:`run_packed` takes one packed chunk (``xtalhpc.simulate.PackedBatch``, the
+reflection count of each structure and the instrument) and returns exactly what
+the CPU path (``xtalhpc.simulate._run_cpu``) returns, in the same layout.
+
+Pipeline, per device batch b (a run of whole structures sized from free device memory):
+
+1. host: enumerate the (h, k) columns of the batch (O(columns), a few hundred per
+   structure) and copy them up;
+2. device: ``structure_factor_kernel`` -> hkl, Q, |F|^2; one async copy down into
+   pinned memory;
+3. host: ``cpu.reflection_families`` on that copy (the very code of the CPU path, so
+   both backends form identical families) while the device already computes the
+   |F|^2 of batch b + 1 on the other stream;
+4. device: the dense families go up, ``render_kernel`` draws the peaks, and the
+   patterns (with 2theta and intensity per family) come down in one async copy.
+
+Why families on the host: grouping is a per-structure sort by d plus a
+tolerance scan (equal d, then equal |F|^2 to 1e-6), irregular and branchy,
+about 20 ns per reflection on one core. On the device it would need a
+segmented sort and a second compaction pass, and any difference in tie order
+would change which hkl represents a family. Running the CPU code on the
+device's |F|^2 keeps one definition and overlaps with device work; docs/gpu.md
+gives its cost in the throughput model (it is the ceiling of this design on a
+few host cores, and the next thing to move to the device).
+"""
+from __future__ import annotations
+
+import functools
+import math
+import time
+
+import numpy as np
+from numba import njit
+
+from .cpu import index_bounds, l_range
+from .physics import inv_d2
+
+#: Fraction of the free device memory one run may hold; up to three batches are alive at
+#: once (|F|^2 of b + 1, profiles of b, results of b - 1 being copied).
+MEMORY_FRACTION = 0.6
+LIVE_BATCHES = 3
+#: Device bytes per reflection in a batch: hkl, Q, |F|^2 (28) + its share of the column table
+#: (<= 32) + dense families (<= 36), rounded up.
+BYTES_PER_REFLECTION = 100
+#: A chunk is split into at least this many batches (when big enough) so that the host's
+#: family grouping of one batch overlaps the device's |F|^2 of the next.
+PIPELINE_BATCHES = 4
+#: ... but a batch below this many reflections is not worth a launch of its own.
+MIN_BATCH_REFLECTIONS = 1 << 17
+#: Threads per block: the |F|^2 kernel holds 64 doubles of accumulators per thread.
+SF_BLOCK = 128
+RENDER_BLOCK = 128
+
+
+@njit(cache=True)
+def enumerate_columns(recip, cell_len, qmax, refl_off, s0, s1, l_block):
+    """The (h, k) columns of structures s0..s1-1 in the CPU's enumeration order.
+
+    Returns ``col_struct, col_h, col_k, col_l0, col_nl`` (int32), ``col_out`` (int64, the
+    output row of the column's first reflection, from ``refl_off``), ``col_item_off``
+    (int64, prefix sum of ceil(nl / l_block) work items) and the per-structure reflection
+    totals (int64), which the caller checks against the CPU count.
+
+    l_range bounds l with a 1e-9 slack; the exact 0 < Q <= qmax test is applied at both ends
+    of the interval (Q is convex in l, so the valid l form one interval).
+    """
+    ncol = 0
+    col_struct = np.empty(0, np.int32)
+    col_h = np.empty(0, np.int32)
+    col_k = np.empty(0, np.int32)
+    col_l0 = np.empty(0, np.int32)
+    col_nl = np.empty(0, np.int32)
+    col_out = np.empty(0, np.int64)
+    col_item_off = np.zeros(1, np.int64)
+    totals = np.zeros(s1 - s0, np.int64)
+    for pass_ in range(2):  # count, then fill
+        if pass_ == 1:
+            col_struct = np.empty(ncol, np.int32)
+            col_h = np.empty(ncol, np.int32)
+            col_k = np.empty(ncol, np.int32)
+            col_l0 = np.empty(ncol, np.int32)
+            col_nl = np.empty(ncol, np.int32)
+            col_out = np.empty(ncol, np.int64)
+            col_item_off = np.zeros(ncol + 1, np.int64)
+            totals = np.zeros(s1 - s0, np.int64)
+        c = 0
+        for i in range(s0, s1):
+            g11, g22, g33 = recip[i, 0], recip[i, 1], recip[i, 2]
+            g12, g13, g23 = recip[i, 3], recip[i, 4], recip[i, 5]
+            hmax, kmax, _ = index_bounds(cell_len[i, 0], cell_len[i, 1], cell_len[i, 2], qmax)
+            pos = refl_off[i]
+            for h in range(0, hmax + 1):
+                k0 = 0 if h == 0 else -kmax
+                for k in range(k0, kmax + 1):
+                    lo, hi = l_range(h, k, g11, g22, g33, g12, g13, g23, qmax)
+                    while lo <= hi:
+                        q = inv_d2(h, k, lo, g11, g22, g33, g12, g13, g23)
+                        if q > 0.0 and q <= qmax:
+                            break
+                        lo += 1
+                    while hi >= lo:
+                        q = inv_d2(h, k, hi, g11, g22, g33, g12, g13, g23)
+                        if q > 0.0 and q <= qmax:
+                            break
+                        hi -= 1
+                    if lo > hi:
+                        continue
+                    if pass_ == 1:
+                        nl = hi - lo + 1
+                        col_struct[c] = i
+                        col_h[c] = h
+                        col_k[c] = k
+                        col_l0[c] = lo
+                        col_nl[c] = nl
+                        col_out[c] = pos
+                        col_item_off[c + 1] = col_item_off[c] + (nl + l_block - 1) // l_block
+                        pos += nl
+                        totals[i - s0] += nl
+                    c += 1
+        ncol = c
+    return col_struct, col_h, col_k, col_l0, col_nl, col_out, col_item_off, totals
+
+
+def _simulator() -> bool:
+    from numba import config
+
+    return bool(config.ENABLE_CUDASIM)
+
+
+def _grid(n_work: int, block: int) -> tuple[int, int]:
+    """(blocks, threads) for a grid-stride kernel over ``n_work`` items."""
+    if _simulator():
+        # The simulator runs each thread as a Python thread: a handful, striding, is fastest.
+        return 1, min(block, 32)
+    from numba import cuda
+
+    sms = cuda.get_current_device().MULTIPROCESSOR_COUNT
+    return max(1, min(-(-n_work // block), sms * 16)), block
+
+
+def _free_device_bytes() -> float:
+    from numba import cuda
+
+    free, _ = cuda.current_context().get_memory_info()
+    free = float(free)
+    return free if math.isfinite(free) else 4.0 * 2 ** 30  # the simulator reports inf
+
+
+class _PinnedPool:
+    """Grow-only page-locked host buffers, reused across calls.
+
+    Page-locking costs milliseconds per hundred MB, more than a batch's compute, so the
+    buffers are kept; results handed back to the caller are always fresh arrays.
+    """
+
+    def __init__(self) -> None:
+        self._bufs: dict[str, np.ndarray] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+        from numba import cuda
+
+        dtype = np.dtype(dtype)
+        n = int(np.prod(shape))
+        buf = self._bufs.get(name)
+        if buf is None or buf.dtype != dtype or buf.size < n:
+            buf = cuda.pinned_array(max(n, 1 if buf is None else int(buf.size * 1.5) + 1), dtype=dtype)
+            self._bufs[name] = buf
+        return buf[:n].reshape(shape)
+
+
+@functools.lru_cache(maxsize=8)
+def _pool(device_id: int) -> _PinnedPool:
+    """One pool per device (an lru_cache rather than a module global: see release_pinned)."""
+    return _PinnedPool()
+
+
+def release_pinned() -> None:
+    """Free the pinned host buffers kept between calls."""
+    _pool.cache_clear()
+
+
+def _split(counts: np.ndarray, npts: int) -> list[tuple[int, int]]:
+    """Contiguous structure ranges, each small enough for the device and the pipeline."""
+    m = int(counts.sum())
+    budget = MEMORY_FRACTION * _free_device_bytes() / LIVE_BATCHES
+    per_struct = 8 * npts + 64
+    cap = max(1, int(budget // BYTES_PER_REFLECTION))
+    target = min(cap, max(MIN_BATCH_REFLECTIONS, -(-m // PIPELINE_BATCHES)))
+    out = []
+    s = 0
+    n = len(counts)
+    while s < n:
+        e = s
+        refl = 0
+        byt = 0
+        while e < n and (e == s or (refl + counts[e] <= target
+                                    and byt + counts[e] * BYTES_PER_REFLECTION + per_struct <= budget)):
+            refl += int(counts[e])
+            byt += int(counts[e]) * BYTES_PER_REFLECTION + per_struct
+            e += 1
+        if byt > budget:
+            raise MemoryError(f"one structure needs {byt / 2**20:.0f} MiB of device memory; "
+                              f"{budget / 2**20:.0f} MiB are available per batch")
+        out.append((s, e))
+        s = e
+    return out
+
+
+def run_packed(p, counts, inst, timings: dict) -> tuple:
+    """One packed chunk on the GPU; returns what ``xtalhpc.simulate._run_cpu`` returns.
+
+    Parameters
+    ----------
+    p : xtalhpc.simulate.PackedBatch
+    counts : ndarray of int64
+        Half-sphere reflections per structure (``cpu.count_reflections``).
+    inst : xtalhpc.instruments.Instrument
+    timings : dict
+        Accumulates seconds: ``structure_factors`` and ``profiles`` (device kernel time),
+        ``families`` (host), ``cuda_wall`` (the whole call).
+    """
+    from numba import cuda
+
+    from xtalhpc.simulate import ABSENT_TOL, D_TOL, F2_TOL, MIN_FWHM_STEPS, qmax_of
+
+    from . import cpu
+    from .cuda import L_BLOCK, render_kernel, structure_factor_kernel, zero_kernel
+
+    t_start = time.perf_counter()
+    counts = np.asarray(counts, dtype=np.int64)
+    n = p.recip.shape[0]
+    npts = inst.n_points
+    qmax = qmax_of(inst)
+    refl_off = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(counts, out=refl_off[1:])
+    m = int(refl_off[-1])
+
+    recip = np.ascontiguousarray(p.recip, dtype=np.float64)
+    cell_len = np.ascontiguousarray(p.cell_len, dtype=np.float64)
+    frac = np.ascontiguousarray(p.frac, dtype=np.float64)
+    z = 2.0 * math.pi * frac[:, 2]
+    # Results: fresh arrays in the CPU path's layout (families at refl_off[i]:+fam_count[i]).
+    fam_hkl = np.empty((m, 3), dtype=np.int32)
+    fam_q = np.empty(m)
+    fam_f2 = np.empty(m)
+    fam_mult = np.empty(m, dtype=np.int32)
+    fam_count = np.zeros(n, dtype=np.int64)
+    fam_tt = np.empty(m)
+    fam_int = np.empty(m)
+    patterns = np.zeros((n, npts))
+    if m == 0:
+        timings["cuda_wall"] = timings.get("cuda_wall", 0.0) + time.perf_counter() - t_start
+        return refl_off, fam_count, fam_hkl, fam_q, fam_f2, fam_mult, fam_tt, fam_int, patterns
+
+    dev_id = 0 if _simulator() else cuda.get_current_device().id
+    pool = _pool(dev_id)
+    pin_hkl = pool.get("hkl", (m, 3), np.int32)
+    pin_q = pool.get("q", (m,), np.float64)
+    pin_f2 = pool.get("f2", (m,), np.float64)
+    pin_pat = pool.get("pattern", (n, npts), np.float64)
+    pin_tt = pool.get("fam_tt", (m,), np.float64)
+    pin_int = pool.get("fam_int", (m,), np.float64)
+    streams = (cuda.stream(), cuda.stream())
+
+    # Structure-level inputs: small (atoms and types), uploaded once per chunk.
+    st = streams[0]
+    d_recip = cuda.to_device(recip, stream=st)
+    d_type_off = cuda.to_device(np.ascontiguousarray(p.type_off, dtype=np.int64), stream=st)
+    d_type_atom_off = cuda.to_device(np.ascontiguousarray(p.type_atom_off, dtype=np.int64), stream=st)
+    d_type_coef = cuda.to_device(np.ascontiguousarray(p.type_coef, dtype=np.float64), stream=st)
+    d_type_b = cuda.to_device(np.ascontiguousarray(p.type_b, dtype=np.float64), stream=st)
+    d_frac = cuda.to_device(frac, stream=st)
+    d_occ = cuda.to_device(np.ascontiguousarray(p.occ, dtype=np.float64), stream=st)
+    d_step_c = cuda.to_device(np.cos(z), stream=st)
+    d_step_s = cuda.to_device(np.sin(z), stream=st)
+    st.synchronize()  # the other stream reads these too
+
+    wavelengths = np.asarray(inst.wavelengths, dtype=np.float64)
+    wweights = np.asarray(inst.wavelength_weights, dtype=np.float64)
+    d_wl = cuda.to_device(wavelengths)
+    d_ww = cuda.to_device(wweights)
+    min_fwhm = MIN_FWHM_STEPS * inst.two_theta_step
+    xray = inst.radiation == "xray"
+
+    batches = _split(counts, npts)
+    dense_base = [0]
+    kernel_events: list[tuple[str, object, object]] = []
+
+    def enqueue_sf(b: int) -> dict:
+        s0, s1 = batches[b]
+        r0, r1 = int(refl_off[s0]), int(refl_off[s1])
+        stream = streams[b % 2]
+        (c_struct, c_h, c_k, c_l0, c_nl, c_out, c_items,
+         totals) = enumerate_columns(recip, cell_len, qmax, refl_off, s0, s1, L_BLOCK)
+        if not np.array_equal(totals, counts[s0:s1]):
+            bad = int(np.flatnonzero(totals != counts[s0:s1])[0])
+            raise RuntimeError(f"column enumeration found {int(totals[bad])} reflections for structure "
+                               f"{s0 + bad}, the CPU count {int(counts[s0 + bad])}")
+        c_out -= r0
+        st = {"s": (s0, s1), "r": (r0, r1), "stream": stream}
+        nref = r1 - r0
+        n_items = int(c_items[-1])
+        if nref == 0:
+            st["event"] = None
+            return st
+        d_cols = [cuda.to_device(a, stream=stream) for a in (c_struct, c_h, c_k, c_l0, c_nl, c_out, c_items)]
+        d_hkl = cuda.device_array((nref, 3), dtype=np.int32, stream=stream)
+        d_q = cuda.device_array(nref, dtype=np.float64, stream=stream)
+        d_f2 = cuda.device_array(nref, dtype=np.float64, stream=stream)
+        e0, e1 = cuda.event(), cuda.event()
+        e0.record(stream)
+        blocks, threads = _grid(n_items, SF_BLOCK)
+        structure_factor_kernel[blocks, threads, stream](
+            d_recip, *d_cols, d_type_off, d_type_atom_off, d_type_coef, d_type_b, d_frac, d_occ, d_step_c,
+            d_step_s, d_hkl, d_q, d_f2)
+        e1.record(stream)
+        kernel_events.append(("structure_factors", e0, e1))
+        d_hkl.copy_to_host(pin_hkl[r0:r1], stream=stream)
+        d_q.copy_to_host(pin_q[r0:r1], stream=stream)
+        d_f2.copy_to_host(pin_f2[r0:r1], stream=stream)
+        ev = cuda.event()
+        ev.record(stream)
+        st["event"] = ev
+        st["keep"] = (d_cols, d_hkl, d_q, d_f2)  # alive until the copies are done
+        return st
+
+    def process(st: dict) -> dict:
+        s0, s1 = st["s"]
+        r0, r1 = st["r"]
+        stream = st["stream"]
+        if st["event"] is not None:
+            st["event"].synchronize()
+        st.pop("keep", None)
+        t = time.perf_counter()
+        loc_off = refl_off[s0:s1 + 1] - r0
+        cpu.reflection_families(loc_off, pin_hkl[r0:r1], pin_q[r0:r1], pin_f2[r0:r1], D_TOL, F2_TOL, ABSENT_TOL,
+                                fam_hkl[r0:r1], fam_q[r0:r1], fam_f2[r0:r1], fam_mult[r0:r1], fam_count[s0:s1])
+        fc = fam_count[s0:s1]
+        doff = np.zeros(s1 - s0 + 1, dtype=np.int64)
+        np.cumsum(fc, out=doff[1:])
+        nd = int(doff[-1])
+        rows = np.repeat(refl_off[s0:s1], fc) + (np.arange(nd) - np.repeat(doff[:-1], fc))
+        timings["families"] = timings.get("families", 0.0) + time.perf_counter() - t
+        d0 = dense_base[0]
+        dense_base[0] += nd
+        st.update(rows=rows, d=(d0, d0 + nd))
+        d_pat = cuda.device_array((s1 - s0, npts), dtype=np.float64, stream=stream)
+        blocks, threads = _grid((s1 - s0) * npts, 256)
+        zero_kernel[blocks, threads, stream](d_pat)
+        keep = [d_pat]
+        if nd:
+            d_off = cuda.to_device(doff, stream=stream)
+            d_fq = cuda.to_device(np.ascontiguousarray(fam_q[rows]), stream=stream)
+            d_ff2 = cuda.to_device(np.ascontiguousarray(fam_f2[rows]), stream=stream)
+            d_fm = cuda.to_device(np.ascontiguousarray(fam_mult[rows]), stream=stream)
+            d_tt = cuda.device_array(nd, dtype=np.float64, stream=stream)
+            d_int = cuda.device_array(nd, dtype=np.float64, stream=stream)
+            e0, e1 = cuda.event(), cuda.event()
+            e0.record(stream)
+            blocks, threads = _grid(nd, RENDER_BLOCK)
+            render_kernel[blocks, threads, stream](
+                d_off, d_fq, d_ff2, d_fm, d_wl, d_ww, inst.two_theta_min, inst.two_theta_step, inst.U, inst.V,
+                inst.W, inst.X, inst.Y, inst.zero, inst.profile_cutoff, min_fwhm, xray, d_pat, d_tt, d_int)
+            e1.record(stream)
+            kernel_events.append(("profiles", e0, e1))
+            d_tt.copy_to_host(pin_tt[d0:d0 + nd], stream=stream)
+            d_int.copy_to_host(pin_int[d0:d0 + nd], stream=stream)
+            keep += [d_off, d_fq, d_ff2, d_fm, d_tt, d_int]
+        d_pat.copy_to_host(pin_pat[s0:s1], stream=stream)
+        ev = cuda.event()
+        ev.record(stream)
+        st["event"] = ev
+        st["keep"] = keep
+        return st
+
+    def finish(st: dict) -> None:
+        s0, s1 = st["s"]
+        st["event"].synchronize()
+        st.pop("keep", None)
+        d0, d1 = st["d"]
+        patterns[s0:s1] = pin_pat[s0:s1]
+        fam_tt[st["rows"]] = pin_tt[d0:d1]
+        fam_int[st["rows"]] = pin_int[d0:d1]
+
+    pending = enqueue_sf(0)
+    rendering = None
+    for b in range(len(batches)):
+        nxt = enqueue_sf(b + 1) if b + 1 < len(batches) else None
+        cur = process(pending)
+        if rendering is not None:
+            finish(rendering)
+        rendering, pending = cur, nxt
+    finish(rendering)
+
+    for key, e0, e1 in kernel_events:
+        try:
+            timings[key] = timings.get(key, 0.0) + cuda.event_elapsed_time(e0, e1) / 1e3
+        except Exception:  # the simulator's events carry no times
+            pass
+    timings["cuda_batches"] = timings.get("cuda_batches", 0) + len(batches)
+    timings["cuda_wall"] = timings.get("cuda_wall", 0.0) + time.perf_counter() - t_start
+    return refl_off, fam_count, fam_hkl, fam_q, fam_f2, fam_mult, fam_tt, fam_int, patterns
