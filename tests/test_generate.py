@@ -1,0 +1,290 @@
+"""``xtalhpc generate`` end to end: real structures, real HDF5, real MPI ranks.
+
+Inputs: 28 small real CIFs from ../shared/data (Dans_Diffraction and COD test
+inputs, 1-5 atom sites) plus a two-block CIF written here (each block is an
+item), and four planted bad inputs: a truncated CIF, an unknown element, an
+empty file and a directory named ``dir.cif``. 34 items, shard size 5 -> 7 shards.
+
+MPI runs are subprocesses of the ``mpiexec`` beside the venv's Python (the
+``mpich`` wheel); every such run pays MPI start-up plus loading the Numba
+cache, a few seconds each.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from xtalhpc import cli
+from xtalhpc.dataset import open_dataset, schema, verify_dataset
+
+DANS = ("Aluminium BCC Beryllium Cobalt Copper Cubic Diamond FCC Gold Graphite HCP Iron KCl Niobium Ruthenium "
+        "Rutile Silicon Silver ZnO triclinic").split()
+COD = ("1000026-MgB2 10010 1501508 1557929 1009031 1011060-graphite-atom-label 2101499-diamond "
+       "9012939-with-T-in-deg-C").split()
+SHARD = 5
+MULTI_CIF = """data_cscl
+_cell_length_a 4.12
+_cell_length_b 4.12
+_cell_length_c 4.12
+_cell_angle_alpha 90
+_cell_angle_beta 90
+_cell_angle_gamma 90
+_symmetry_space_group_name_H-M 'P m -3 m'
+loop_
+_atom_site_label
+_atom_site_type_symbol
+_atom_site_fract_x
+_atom_site_fract_y
+_atom_site_fract_z
+Cs1 Cs 0 0 0
+Cl1 Cl 0.5 0.5 0.5
+
+data_nacl
+_cell_length_a 5.64
+_cell_length_b 5.64
+_cell_length_c 5.64
+_cell_angle_alpha 90
+_cell_angle_beta 90
+_cell_angle_gamma 90
+_symmetry_space_group_name_H-M 'F m -3 m'
+loop_
+_atom_site_label
+_atom_site_type_symbol
+_atom_site_fract_x
+_atom_site_fract_y
+_atom_site_fract_z
+Na1 Na 0 0 0
+Cl1 Cl 0.5 0.5 0.5
+"""
+BAD = {"zz_truncated.cif", "unknown_element.cif", "empty.cif", "dir.cif"}
+MPIEXEC = Path(sys.executable).parent / "mpiexec"
+needs_mpi = pytest.mark.skipif(not MPIEXEC.exists(), reason=f"no mpiexec beside {sys.executable} (pip install mpich)")
+
+
+@pytest.fixture(scope="session")
+def inputs(shared_data, tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("inputs")
+    for name in DANS:
+        shutil.copy(shared_data / "structures/dans_diffraction/Dans_Diffraction/Structures" / f"{name}.cif", d)
+    for name in COD:
+        shutil.copy(shared_data / "structures/cod/cifs" / f"tests__inputs__{name}.cif", d)
+    (d / "multi.cif").write_text(MULTI_CIF)
+    # planted bad inputs
+    text = (d / "Rutile.cif").read_text()
+    (d / "zz_truncated.cif").write_text(text[: len(text) // 3])
+    (d / "unknown_element.cif").write_text(MULTI_CIF.split("\n\n")[0].replace("Cl1 Cl", "Xq1 Xq"))
+    (d / "empty.cif").write_text("")
+    (d / "dir.cif").mkdir()
+    return d
+
+
+N_GOOD = len(DANS) + len(COD) + 2
+N_ITEMS = N_GOOD + len(BAD)
+
+
+def _env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "PMI_", "PMIX_", "OMPI_"))}
+    env.setdefault("NUMBA_NUM_THREADS", "1")
+    env.update(extra)
+    return env
+
+
+def _generate_cmd(inputs: Path, out: Path, *extra: str) -> list[str]:
+    return ["generate", str(inputs), "--output", str(out), "--shard-size", str(SHARD), *extra]
+
+
+@pytest.fixture(scope="session")
+def reference(inputs, tmp_path_factory) -> Path:
+    """One rank, in-process through the CLI: the dataset every other run must reproduce."""
+    out = tmp_path_factory.mktemp("ref") / "ds"
+    rc = cli.main(_generate_cmd(inputs, out, "--quiet"))
+    assert rc == 1  # 1: some inputs were rejected (the planted ones)
+    return out
+
+
+def _arrays(path: Path) -> dict:
+    with open_dataset(path) as ds:
+        out = ds.read_all()
+        out["rejects"] = ds.rejects()
+    return out
+
+
+def _assert_same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        if k == "rejects":
+            for c in ("item_index", "source", "reason"):
+                np.testing.assert_array_equal(a[k][c], b[k][c], err_msg=f"rejects/{c}")
+        else:
+            assert a[k].dtype == b[k].dtype, k
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_every_input_is_a_pattern_or_a_reject(reference, inputs):
+    with open_dataset(reference) as ds:
+        rej = ds.rejects()
+        assert ds.attrs["n_items"] == N_ITEMS
+        assert len(ds) == N_GOOD
+        assert len(ds) + len(rej["item_index"]) == N_ITEMS
+        names = {Path(s).name for s in rej["source"]}
+        assert names == BAD, dict(zip(rej["source"], rej["reason"]))
+        reasons = dict(zip((Path(s).name for s in rej["source"]), rej["reason"]))
+        assert "directory" in reasons["dir.cif"]
+        assert "empty" in reasons["empty.cif"]
+        assert "Xq" in reasons["unknown_element.cif"]
+        assert "parse" in reasons["zz_truncated.cif"] or "CIF" in reasons["zz_truncated.cif"]
+        # items are numbered over the sorted file list, blocks in file order
+        items = np.sort(np.concatenate([ds.read("item_index"), rej["item_index"]]))
+        np.testing.assert_array_equal(items, np.arange(N_ITEMS))
+        sid = list(ds.read("source_id"))
+        multi = [s for s in sid if "multi.cif#" in s]
+        assert [s.rsplit("#", 1)[1] for s in multi] == ["0", "1"]
+        assert ds.attrs["n_shards"] == -(-N_ITEMS // SHARD)
+
+
+def test_labels_and_metadata_are_self_describing(reference):
+    import json
+
+    with open_dataset(reference) as ds:
+        a = ds.attrs
+        assert a["schema"] == schema.SCHEMA_NAME and a["schema_version"] == schema.SCHEMA_VERSION
+        assert a["instrument"]["name"] == "bt1-cu311" and a["radiation"] == "neutron"
+        assert a["config"]["shard_size"] == SHARD and a["seed"] == 0
+        assert json.loads(a["vocabularies"])["bravais_lattice"][9] == "hR"
+        np.testing.assert_allclose(ds.two_theta[[0, -1]], [3.0, 167.75])
+        pat = ds.patterns[()]
+        assert pat.dtype == np.float32 and pat.shape == (N_GOOD, 3296)
+        np.testing.assert_allclose(pat.max(axis=1), 1.0, rtol=0, atol=0)  # normalised: max exactly 1
+        sg = ds.read("space_group")
+        by_source = dict(zip((Path(s).name for s in ds.read("source_id")), sg))
+        assert by_source["Aluminium.cif"] == 225 and by_source["BCC.cif"] == 229
+        assert by_source["multi.cif#0"] == 221 and by_source["multi.cif#1"] == 225
+        cs = dict(zip((Path(s).name for s in ds.read("source_id")), ds.labels("crystal_system")))
+        bl = dict(zip((Path(s).name for s in ds.read("source_id")), ds.labels("bravais_lattice")))
+        assert (cs["ZnO.cif"], bl["ZnO.cif"], cs["triclinic.cif"], bl["triclinic.cif"]) == \
+            ("hexagonal", "hP", "triclinic", "aP")
+        lat = ds.read("lattice")
+        i = list(by_source).index("Aluminium.cif")
+        np.testing.assert_allclose(lat[i], [4.04958, 4.04958, 4.04958, 90, 90, 90])
+        assert set(ds.labels("split")) <= {"train", "val", "test"}
+        # the peak list belongs to this pattern: Al (111) at 2theta = 2 asin(lambda / 2d), d = a / sqrt(3)
+        pk = ds.peaks(i)
+        first = np.argmin(pk["two_theta"])
+        assert sorted(np.abs(pk["hkl"][first])) == [1, 1, 1]
+        expect = 2 * np.degrees(np.arcsin(1.5403 / (2 * 4.04958 / np.sqrt(3))))
+        assert abs(pk["two_theta"][first] - expect) < 1e-4
+        assert np.min(np.abs(pk["two_theta"] - ds.two_theta[np.argmax(pat[i])])) < 0.1
+
+
+def test_info_and_verify_commands(reference, capsys):
+    assert cli.main(["verify", str(reference)]) == 0
+    assert "OK" in capsys.readouterr().out
+    assert cli.main(["info", str(reference)]) == 0
+    out = capsys.readouterr().out
+    assert f"{N_ITEMS} inputs = {N_GOOD} patterns + {len(BAD)} rejected" in out
+    assert "cubic" in out and "bt1-cu311" in out
+
+
+def test_rerun_is_a_no_op_and_other_config_is_refused(reference, tmp_path, inputs, capsys):
+    copy = tmp_path / "copy"
+    shutil.copytree(reference, copy)
+    before = (copy / "shards" / "part-00000.h5").stat().st_mtime_ns
+    assert cli.main(_generate_cmd(inputs, copy)) == 1
+    err = capsys.readouterr().err
+    assert "7 already complete, 0 to compute" in err
+    assert (copy / "shards" / "part-00000.h5").stat().st_mtime_ns == before
+    assert cli.main(_generate_cmd(inputs, copy, "--seed", "7")) == 2
+    err = capsys.readouterr().err
+    assert "another config" in err and "seed 0 -> 7" in err
+
+
+@needs_mpi
+@pytest.mark.mpi
+def test_three_ranks_give_the_same_arrays_as_one(reference, inputs, tmp_path):
+    out = tmp_path / "ds3"
+    cmd = [str(MPIEXEC), "-n", "3", sys.executable, "-m", "xtalhpc.cli", *_generate_cmd(inputs, out)]
+    r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1, r.stderr  # 1 = some inputs rejected
+    ranks_used = set(re.findall(r"shard \d+ rank (\d+):", r.stderr))
+    assert len(ranks_used) >= 2, r.stderr  # dynamic scheduling really shared the work
+    assert f"generated {N_GOOD} + rejected {len(BAD)} = {N_ITEMS} of {N_ITEMS} inputs (OK)" in r.stderr
+    _assert_same(_arrays(reference), _arrays(out))
+    assert verify_dataset(out).ok
+
+
+@needs_mpi
+@pytest.mark.mpi
+def test_resume_after_sigkill_of_one_rank_equals_uninterrupted(reference, inputs, tmp_path):
+    out = tmp_path / "ds2"
+    cmd = [sys.executable, "-m", "xtalhpc.cli", *_generate_cmd(inputs, out, "--ranks", "2")]
+    # 1.5 s per shard: 7 shards over 2 ranks take >= 5 s, plenty of time to kill one rank mid-run.
+    env = _env(XTALHPC_GENERATE_SHARD_DELAY="1.5")
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    pids = {}
+    deadline = time.monotonic() + 120
+    try:
+        for line in proc.stderr:  # "[generate] rank R/2 pid P host H"
+            m = re.search(r"rank (\d+)/2 pid (\d+)", line)
+            if m:
+                pids[int(m.group(1))] = int(m.group(2))
+            if len(pids) == 2:
+                break
+            assert time.monotonic() < deadline
+        while not list((out / "shards").glob("part-*.h5")):
+            assert time.monotonic() < deadline and proc.poll() is None, "no shard appeared"
+            time.sleep(0.05)
+        os.kill(pids[1], signal.SIGKILL)
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode != 0
+    done = sorted(p.name for p in (out / "shards").glob("part-*.h5"))
+    assert 1 <= len(done) < 7, done
+    assert not (out / "dataset.h5").exists()
+    assert not verify_dataset(out).ok  # no master yet: verify says so
+
+    r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1, r.stderr
+    m = re.search(r"(\d+) already complete, (\d+) to compute", r.stderr)
+    assert m and int(m.group(1)) >= len(done) and int(m.group(1)) + int(m.group(2)) == 7, r.stderr
+    computed = set(re.findall(r"shard (\d+) rank", r.stderr))
+    assert not computed & {n[5:10] for n in done}  # finished shards were not recomputed
+    _assert_same(_arrays(reference), _arrays(out))
+    assert verify_dataset(out).ok
+    assert not list((out / "shards").glob("*.tmp"))
+
+
+def test_srun_without_pmi_is_refused(inputs, tmp_path):
+    """srun without --mpi=pmi2 starts singletons: Slurm says 2 tasks, MPI says 1 rank."""
+    out = tmp_path / "ds"
+    env = _env(SLURM_NTASKS="2", SLURM_STEP_NUM_TASKS="2", SLURM_PROCID="1", SLURM_JOB_ID="1")
+    r = subprocess.run([sys.executable, "-m", "xtalhpc.cli", *_generate_cmd(inputs, out)], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert "srun --mpi=pmi2" in r.stderr
+    assert not (out / "shards").exists()
+
+
+def test_bad_options_name_the_flag(inputs, tmp_path, capsys):
+    assert cli.main(_generate_cmd(inputs, tmp_path / "x", "--compression-level", "5", "--compression", "lzf")) == 2
+    assert "--compression-level" in capsys.readouterr().err
+    assert cli.main(["generate", str(tmp_path / "nothing*.cif"), "--output", str(tmp_path / "y")]) == 2
+    assert "matched no files" in capsys.readouterr().err
+
+
+def test_help_default_shard_size_matches_the_code():
+    from xtalhpc.commands.generate import DEFAULT_SHARD_SIZE_TEXT
+    from xtalhpc.generate import DEFAULT_SHARD_SIZE
+
+    assert int(DEFAULT_SHARD_SIZE_TEXT) == DEFAULT_SHARD_SIZE
