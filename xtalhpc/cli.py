@@ -20,6 +20,9 @@ COMMANDS: tuple[str, ...] = (
     "generate",
     "info",
     "verify",
+    "dedup",
+    "split",
+    "balance",
 )
 
 
