@@ -15,8 +15,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .crystal import Crystal, cell_metric
-from .errors import InputError
+from .crystal import Crystal
+from .errors import InputError, ScatteringError
 from .instruments import Instrument, get_instrument
 from .scattering import N_COEFF, scattering_coefficients
 
@@ -147,59 +147,90 @@ class PackedBatch:
     occ: np.ndarray
 
 
-def _scattering_types(c: Crystal, radiation: str):
-    """Group atoms by (species, charge, length override, B): one f(s) and one Debye-Waller per type."""
-    n = c.n_atoms
-    species_ids: dict[tuple, int] = {}
-    sid = np.empty(n, dtype=np.int64)
-    bover = c.scattering_length if c.scattering_length is not None else np.full(n, np.nan)
-    for j in range(n):
-        key = (c.species[j], int(c.charge[j]) if radiation == "xray" else 0,
-               None if not np.isfinite(bover[j]) else float(bover[j]))
-        sid[j] = species_ids.setdefault(key, len(species_ids))
-    keys = np.stack([sid.astype(np.float64), c.b_iso], axis=1)
-    uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
-    inverse = inverse.reshape(-1)
-    order = np.argsort(inverse, kind="stable")
-    counts = np.bincount(inverse, minlength=len(uniq))
-    rev = {v: k for k, v in species_ids.items()}
-    coef = np.empty((len(uniq), N_COEFF))
-    for t, (s_idx, _) in enumerate(uniq):
-        nuclide, charge, bo = rev[int(s_idx)]
-        try:
-            coef[t] = scattering_coefficients(nuclide, radiation, charge, bo)
-        except InputError as exc:
-            raise type(exc)(exc.message, c.source or c.name, "species") from None
-    return order, counts, coef, uniq[:, 1].copy()
+def _species_keys(c: Crystal, radiation: str) -> list:
+    """Per atom, what fixes its f(s): the nuclide, plus the charge for X-rays, plus a length override."""
+    if c.scattering_length is None:
+        if radiation == "xray":
+            return list(zip(c.species, c.charge.tolist()))
+        return list(c.species)
+    bl = c.scattering_length.tolist()
+    ch = c.charge.tolist() if radiation == "xray" else [0] * c.n_atoms
+    return [(s, q, None if b != b else b) for s, q, b in zip(c.species, ch, bl)]
 
 
-def pack(crystals: Sequence[Crystal], radiation: str) -> PackedBatch:
-    """Pack crystals into the kernels' layout (raises InputError naming the crystal's source)."""
+def _coefficients(key, radiation: str) -> np.ndarray:
+    if isinstance(key, str):
+        return scattering_coefficients(key, radiation)
+    if len(key) == 2:
+        return scattering_coefficients(key[0], radiation, key[1])
+    return scattering_coefficients(key[0], radiation, key[1], key[2])
+
+
+def pack(crystals: Sequence[Crystal], radiation: str) -> tuple[PackedBatch, dict[int, InputError]]:
+    """Pack crystals into the kernels' layout, vectorised over the batch.
+
+    Atoms are grouped into scattering types (same f(s) and same B: one form factor and one
+    Debye-Waller factor per type per reflection). Returns the packed batch of the crystals
+    that could be packed and ``{index: reason}`` for those that could not (a species without
+    scattering data); the packed batch holds the others in input order.
+    """
     n = len(crystals)
-    recip = np.empty((n, 6))
-    cell_len = np.empty((n, 3))
-    type_off = np.zeros(n + 1, dtype=np.int64)
-    parts_counts, parts_coef, parts_b, parts_frac, parts_occ = [], [], [], [], []
-    for i, c in enumerate(crystals):
-        gstar = np.linalg.inv(cell_metric(c.cell))
-        recip[i] = gstar[0, 0], gstar[1, 1], gstar[2, 2], gstar[0, 1], gstar[0, 2], gstar[1, 2]
-        cell_len[i] = c.cell[:3]
-        order, counts, coef, bt = _scattering_types(c, radiation)
-        type_off[i + 1] = type_off[i] + len(counts)
-        parts_counts.append(counts)
-        parts_coef.append(coef)
-        parts_b.append(bt)
-        parts_frac.append(c.frac[order])
-        parts_occ.append(c.occupancy[order])
-    counts = np.concatenate(parts_counts) if n else np.zeros(0, dtype=np.int64)
-    type_atom_off = np.zeros(len(counts) + 1, dtype=np.int64)
-    np.cumsum(counts, out=type_atom_off[1:])
-    return PackedBatch(
-        recip=recip, cell_len=cell_len, type_off=type_off, type_atom_off=type_atom_off,
-        type_coef=np.concatenate(parts_coef) if n else np.zeros((0, N_COEFF)),
-        type_b=np.concatenate(parts_b) if n else np.zeros(0),
-        frac=np.ascontiguousarray(np.concatenate(parts_frac)) if n else np.zeros((0, 3)),
-        occ=np.concatenate(parts_occ) if n else np.zeros(0))
+    registry: dict = {}
+    sid_parts = []
+    for c in crystals:
+        keys = _species_keys(c, radiation)
+        sid_parts.append(np.fromiter((registry.setdefault(k, len(registry)) for k in keys), np.int64, len(keys)))
+    coef_table = np.zeros((len(registry), N_COEFF))
+    bad_keys: dict[int, str] = {}
+    for key, g in registry.items():
+        try:
+            coef_table[g] = _coefficients(key, radiation)
+        except InputError as exc:
+            bad_keys[g] = exc.message
+    errors: dict[int, InputError] = {}
+    if bad_keys:
+        bad = np.fromiter(bad_keys, np.int64)
+        for i, sid in enumerate(sid_parts):
+            hit = np.intersect1d(sid, bad)
+            if hit.size:
+                c = crystals[i]
+                errors[i] = ScatteringError(bad_keys[int(hit[0])], c.source or c.name, "species")
+    keep = [i for i in range(n) if i not in errors]
+    cs = [crystals[i] for i in keep]
+    m = len(cs)
+    if m == 0:
+        z = np.zeros(0)
+        return PackedBatch(np.zeros((0, 6)), np.zeros((0, 3)), np.zeros(1, np.int64), np.zeros(1, np.int64),
+                           np.zeros((0, N_COEFF)), z, np.zeros((0, 3)), z), errors
+    cells = np.array([c.cell for c in cs])
+    natoms = np.fromiter((c.n_atoms for c in cs), np.int64, m)
+    frac = np.concatenate([c.frac for c in cs])
+    occ = np.concatenate([c.occupancy for c in cs])
+    biso = np.concatenate([c.b_iso for c in cs])
+    sid = np.concatenate([sid_parts[i] for i in keep])
+    cid = np.repeat(np.arange(m), natoms)
+    order = np.lexsort((biso, sid, cid))
+    cid_s, sid_s, b_s = cid[order], sid[order], biso[order]
+    start = np.ones(len(order), dtype=bool)
+    start[1:] = (cid_s[1:] != cid_s[:-1]) | (sid_s[1:] != sid_s[:-1]) | (b_s[1:] != b_s[:-1])
+    first = np.flatnonzero(start)
+    type_atom_off = np.append(first, len(order)).astype(np.int64)
+    type_off = np.zeros(m + 1, dtype=np.int64)
+    np.cumsum(np.bincount(cid_s[first], minlength=m), out=type_off[1:])
+    # Reciprocal metric G* = G^-1 of every cell at once.
+    a, b, c_, al, be, ga = (cells[:, k] for k in range(6))
+    ca, cb, cg = np.cos(np.radians(al)), np.cos(np.radians(be)), np.cos(np.radians(ga))
+    g = np.empty((m, 3, 3))
+    g[:, 0, 0], g[:, 1, 1], g[:, 2, 2] = a * a, b * b, c_ * c_
+    g[:, 0, 1] = g[:, 1, 0] = a * b * cg
+    g[:, 0, 2] = g[:, 2, 0] = a * c_ * cb
+    g[:, 1, 2] = g[:, 2, 1] = b * c_ * ca
+    gs = np.linalg.inv(g)
+    recip = np.stack([gs[:, 0, 0], gs[:, 1, 1], gs[:, 2, 2], gs[:, 0, 1], gs[:, 0, 2], gs[:, 1, 2]], axis=1)
+    packed = PackedBatch(recip=recip, cell_len=np.ascontiguousarray(cells[:, :3]), type_off=type_off,
+                         type_atom_off=type_atom_off, type_coef=coef_table[sid_s[first]], type_b=b_s[first].copy(),
+                         frac=np.ascontiguousarray(frac[order]), occ=occ[order])
+    return packed, errors
 
 
 def subset(p: PackedBatch, idx: np.ndarray) -> PackedBatch:
@@ -298,25 +329,16 @@ def simulate_batch(crystals: Sequence[Crystal], instrument: "str | Instrument" =
     inst = get_instrument(instrument)
     dev = resolve_device(device)
     n = len(crystals)
-    errors: dict[int, str] = {}
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    # Check scattering data one structure at a time so a species without data fails only its own.
-    ok_idx: list[int] = []
-    packs: list[Crystal] = []
     for i, c in enumerate(crystals):
         if not isinstance(c, Crystal):
             raise InputError(f"item {i} is a {type(c).__name__}, not a Crystal", field="crystals")
-        try:
-            _scattering_types(c, inst.radiation)
-        except InputError as exc:
-            if on_error == "raise":
-                raise
-            errors[i] = str(exc)
-            continue
-        ok_idx.append(i)
-        packs.append(c)
-    p = pack(packs, inst.radiation)
+    p, failed = pack(crystals, inst.radiation)
+    if failed and on_error == "raise":
+        raise failed[min(failed)]
+    errors = {i: str(e) for i, e in failed.items()}
+    ok_idx = [i for i in range(n) if i not in errors]
     timings["pack"] = time.perf_counter() - t0
     from xtalhpc_kernels import cpu
 

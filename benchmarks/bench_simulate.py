@@ -1,0 +1,199 @@
+#!/usr/bin/env python
+"""Full-pattern speed of xtalhpc vs pymatgen's NDCalculator, side by side, single core.
+
+Structures: every crystalline NCrystal library crystal (../shared/data/structures/ncrystal)
+plus pyxtal random crystals of 8-160 atoms (seeded). For each structure both codes get the
+same atoms, the same scattering lengths (NCrystal's, or periodictable's for pyxtal ones) and
+the same B. pymatgen computes the reflection list only (no profiles); xtalhpc computes
+reflections, |F|^2 and the pseudo-Voigt profile on the whole NIST BT-1 grid (3296 points).
+
+xtalhpc time per pattern = wall time of one ``simulate_batch`` over R copies of the structure
+divided by R (the way ``xtalhpc generate`` runs it), packing included, NUMBA_NUM_THREADS=1.
+pymatgen time = best of ``--repeat`` calls of ``get_pattern`` (2theta 3-167.75 deg).
+
+Usage: python benchmarks/bench_simulate.py [--shared ../shared/data] [--pyxtal 24] [--seed 7]
+                                           [--json out.json]
+"""
+from __future__ import annotations
+
+import os
+
+os.environ["NUMBA_NUM_THREADS"] = "1"  # single core, set before numba is imported
+
+import argparse
+import json
+import math
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+EIGHT_PI2 = 8 * math.pi ** 2
+
+
+def ncrystal_structures(directory: Path):
+    import NCrystal as NC
+
+    out = []
+    for f in sorted(directory.glob("*.ncmat")):
+        info = NC.createInfo(str(f))
+        if not (info.hasStructureInfo() and info.hasAtomInfo()):
+            continue
+        si = info.structure_info
+        cell = [si[k] for k in ("a", "b", "c", "alpha", "beta", "gamma")]
+        frac, lab, bl, biso = [], [], [], []
+        for ai in info.atominfos:
+            for p in ai.positions:
+                frac.append(p)
+                lab.append(ai.atomData.displayLabel())
+                bl.append(ai.atomData.coherentScatLen() * 10.0)  # sqrt(barn) -> fm
+                biso.append(EIGHT_PI2 * ai.msd)
+        out.append((f.stem, cell, np.array(frac), lab, np.array(bl), np.array(biso)))
+    return out
+
+
+def pyxtal_structures(n: int, seed: int):
+    from pyxtal import pyxtal
+
+    from xtalhpc.scattering import neutron_b
+
+    rng = np.random.default_rng(seed)
+    # (space group, species, atoms per species) spanning 8-160 atoms and all crystal systems
+    recipes = [(225, ["Na", "Cl"], [4, 4]), (194, ["Zn", "O"], [2, 2]), (62, ["La", "Mn", "O"], [4, 4, 12]),
+               (14, ["C", "H", "O", "N"], [16, 24, 8, 4]), (2, ["Si", "O", "Ca"], [20, 40, 20]),
+               (227, ["Mg", "Al", "O"], [8, 16, 32]), (139, ["Ba", "Cu", "O"], [4, 8, 16]),
+               (167, ["Al", "O"], [12, 18]), (15, ["Fe", "P", "O"], [8, 8, 32]), (61, ["K", "S", "O"], [16, 8, 32]),
+               (2, ["C", "H", "N", "O"], [40, 64, 16, 40]), (1, ["Si", "O"], [40, 80])]
+    out = []
+    k = 0
+    while len(out) < n:
+        sg, sp, num = recipes[k % len(recipes)]
+        k += 1
+        x = pyxtal()
+        try:
+            x.from_random(3, sg, sp, num, random_state=int(rng.integers(1 << 30)))
+        except Exception:
+            continue
+        s = x.to_pymatgen()
+        labels = [site.specie.symbol for site in s]
+        bl = np.array([neutron_b(e) for e in labels])
+        biso = rng.uniform(0.3, 1.5, len(labels))
+        lat = s.lattice
+        out.append((f"pyxtal-sg{sg}-{len(s)}", [lat.a, lat.b, lat.c, lat.alpha, lat.beta, lat.gamma],
+                    s.frac_coords, labels, bl, biso))
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shared", default=str(REPO.parent / "shared" / "data"))
+    ap.add_argument("--pyxtal", type=int, default=24, help="number of pyxtal random crystals")
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--repeat", type=int, default=3, help="pymatgen calls per structure (best taken)")
+    ap.add_argument("--min-time", type=float, default=0.05, help="xtalhpc batch wall time to aim for (s)")
+    ap.add_argument("--json", help="write per-structure results here")
+    args = ap.parse_args(argv)
+
+    from pymatgen.analysis.diffraction import neutron as pmg_neutron
+    from pymatgen.core import Lattice, Structure
+
+    from xtalhpc import Crystal
+    from xtalhpc.crystal import element_of
+    from xtalhpc.instruments import get_instrument
+    from xtalhpc.simulate import simulate_batch
+
+    inst = get_instrument("bt1-cu311")
+    ncdir = Path(args.shared) / "structures" / "ncrystal" / "data"
+    items = (ncrystal_structures(ncdir) if ncdir.is_dir() else []) + pyxtal_structures(args.pyxtal, args.seed)
+    if not items:
+        print("no structures found", file=sys.stderr)
+        return 2
+
+    # Warm up the JIT (not timed).
+    name, cell, frac, lab, bl, biso = items[0]
+    simulate_batch([Crystal(cell, frac, lab, np.ones(len(lab)), biso, scattering_length=bl)], inst)
+
+    rows = []
+    orig_table = dict(pmg_neutron.ATOMIC_SCATTERING_LEN)
+    for name, cell, frac, lab, bl, biso in items:
+        c = Crystal(cell, frac, lab, np.ones(len(lab)), biso, scattering_length=bl, name=name)
+        # pymatgen with the same lengths and B (per element; every structure here has one per element)
+        els = [element_of(x) for x in lab]
+        table = dict(zip(els, bl))
+        bmap = dict(zip(els, biso))
+        if len(set(zip(els, bl, biso))) != len(set(els)):
+            # several B per element: give pymatgen the element-mean, report the physics check as n/a
+            bmap = {e: float(np.mean([b for ee, b in zip(els, biso) if ee == e])) for e in set(els)}
+        pmg_neutron.ATOMIC_SCATTERING_LEN.update(table)
+        calc = pmg_neutron.NDCalculator(wavelength=inst.wavelength, debye_waller_factors=bmap)
+        s = Structure(Lattice.from_parameters(*cell), els, frac)
+        t_pmg = math.inf
+        for _ in range(args.repeat if c.n_atoms < 100 else 1):
+            t = time.perf_counter()
+            pat = calc.get_pattern(s, scaled=False, two_theta_range=(inst.two_theta_min, inst.two_theta_max))
+            t_pmg = min(t_pmg, time.perf_counter() - t)
+        pmg_neutron.ATOMIC_SCATTERING_LEN.clear()
+        pmg_neutron.ATOMIC_SCATTERING_LEN.update(orig_table)
+
+        # xtalhpc: batch of R copies
+        t = time.perf_counter()
+        res = simulate_batch([c], inst)
+        t1 = time.perf_counter() - t
+        reps = max(1, min(2000, int(args.min_time / max(t1, 1e-6))))
+        t = time.perf_counter()
+        res = simulate_batch([c] * reps, inst)
+        t_x = (time.perf_counter() - t) / reps
+        tm = {k: v / reps for k, v in res.timings.items()}
+
+        # physics spot check: 20 strongest merged peaks, normalised
+        r = res.reflections(0)
+        on = (r.two_theta >= inst.two_theta_min) & (r.two_theta <= inst.two_theta_max)
+        tt = np.round(r.two_theta[on], 5)
+        ours = {}
+        for a, b in zip(tt, r.intensity[on]):
+            ours[a] = ours.get(a, 0.0) + b
+        theirs = {}
+        for a, b in zip(np.round(pat.x, 5), pat.y):
+            theirs[a] = theirs.get(a, 0.0) + b
+        top = sorted(theirs, key=theirs.get, reverse=True)[:20]
+        mo, mt = max(ours.values()), max(theirs.values())
+        dev = max(abs(ours.get(k, 0.0) / mo - theirs[k] / mt) / (theirs[k] / mt) for k in top)
+        rows.append(dict(name=name, atoms=c.n_atoms, volume=c.volume, families=int(len(r)), t_pymatgen=t_pmg,
+                         t_xtalhpc=t_x, speedup=t_pmg / t_x, max_rel_dev_top20=dev,
+                         **{f"t_{k}": v for k, v in tm.items()}))
+        print(f"{name:42s} {c.n_atoms:4d} atoms {len(r):6d} fam  pymatgen {t_pmg*1e3:8.2f} ms  "
+              f"xtalhpc {t_x*1e3:7.3f} ms  x{t_pmg/t_x:7.1f}  dev {dev:.1e}", flush=True)
+
+    sp = np.array([r["speedup"] for r in rows])
+    tx = np.array([r["t_xtalhpc"] for r in rows])
+    atoms = np.array([r["atoms"] for r in rows])
+    med = int(np.argsort(tx)[len(tx) // 2])
+    print()
+    print(f"structures: {len(rows)}  (NCrystal {len(rows) - args.pyxtal}, pyxtal {args.pyxtal})")
+    print(f"speed-up over pymatgen NDCalculator: median {np.median(sp):.0f}x, min {sp.min():.0f}x, max {sp.max():.0f}x")
+    print(f"median structure ({rows[med]['name']}, {rows[med]['atoms']} atoms): {1/tx[med]:.0f} patterns/s/core")
+    print(f"max relative deviation of normalised top-20 intensities vs pymatgen: "
+          f"{max(r['max_rel_dev_top20'] for r in rows):.2e}")
+    print()
+    print("| atoms | structures | median pymatgen (ms) | median xtalhpc (ms) | median speed-up | "
+          "reflections+|F|^2 (ms) | families (ms) | profiles (ms) | packing (ms) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for lo, hi in ((1, 8), (9, 24), (25, 64), (65, 160)):
+        sel = [r for r in rows if lo <= r["atoms"] <= hi]
+        if not sel:
+            continue
+        g = lambda k: np.median([r[k] for r in sel]) * 1e3  # noqa: E731
+        print(f"| {lo}-{hi} | {len(sel)} | {g('t_pymatgen'):.2f} | {g('t_xtalhpc'):.3f} | "
+              f"{np.median([r['speedup'] for r in sel]):.0f}x | {g('t_count') + g('t_structure_factors'):.3f} | "
+              f"{g('t_families'):.3f} | {g('t_profiles'):.3f} | {g('t_pack'):.3f} |")
+    print(f"\npeak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
