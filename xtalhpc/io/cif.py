@@ -65,6 +65,13 @@ CELL_TAGS = ("_cell_length_a", "_cell_length_b", "_cell_length_c",
              "_cell_angle_alpha", "_cell_angle_beta", "_cell_angle_gamma")
 
 _EIGHT_PI2 = 8.0 * math.pi ** 2
+# Relative deviation of the cell metric from symmetry invariance above which a
+# note is written: 1e-4 is ~0.006 deg or 1e-4 A in 1 A, well above the rounding
+# of published cells, below a real metric mismatch such as 89.98 deg in a hexagonal cell.
+_METRIC_TOL = 1e-4
+# Above this (1 %) the operators belong to another setting or cell and the
+# expanded structure would be meaningless: an error.
+_METRIC_MAX = 1e-2
 # Occupancies are refined numbers; 1.0 written as 1.00 or 0.9999 is fine, 1.01 is not.
 _OCC_TOL = 1e-6
 
@@ -218,12 +225,14 @@ def _symmetry(block, cell6, src):
         tag, raw = _value(block, HM_TAGS)
         if not _is_null(raw):
             hm = gemmi.cif.as_string(raw).strip()
-            sg = gemmi.find_spacegroup_by_name(hm, cell6[3], cell6[5])
+            # prefer="2": origin choice 2 where a symbol leaves it open (gemmi's choice for small
+            # molecules; ICSD/COD default); hexagonal vs rhombohedral axes follow the cell angles
+            sg = gemmi.find_spacegroup_by_name(hm, cell6[3], cell6[5], "2")
             if sg is None:
                 # common spellings: 'P2_1/n', 'P2(1)/c', 'P 21 /m'
                 alt = re.sub(r"\((\d)\)", r"\1", hm.replace("_", ""))
                 alt = re.sub(r"\s*/\s*", "/", alt)
-                sg = gemmi.find_spacegroup_by_name(alt, cell6[3], cell6[5])
+                sg = gemmi.find_spacegroup_by_name(alt, cell6[3], cell6[5], "2")
             if sg is None:
                 raise StructureError(f"Hermann-Mauguin symbol {hm!r} is not a known space group and the "
                                      "block has no symmetry operators", src, tag)
@@ -260,7 +269,14 @@ def _symmetry(block, cell6, src):
         raise StructureError(f"symmetry operators do not form a crystallographic group ({exc})", src, origin) from None
     full = [op for op in group]
     if len(full) != len(given):
-        notes.append(f"{len(given)} symmetry operators in {origin} completed to a group of {len(full)}")
+        symbol_ops, symbol_tag = _symbol_ops(block, cell6)
+        if symbol_ops is not None and origin not in HALL_TAGS + HM_TAGS:
+            # a typo in one operator (COD has such entries): the symbol is the better witness
+            notes.append(f"the {len(given)} operators in {origin} are not a group; using {symbol_tag} instead")
+            group = gemmi.GroupOps(symbol_ops)
+            full = [op for op in group]
+        else:
+            notes.append(f"{len(given)} symmetry operators in {origin} completed to a group of {len(full)}")
     sg = gemmi.find_spacegroup_by_ops(group)
     number = sg.number if sg is not None else None
     if number is None:
@@ -272,6 +288,24 @@ def _symmetry(block, cell6, src):
         notes.append(f"{number_tag} says {tag_number} but the symmetry operators form group {number}; "
                      f"using {number}")
     return full, number, notes, origin
+
+
+def _symbol_ops(block, cell6):
+    """Operators of the Hall or H-M symbol of a block, or (None, None)."""
+    import gemmi
+
+    tag, raw = _value(block, HALL_TAGS)
+    if not _is_null(raw):
+        try:
+            return list(gemmi.symops_from_hall(gemmi.cif.as_string(raw).strip())), tag
+        except RuntimeError:
+            pass
+    tag, raw = _value(block, HM_TAGS)
+    if not _is_null(raw):
+        sg = gemmi.find_spacegroup_by_name(gemmi.cif.as_string(raw).strip(), cell6[3], cell6[5], "2")
+        if sg is not None:
+            return list(sg.operations()), tag
+    return None, None
 
 
 def _spglib_number(ops, cell6):
@@ -295,22 +329,32 @@ def _spglib_number(ops, cell6):
 
 # ---- species ------------------------------------------------------------------
 
-_LABEL_RE = re.compile(r"^(\d*)([A-Z][a-z]?)")
+def species_from_label(label: str, formula_elements: frozenset[str] | None = None) -> str | None:
+    """Element (or D) at the start of an atom-site label, e.g. ``'Fe2a' -> 'Fe'``, ``'O1' -> 'O'``.
 
-
-def species_from_label(label: str) -> str | None:
-    """Element (or D) at the start of an atom-site label, e.g. ``'Fe2a' -> 'Fe'``, ``'OW1' -> 'O'``."""
+    Labels are case-insensitive in practice (``'CO(1)'`` is cobalt in a cobalt
+    complex, ``'HO1'`` a hydrogen on an oxygen). With ``formula_elements``
+    (from ``_chemical_formula_sum``) the two-letter reading wins only if that
+    element is in the formula; without, a two-letter reading needs the
+    second letter in lower case. ``'Wat'``/``'Ow'`` labels (water oxygen) -> O.
+    """
     import periodictable
 
-    m = _LABEL_RE.match(label.strip())
+    lab = label.strip()
+    m = re.match(r"^\d*([A-Za-z])([A-Za-z]?)", lab)
     if not m:
-        m2 = re.match(r"^([A-Za-z])([A-Za-z]?)", label.strip())
-        if not m2:
-            return None
-        cands = [m2.group(1).upper() + m2.group(2).lower(), m2.group(1).upper()]
+        return None
+    one = m.group(1).upper()
+    two = one + m.group(2).lower() if m.group(2) else None
+    if re.match(r"^(wat|ow)", lab, re.IGNORECASE) and (formula_elements is None or "O" in formula_elements) \
+            and not (formula_elements and "W" in formula_elements and lab[:2].lower() != "ow"):
+        return "O"
+    if formula_elements:
+        cands = [c for c in (two, one) if c and c in formula_elements]
+    elif two and m.group(2).islower():
+        cands = [two, one]
     else:
-        sym = m.group(2)
-        cands = [sym, sym[0]] if len(sym) == 2 else [sym]
+        cands = [one]
     for c in cands:
         if c in ("D", "T"):
             return c
@@ -322,7 +366,17 @@ def species_from_label(label: str) -> str | None:
     return None
 
 
-def _species(raw_type, label, src, tag):
+def _formula_elements(block) -> frozenset[str] | None:
+    import gemmi
+
+    raw = block.find_value("_chemical_formula_sum")
+    if _is_null(raw):
+        return None
+    els = frozenset(re.findall(r"[A-Z][a-z]?", gemmi.cif.as_string(raw)))
+    return els or None
+
+
+def _species(raw_type, label, src, tag, formula_elements=None):
     """Species string for the Crystal (charge kept) from a type symbol or label."""
     import gemmi
 
@@ -356,7 +410,7 @@ def _species(raw_type, label, src, tag):
         raise StructureError(f"type symbol {sym!r} (site {label!r}) is not an element; allowed: element "
                              "symbols such as 'Fe', isotopes such as 'D' or '7Li', charges such as 'O2-'",
                              src, tag)
-    el = species_from_label(label)
+    el = species_from_label(label, formula_elements)
     if el is None:
         raise StructureError(f"no _atom_site_type_symbol and the label {label!r} does not start with an "
                              "element symbol", src, "_atom_site_label")
@@ -449,13 +503,24 @@ def _read_block(block, src: str, stem: str) -> Crystal:
                                  missing_angles[0])
         notes.append(f"{', '.join(missing_angles)} absent: 90 deg (CIF default; fixed by space group {number})")
 
+    dev = _metric_deviation(ops, cell6)
+    if dev > _METRIC_MAX:
+        raise StructureError(f"the symmetry operators ({_origin}) do not fit the cell "
+                             f"{np.round(cell6, 4).tolist()}: the metric changes by {dev:.2g} relative under "
+                             "them (wrong setting or unique axis?); allowed: a cell invariant under the group",
+                             src, _origin or "_cell_angle_alpha")
+    if dev > _METRIC_TOL:
+        notes.append(f"cell {np.round(cell6, 4).tolist()} is not invariant under the symmetry operators "
+                     f"(metric deviates by up to {dev:.1e} relative); used as given")
+
     table = block.find("_atom_site_", ["label", "?type_symbol", "?fract_x", "?fract_y", "?fract_z",
-                                       "?U_iso_or_equiv", "?B_iso_or_equiv", "?occupancy", "?calc_flag"])
+                                       "?U_iso_or_equiv", "?B_iso_or_equiv", "?occupancy", "?calc_flag",
+                                       "?symmetry_multiplicity"])
     if len(table) == 0:
         if block.find_values("_atom_site_type_symbol") and block.find_values("_atom_site_fract_x"):
             table = block.find("_atom_site_", ["type_symbol", "?type_symbol", "?fract_x", "?fract_y",
                                                "?fract_z", "?U_iso_or_equiv", "?B_iso_or_equiv",
-                                               "?occupancy", "?calc_flag"])
+                                               "?occupancy", "?calc_flag", "?symmetry_multiplicity"])
         if len(table) == 0:
             if block.find_values("_atom_site_Cartn_x"):
                 raise StructureError("atom sites are given only as Cartesian coordinates; allowed: "
@@ -464,13 +529,15 @@ def _read_block(block, src: str, stem: str) -> Crystal:
     if not table.has_column(2):
         raise StructureError("no atom coordinates: _atom_site_fract_x/y/z absent", src, "_atom_site_fract_x")
     aniso = _aniso_ueq(block, cell6, src)
+    formula_elements = _formula_elements(block)
 
     L = lattice_vectors(cell6)
     rots = np.array([np.array(op.rot, dtype=float) / op.DEN for op in ops])
     trans = np.array([np.array(op.tran, dtype=float) / op.DEN for op in ops])
 
     frac_all, species_all, occ_all, b_all, charge_all = [], [], [], [], []
-    default_b, from_label, zero_occ, unknown_occ = [], [], [], []
+    default_b, from_label, zero_occ, unknown_occ, mult_mismatch = [], [], [], [], []
+    species_cache: dict = {}
     for row in table:
         label = gemmi.cif.as_string(row[0]) or f"#{len(species_all) + 1}"
         if row.has(8) and gemmi.cif.as_string(row[8]).lower() in ("dum", "dummy"):
@@ -482,7 +549,10 @@ def _read_block(block, src: str, stem: str) -> Crystal:
             if _is_null(raw):
                 raise StructureError(f"site {label!r} has no {axis} coordinate ({raw or 'absent'})", src, tag)
             xyz.append(_number(raw, src, tag))
-        sp, by_label = _species(row[1] if row.has(1) else None, label, src, "_atom_site_type_symbol")
+        key = (row[1] if row.has(1) else None, label if not row.has(1) or _is_null(row[1]) else "")
+        if key not in species_cache:
+            species_cache[key] = _species(key[0], label, src, "_atom_site_type_symbol", formula_elements)
+        sp, by_label = species_cache[key]
         if by_label:
             from_label.append(label)
         occ = 1.0
@@ -527,6 +597,12 @@ def _read_block(block, src: str, stem: str) -> Crystal:
         keep = _unique_images(images, L)
         frac_all.append(images[keep])
         n = int(keep.sum())
+        if row.has(9) and not _is_null(row[9]):
+            mult = gemmi.cif.as_number(row[9])
+            # Two conventions in the wild: the Wyckoff multiplicity (images in the cell), or
+            # (SHELXL) the order of the site-symmetry group, i.e. len(ops) / images.
+            if not math.isnan(mult) and int(mult) != n and int(mult) * n != len(ops):
+                mult_mismatch.append(f"{label} ({n} vs {int(mult)})")
         species_all += [sp] * n
         occ_all += [min(occ, 1.0)] * n
         b_all += [b] * n
@@ -542,6 +618,8 @@ def _read_block(block, src: str, stem: str) -> Crystal:
         notes.append(f"species from the labels of {_few(from_label)} (no _atom_site_type_symbol)")
     if zero_occ:
         notes.append(f"sites with occupancy 0 dropped: {_few(zero_occ)}")
+    if mult_mismatch:
+        notes.append(f"site multiplicity differs from _atom_site_symmetry_multiplicity: {_few(mult_mismatch)}")
     if unknown_occ:
         notes.append(f"occupancy '?' taken as 1 for {_few(unknown_occ)}")
     return Crystal(cell=cell6, frac=np.concatenate(frac_all), species=tuple(species_all),
@@ -549,13 +627,29 @@ def _read_block(block, src: str, stem: str) -> Crystal:
                    source=src, name=block.name or stem, notes=tuple(notes))
 
 
+def _metric_deviation(ops, cell6) -> float:
+    """Largest |R^T G R - G| / max|G| over the rotation parts R: 0 for a cell that fits the group."""
+    from ..crystal import cell_metric
+
+    g = cell_metric(cell6)
+    scale = float(np.max(np.abs(g)))
+    dev = 0.0
+    for op in ops:
+        r = np.array(op.rot, dtype=float) / op.DEN
+        dev = max(dev, float(np.max(np.abs(r.T @ g @ r - g))) / scale)
+    return dev
+
+
 def _unique_images(images: np.ndarray, lattice: np.ndarray) -> np.ndarray:
     """Mask of images kept: the first of each group closer than MERGE_TOL (minimum image)."""
     d = images[:, None, :] - images[None, :, :]
     d -= np.round(d)
-    dist2 = np.einsum("ijk,kl,ijl->ij", d, lattice @ lattice.T, d)
-    close = dist2 < MERGE_TOL ** 2
+    cart = d @ lattice
+    close = np.sum(cart * cart, axis=-1) < MERGE_TOL ** 2
     keep = np.ones(len(images), dtype=bool)
+    np.fill_diagonal(close, False)
+    if not close.any():  # general position: every image is a distinct atom
+        return keep
     for i in range(1, len(images)):
         if np.any(close[i, :i] & keep[:i]):
             keep[i] = False
