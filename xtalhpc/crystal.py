@@ -190,8 +190,11 @@ class Crystal:
             raise StructureError(f"{len(species)} species for {n} atoms", src, "species")
         charge = np.zeros(n, dtype=np.int8) if self.charge is None else np.asarray(self.charge, dtype=np.int8)
         norm = []
+        parsed: dict[str, tuple[str, int]] = {}  # parse each distinct symbol once (cells repeat species)
         for i, s in enumerate(species):
-            nuc, q = parse_species(s, src, "species")
+            if s not in parsed:
+                parsed[s] = parse_species(s, src, "species")
+            nuc, q = parsed[s]
             if q and self.charge is None:
                 charge[i] = q
             norm.append(nuc)
