@@ -250,3 +250,38 @@ def test_balance_command_with_split_and_report(tmp_path, capsys):
         rows = list(csv.DictReader(fh))
     assert len(rows) == 4 * len({r[4] for r in PLANTED})
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.with_suffix(".csv").exists()
+
+
+NACL_CIF = """data_{name}
+_cell_length_a {a}
+_cell_length_b {a}
+_cell_length_c {a}
+_cell_angle_alpha 90
+_cell_angle_beta 90
+_cell_angle_gamma 90
+_space_group_IT_number 225
+_symmetry_space_group_name_H-M 'F m -3 m'
+loop_
+_atom_site_label
+_atom_site_type_symbol
+_atom_site_fract_x
+_atom_site_fract_y
+_atom_site_fract_z
+Na1 Na 0 0 0
+Cl1 Cl 0.5 0.5 0.5
+"""
+
+
+def test_dedup_structure_files_together_with_a_table(tmp_path, capsys):
+    pytest.importorskip("xtalhpc.io")  # the structure readers belong to another module
+    folder = tmp_path / "cifs"
+    folder.mkdir()
+    for name, a in [("nacl_a", 5.640), ("nacl_b", 5.655), ("nacl_c", 5.900)]:
+        (folder / f"{name}.cif").write_text(NACL_CIF.format(name=name, a=a))
+    table = write_table(tmp_path / "t.csv", [cubic("NaCl", 7, "2010", 225, 5.650), cubic("KCl", 8, "2010", 225, 6.29)])
+    assert _run_command("dedup", [str(folder), str(table), "-o", str(tmp_path / "out")]) == 0
+    assert "before 5, after 3" in capsys.readouterr().out
+    with open(tmp_path / "out" / "kept.csv", newline="") as fh:
+        kept = {r["id"]: r for r in csv.DictReader(fh)}
+    # the table row has a year, the CIFs none: the 2010 entry is kept for the 5.64-5.655 group
+    assert set(kept) == {"7", "8", "nacl_c"} and kept["7"]["reduced_formula"] == "ClNa"
