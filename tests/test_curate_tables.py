@@ -285,3 +285,35 @@ def test_dedup_structure_files_together_with_a_table(tmp_path, capsys):
         kept = {r["id"]: r for r in csv.DictReader(fh)}
     # the table row has a year, the CIFs none: the 2010 entry is kept for the 5.64-5.655 group
     assert set(kept) == {"7", "8", "nacl_c"} and kept["7"]["reduced_formula"] == "ClNa"
+
+
+# The rows printed on the poster (reference/poster.md, "De-Duplicating"), tab separated as there,
+# with the header spelled out (the poster's header line is truncated).
+POSTER_ROWS = """\
+Ag0.02Cu1.98S3Si1\t155130\t2006 4/1/2007\tmonoclinic\t9\t6.3405\t11.257\t6.2812\t90\t107.464\t90\t427.66
+Ag0.02Li0.98\t58311\t1969 4/1/2004\tcubic\t229\t3.4913\t3.4913\t3.4913\t90\t90\t90\t42.56
+Ag0.034In0.037Sb0.764Te0.165\t94288\t2001 #####\thexagonal\t166\t4.347\t4.347\t11.2415\t90\t90\t120\t183.96
+Ag0.034In0.037Sb0.764Te0.165\t94289\t2001 #####\thexagonal\t166\t4.3553\t4.3553\t11.276\t90\t90\t120\t185.23
+Ag0.034In0.037Sb0.764Te0.165\t94290\t2001 #####\thexagonal\t166\t4.3696\t4.3696\t11.5759\t90\t90\t120\t191.41
+Ag0.034In0.037Sb0.764Te0.165\t94291\t2001 #####\thexagonal\t166\t4.3747\t4.3747\t5.8087\t90\t90\t120\t96.27
+Ag0.034In0.037Sb0.764Te0.165\t426574\t2013 2/1/2014\thexagonal\t166\t4.338\t4.338\t11.004\t90\t90\t120\t179.33
+Ag0.034In0.037Sb0.764Te0.165\t426575\t2013 2/1/2014\thexagonal\t166\t4.3032\t4.3032\t11.2623\t90\t90\t120\t180.61
+Ag0.03Cd0.98SO1\t29297\t1960 1/1/1980\tcubic\t225\t4.69385\t4.69385\t4.69385\t90\t90\t90\t103.42
+Ag0.03Mg0.97\t58325\t1950 4/1/2004\thexagonal\t194\t3.1936\t3.1936\t5.1769\t90\t90\t120\t45.73
+Ag0.04Cu3.96\t604103\t1993 8/1/2008\tcubic\t225\t3.62\t3.62\t3.62\t90\t90\t90\t47.44
+"""
+
+
+def test_poster_rows(tmp_path):
+    path = tmp_path / "poster.tsv"
+    path.write_text("\t".join(POSTER_HEADER) + "\n" + POSTER_ROWS)
+    _, recs = read_table(path, require_cell=True)
+    assert len(recs) == 11 and recs[0].year == 2006 and recs[2].year == 2001
+    res = find_duplicates(recs)
+    # only 94288 ~ 94289 (a 0.19 %, c 0.31 %); 426575 is 1.008 % from 94288 in a: just outside
+    assert [(recs[i].id, recs[k].id) for i, k, _ in res.dropped] == [("94289", "94288")]
+    assert len(res.kept) == 10
+    # at formula + space-group level the six Ag-In-Sb-Te entries are one
+    assert len(find_duplicates(recs, mode="formula").kept) == 6
+    keys = {structure_type_key(r) for r in recs[2:8]}
+    assert keys == {"A|166"}  # the dilute alloy joins the A7 (elemental Sb) structure type
