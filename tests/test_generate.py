@@ -99,7 +99,9 @@ def _env(**extra) -> dict:
 
 
 def _generate_cmd(inputs: Path, out: Path, *extra: str) -> list[str]:
-    return ["generate", str(inputs), "--output", str(out), "--shard-size", str(SHARD), *extra]
+    # peaks and gzip are off by default; the tests exercise them
+    return ["generate", str(inputs), "--output", str(out), "--shard-size", str(SHARD), "--peaks",
+            "--compression", "gzip", *extra]
 
 
 @pytest.fixture(scope="session")
@@ -277,7 +279,7 @@ def test_srun_without_pmi_is_refused(inputs, tmp_path):
 
 
 def test_bad_options_name_the_flag(inputs, tmp_path, capsys):
-    assert cli.main(_generate_cmd(inputs, tmp_path / "x", "--compression-level", "5", "--compression", "lzf")) == 2
+    assert cli.main([*_generate_cmd(inputs, tmp_path / "x"), "--compression-level", "5", "--compression", "lzf"]) == 2
     assert "--compression-level" in capsys.readouterr().err
     assert cli.main(["generate", str(tmp_path / "nothing*.cif"), "--output", str(tmp_path / "y")]) == 2
     assert "matched no files" in capsys.readouterr().err
@@ -288,3 +290,21 @@ def test_help_default_shard_size_matches_the_code():
     from xtalhpc.generate import DEFAULT_SHARD_SIZE
 
     assert int(DEFAULT_SHARD_SIZE_TEXT) == DEFAULT_SHARD_SIZE
+
+
+def test_defaults_store_patterns_unfiltered_and_no_peaks(inputs, tmp_path):
+    import h5py
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("Aluminium.cif", "ZnO.cif", "multi.cif"):
+        shutil.copy(inputs / name, src)
+    out = tmp_path / "ds"
+    assert cli.main(["generate", str(src), "--output", str(out), "--quiet"]) == 0
+    with open_dataset(out) as ds:
+        assert len(ds) == 4 and not ds.has_peaks
+        with pytest.raises(Exception, match="no peak lists"):
+            ds.peaks(0)
+    with h5py.File(out / "shards" / "part-00000.h5", "r") as f:
+        assert f["patterns"].compression is None
+    assert verify_dataset(out).ok

@@ -60,7 +60,11 @@ THROTTLE_ENV = "XTALHPC_GENERATE_SHARD_DELAY"
 #: answers other ranks' requests in between (the latency a worker can see).
 POLL_INTERVAL_S = 0.1
 #: Structure files parsed and kept per process (consecutive items share files).
-FILE_CACHE = 64
+FILE_CACHE = 256
+#: Base items whose labels and group key are remembered per process (see _item_meta).
+META_MEMO = 65536
+#: Per-run statistics (timings and peak RSS per rank) written beside the dataset.
+RUN_STATS_NAME = "last-run.json"
 #: Environment variables by which MPI launchers announce a world to their ranks.
 _MPI_ENV = ("PMI_RANK", "PMI_SIZE", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS", "MV2_COMM_WORLD_SIZE",
             "HYDI_CONTROL_FD", "PMI_FD")
@@ -89,12 +93,15 @@ class GenerateConfig:
         Root seed; item i uses ``(seed, i)`` (synthetic crystals).
     device : str
         Simulation backend: cpu, cuda or auto. Not part of the digest.
-    compression : {"gzip", "lzf", "none"}
-        Filter of the pattern and peak datasets; gzip with byte shuffle by default.
+    compression : {"none", "gzip", "lzf"}
+        Filter of the pattern and peak datasets (with byte shuffle). Default none:
+        BT-1 patterns are float32 with few exact zeros, gzip saves ~26% at a cost of
+        12% (level 1) to 26% (level 4) of the kernel time (docs/dataset.md).
     compression_level : int or None
         gzip level 1-9 (default 4).
     peaks : bool
         Store the ragged reflection-family lists (2theta, intensity, d, |F|^2, hkl, m).
+        Off by default: they take more room than the patterns (~22 kB per BT-1 pattern).
     split : tuple of 3 floats or None
         Train/val/test fractions assigned by hashing the structure-type group key;
         None stores ``unassigned``.
@@ -113,9 +120,9 @@ class GenerateConfig:
     shard_size: int = DEFAULT_SHARD_SIZE
     seed: int = 0
     device: str = "cpu"
-    compression: str = "gzip"
+    compression: str = "none"
     compression_level: int | None = None
-    peaks: bool = True
+    peaks: bool = False
     split: tuple[float, float, float] | None = schema.DEFAULT_SPLIT_FRACTIONS
     synthetic: int = 0
     per_space_group: bool = False
@@ -518,8 +525,31 @@ def _group_key_fn():
         return "reduced formula|space group", lambda c: schema.fallback_group_key(c.formula, c.space_group)
 
 
+def _item_meta(c, key_fn, split, memo: dict | None, base):
+    """Labels, formula, group key and split of a crystal, or an error text.
+
+    Memoised per *base* item (file block) in ``memo``: the structure-type key
+    costs about a millisecond per structure, as much as its pattern, and the
+    same block recurs when inputs are cycled or resumed in one process.
+    """
+    if memo is not None and base in memo:
+        return memo[base]
+    try:
+        key = key_fn(c)
+        out = (int(c.space_group), schema.VOCABULARIES["crystal_system"].index(c.crystal_system),
+               schema.VOCABULARIES["bravais_lattice"].index(c.bravais_lattice), c.formula, key,
+               schema.assign_split(key, split))
+    except Exception as exc:  # noqa: BLE001 - one structure's problem becomes its reject row
+        out = _reason(exc)
+    if memo is not None:
+        if len(memo) >= META_MEMO:
+            memo.pop(next(iter(memo)))
+        memo[base] = out
+    return out
+
+
 def compute_shard(index: int, cfg: GenerateConfig, man: Manifest, instrument, *, key_fn,
-                  between=None, sub_batch_s: float | None = None) -> tuple["object", ShardTimes]:
+                  between=None, sub_batch_s: float | None = None, memo: dict | None = None) -> tuple["object", ShardTimes]:
     """Simulate items ``[index*K, (index+1)*K)`` into a :class:`~xtalhpc.dataset.ShardData`.
 
     ``between`` (rank 0 with workers) is called between sub-batches of about
@@ -582,25 +612,25 @@ def compute_shard(index: int, cfg: GenerateConfig, man: Manifest, instrument, *,
                 rejects.append((i, fname, f"{sid}: no reflection on the 2theta grid "
                                           f"({instrument.two_theta_min}-{instrument.two_theta_max} deg)"))
                 continue
-            sg = int(c.space_group)
-            try:
-                key = key_fn(c)
-            except Exception as exc:  # noqa: BLE001
-                rejects.append((i, fname, f"{sid}: no structure-type key: {_reason(exc)}"))
+            b = i % man.n_base  # file blocks recur when cycled; synthetic crystals depend on i itself
+            meta = _item_meta(c, key_fn, cfg.split, memo, b if b < man.n_file_items else ("synthetic", i))
+            if isinstance(meta, str):
+                rejects.append((i, fname, f"{sid}: no structure-type key: {meta}"))
                 continue
+            sg, cs, bl, formula, key, split = meta
             pats.append((p / scale).astype(np.float32))
             s0, s1 = int(res.peak_offsets[r]), int(res.peak_offsets[r + 1])
             per["item_index"].append(i)
             per["space_group"].append(sg)
-            per["crystal_system"].append(schema.VOCABULARIES["crystal_system"].index(c.crystal_system))
-            per["bravais_lattice"].append(schema.VOCABULARIES["bravais_lattice"].index(c.bravais_lattice))
-            per["split"].append(schema.assign_split(key, cfg.split))
+            per["crystal_system"].append(cs)
+            per["bravais_lattice"].append(bl)
+            per["split"].append(split)
             per["scale"].append(scale)
             per["lattice"].append(np.asarray(c.cell, dtype=np.float64))
             per["n_atoms"].append(c.n_atoms)
             per["peak_count"].append(s1 - s0 if cfg.peaks else 0)
             per["source_id"].append(sid)
-            per["formula"].append(c.formula)
+            per["formula"].append(formula)
             per["group_key"].append(key)
             if cfg.peaks:
                 pk["two_theta"].append(res.peak_two_theta[s0:s1])
@@ -772,6 +802,7 @@ def run_generate(cfg: GenerateConfig, comm=None, *, log_stream=None, quiet: bool
 
     # Compute.
     times = ShardTimes()
+    memo: dict = {}
     t_wait = 0.0
     n_mine = 0
     progress = Progress(n_items, n_shards, len(todo), stream, quiet or comm.rank != 0)
@@ -782,7 +813,7 @@ def run_generate(cfg: GenerateConfig, comm=None, *, log_stream=None, quiet: bool
             coord.poll()
             while (s := coord.take()) is not None:
                 t = time.perf_counter()
-                data, tm = compute_shard(s, cfg, man, instrument, key_fn=key_fn,
+                data, tm = compute_shard(s, cfg, man, instrument, key_fn=key_fn, memo=memo,
                                          between=coord.poll if comm.size > 1 else None,
                                          sub_batch_s=POLL_INTERVAL_S if comm.size > 1 else None)
                 t1 = time.perf_counter()
@@ -808,7 +839,7 @@ def run_generate(cfg: GenerateConfig, comm=None, *, log_stream=None, quiet: bool
                 if s is None:
                     break
                 t = time.perf_counter()
-                data, tm = compute_shard(s, cfg, man, instrument, key_fn=key_fn)
+                data, tm = compute_shard(s, cfg, man, instrument, key_fn=key_fn, memo=memo)
                 t1 = time.perf_counter()
                 write_shard(cfg.output, data, config_digest=digest, compression=cfg.compression,
                             compression_level=cfg.compression_level)
@@ -866,11 +897,15 @@ def run_generate(cfg: GenerateConfig, comm=None, *, log_stream=None, quiet: bool
     agg = ShardTimes()
     for st in stats:
         agg.add(ShardTimes(**st["times"]))
-    return RunSummary(n_items=n_items, n_patterns=n_pat, n_rejected=n_rej, n_shards=n_shards,
-                      shards_computed=len(todo), wall_s=time.perf_counter() - t_start, ranks=comm.size,
-                      times={"enumerate": t_enum, "master": t_master, "compute_wall": t_compute,
-                             "per_rank": stats, "sum": dataclasses.asdict(agg)},
-                      master=str(Path(cfg.output) / schema.MASTER_NAME))
+    summary = RunSummary(n_items=n_items, n_patterns=n_pat, n_rejected=n_rej, n_shards=n_shards,
+                         shards_computed=len(todo), wall_s=time.perf_counter() - t_start, ranks=comm.size,
+                         times={"enumerate": t_enum, "master": t_master, "compute_wall": t_compute,
+                                "per_rank": stats, "sum": dataclasses.asdict(agg)},
+                         master=str(Path(cfg.output) / schema.MASTER_NAME))
+    # Where the time and memory of this run went (per rank), for benchmarks and post-mortems.
+    run_path = Path(cfg.output) / RUN_STATS_NAME
+    run_path.write_text(json.dumps(dataclasses.asdict(summary), indent=1, default=schema._json_default) + "\n")
+    return summary
 
 
 def _version(mod: str) -> str:

@@ -43,11 +43,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help=f"input items per shard (default {DEFAULT_SHARD_SIZE_TEXT})")
     p.add_argument("--seed", type=int, default=0, help="root seed; item i uses (seed, i) (default 0)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"), help="simulation backend")
-    p.add_argument("--compression", default="gzip", choices=("gzip", "lzf", "none"),
-                   help="filter for patterns and peak lists (default gzip + shuffle)")
+    p.add_argument("--compression", default="none", choices=("none", "gzip", "lzf"),
+                   help="filter for patterns and peak lists, with byte shuffle (default none: gzip saves ~26%% "
+                        "of the bytes for 12-26%% more time; see docs/dataset.md)")
     p.add_argument("--compression-level", type=int, default=None, metavar="L", help="gzip level 1-9 (default 4)")
-    p.add_argument("--peaks", action=argparse.BooleanOptionalAction, default=True,
-                   help="store ragged reflection lists so patterns can be re-rendered (default: yes)")
+    p.add_argument("--peaks", action=argparse.BooleanOptionalAction, default=False,
+                   help="store ragged reflection lists so patterns can be re-rendered (default: no; they "
+                        "take more room than the patterns)")
     p.add_argument("--split", type=_split, default=schema.DEFAULT_SPLIT_FRACTIONS, metavar="TRAIN,VAL,TEST",
                    help="split fractions assigned by hashing the structure-type group key, or 'none' "
                         "(default 0.8,0.1,0.1)")
