@@ -69,6 +69,8 @@ _EIGHT_PI2 = 8.0 * math.pi ** 2
 # note is written: 1e-4 is ~0.006 deg or 1e-4 A in 1 A, well above the rounding
 # of published cells, below a real metric mismatch such as 89.98 deg in a hexagonal cell.
 _METRIC_TOL = 1e-4
+# Cell volume / (a b c) below this is a degenerate (flat) cell; real cells are > 0.3.
+_MIN_REL_VOLUME = 1e-3
 # Above this (1 %) the operators belong to another setting or cell and the
 # expanded structure would be meaningless: an error.
 _METRIC_MAX = 1e-2
@@ -482,7 +484,8 @@ def _cell(block, src):
     if np.any(cell6[3:] <= 0) or np.any(cell6[3:] >= 180):
         raise StructureError(f"cell angles {cell6[3:].tolist()} must lie in (0, 180) degrees", src, "_cell_angle_alpha")
     vol = cell_volume(cell6)
-    if not vol > 1e-6:
+    # relative to a*b*c so that rounding noise of an impossible angle set (120, 120, 120) is caught
+    if not vol > _MIN_REL_VOLUME * float(np.prod(cell6[:3])):
         raise StructureError(f"cell {cell6.tolist()} has zero or negative volume ({vol:.3g} A^3); "
                              "the angles cannot close a cell", src, "_cell_angle_alpha")
     return cell6, missing_angles

@@ -104,7 +104,7 @@ def read_poscar(path: str | Path) -> Crystal:
     else:
         lattice = lattice * scale[0]
     vol = float(np.linalg.det(lattice))
-    if not vol > 1e-6:
+    if not vol > 1e-3 * float(np.prod(np.linalg.norm(lattice, axis=1))):  # flat cells are noise-positive
         what = "zero" if abs(vol) <= 1e-6 else "negative (left-handed lattice vectors)"
         raise StructureError(f"cell volume is {what} ({vol:.4g} A^3); lattice vectors must be right-handed "
                              "and not coplanar", src, "lines 3-5")
