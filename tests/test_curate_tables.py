@@ -317,3 +317,17 @@ def test_poster_rows(tmp_path):
     assert len(find_duplicates(recs, mode="formula").kept) == 6
     keys = {structure_type_key(r) for r in recs[2:8]}
     assert keys == {"A|166"}  # the dilute alloy joins the A7 (elemental Sb) structure type
+
+
+def test_niggli_option_finds_other_cell_choices(tmp_path):
+    rows = [["ZnOS", 1, "2000", "monoclinic", 14, 5.1, 8.2, 7.3, 90, 103.5, 90, 0],
+            ["ZnOS", 2, "2001", "monoclinic", 14, 7.32, 8.2, 5.1, 90, 103.5, 90, 0],   # a <-> c swapped
+            ["ZnOS", 3, "2002", "monoclinic", 14, 5.1, 8.2, 7.3, 90, 107.0, 90, 0]]    # really different
+    _, recs = read_table(write_table(tmp_path / "m.csv", rows), require_cell=True)
+    assert len(find_duplicates(recs).kept) == 3
+    res = find_duplicates(recs, niggli=True)
+    assert len(res.kept) == 2 and [(recs[i].id, recs[k].id) for i, k, _ in res.dropped] == [("1", "2")]
+    assert "Niggli" in res.dropped[0][2]
+    # the planted set is unchanged by the option (all in standard settings)
+    _, planted = read_table(write_table(tmp_path / "p.csv", PLANTED), require_cell=True)
+    assert len(find_duplicates(planted, niggli=True).kept) == 10

@@ -27,6 +27,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="relative tolerance on a, b, c in percent (default 1)")
     p.add_argument("--angle-tolerance", type=float, default=1.0, metavar="DEG",
                    help="absolute tolerance on alpha, beta, gamma in degrees (default 1)")
+    p.add_argument("--niggli", action="store_true",
+                   help="cell mode: also match Niggli-reduced primitive cells, so the same structure in "
+                        "another setting is found")
     return p
 
 
@@ -49,7 +52,7 @@ def run(args) -> int:
     headers, records, skipped = load_inputs(args.inputs, require_cell=(mode == "cell"))
     report_skipped(skipped, "dedup")
     result = find_duplicates(records, mode=mode, length_tol=args.tolerance / 100.0,
-                             angle_tol=args.angle_tolerance)
+                             angle_tol=args.angle_tolerance, niggli=args.niggli)
     used = "cell" if mode == "cell" or (mode == "auto" and records and all(r.cell is not None for r in records)) \
         else "formula"
     out = Path(args.output)
@@ -77,6 +80,7 @@ def run(args) -> int:
         "inputs": [str(p) for p in args.inputs], "mode": used,
         "length_tolerance_percent": args.tolerance if used == "cell" else None,
         "angle_tolerance_deg": args.angle_tolerance if used == "cell" else None,
+        "niggli": bool(args.niggli) if used == "cell" else None,
         "keep_rule": "most recent publication year (missing = oldest), then lowest id, then input order",
         "before": result.n_before, "after": len(result.kept), "dropped": len(result.dropped),
         "dropped_fraction": result.dropped_fraction, "groups": result.n_groups,

@@ -21,9 +21,12 @@ independent of the input order. Groups are found with a sorted sweep on ``a``
 inside each (formula, space group) bucket and a union-find, O(n log n) in
 practice: 180k rows take about a second.
 
-Cells are compared as written: the same structure reported in two settings
-(a <-> c swapped in a monoclinic cell, rhombohedral vs hexagonal axes) is not
-recognised as a duplicate in cell mode.
+Cells are compared as written. The same structure reported with another
+choice of cell (a <-> c swapped in a monoclinic cell, another triclinic cell)
+is found with ``niggli=True``: then two entries also match when their
+Niggli-reduced primitive cells (gemmi's ``GruberVector``; centring from the
+standard setting of the space group, so rhombohedral groups must be given in
+hexagonal axes) are within the same tolerances. Matching either way links them.
 
 **Keep rule**: in each group the entry with the most recent publication year
 is kept (entries without a year count as oldest); ties go to the lowest id
@@ -111,8 +114,32 @@ def _cell_diff(c1, c2) -> tuple[float, float]:
     return dl, da
 
 
+def niggli_cell(cell, space_group: int) -> tuple[float, ...]:
+    """Niggli-reduced primitive cell (a, b, c in angstrom, angles in degrees) of a conventional cell."""
+    import gemmi
+
+    gv = gemmi.GruberVector(gemmi.UnitCell(*cell), gemmi.find_spacegroup_by_number(int(space_group)).centring_type(),
+                            False)
+    gv.niggli_reduce()
+    return tuple(float(x) for x in gv.get_cell().parameters)
+
+
+def _sweep(idx: list[int], cells: list, uf: "_UnionFind", length_tol: float, angle_tol: float) -> None:
+    """Union every pair of ``idx`` whose cells match; sorted sweep on a."""
+    stop = 1.0 / (1.0 - length_tol)
+    order = sorted(range(len(idx)), key=lambda p: cells[p][0])
+    for pos, p in enumerate(order):
+        limit = cells[p][0] * stop
+        for q in order[pos + 1:]:
+            if cells[q][0] > limit:
+                break
+            if cells_match(cells[p], cells[q], length_tol, angle_tol):
+                uf.union(idx[p], idx[q])
+
+
 def find_duplicates(records: list[Record], *, mode: str = "auto",
-                    length_tol: float = DEFAULT_LENGTH_TOL, angle_tol: float = DEFAULT_ANGLE_TOL) -> DedupResult:
+                    length_tol: float = DEFAULT_LENGTH_TOL, angle_tol: float = DEFAULT_ANGLE_TOL,
+                    niggli: bool = False) -> DedupResult:
     """Group duplicate records and choose one per group (rules in the module docstring).
 
     Parameters
@@ -123,6 +150,7 @@ def find_duplicates(records: list[Record], *, mode: str = "auto",
         record has a cell, else formula).
     length_tol : relative tolerance on a, b, c (dimensionless, 0.01 = 1 %).
     angle_tol : absolute tolerance on alpha, beta, gamma (degrees).
+    niggli : cell mode only: also match Niggli-reduced primitive cells (other settings).
     """
     if mode not in ("auto", "cell", "formula"):
         raise InputError(f"dedup mode {mode!r}; allowed: auto, cell, formula", field="mode")
@@ -141,25 +169,24 @@ def find_duplicates(records: list[Record], *, mode: str = "auto",
     buckets: dict[tuple[str, int], list[int]] = {}
     for i, r in enumerate(records):
         buckets.setdefault((r.formula, r.space_group), []).append(i)
+    reduced: dict[int, tuple[float, ...]] = {}
     if mode == "formula":
         for idx in buckets.values():
             for j in idx[1:]:
                 uf.union(idx[0], j)
     else:
-        stop = 1.0 / (1.0 - length_tol)
         for idx in buckets.values():
             if len(idx) == 1:
                 continue
-            idx = sorted(idx, key=lambda i: records[i].cell[0])
-            cells = [records[i].cell for i in idx]
-            for p in range(len(idx)):
-                ap = cells[p][0]
-                limit = ap * stop
-                for q in range(p + 1, len(idx)):
-                    if cells[q][0] > limit:
-                        break
-                    if cells_match(cells[p], cells[q], length_tol, angle_tol):
-                        uf.union(idx[p], idx[q])
+            _sweep(idx, [records[i].cell for i in idx], uf, length_tol, angle_tol)
+            if niggli:
+                for i in idx:
+                    try:
+                        reduced[i] = niggli_cell(records[i].cell, records[i].space_group)
+                    except (RuntimeError, ValueError) as exc:
+                        raise InputError(f"row {records[i].row} (id {records[i].id}): cell {records[i].cell} "
+                                         f"cannot be Niggli-reduced: {exc}", records[i].source, "a") from None
+                _sweep(idx, [reduced[i] for i in idx], uf, length_tol, angle_tol)
     groups: dict[int, list[int]] = {}
     for i in range(n):
         groups.setdefault(uf.find(i), []).append(i)
@@ -173,9 +200,15 @@ def find_duplicates(records: list[Record], *, mode: str = "auto",
             if mode == "formula":
                 reason = "same formula and space group"
             else:
+                reason_cell = "cell"
                 dl, da = _cell_diff(records[i].cell, records[keep].cell)
                 direct = dl <= length_tol and da <= angle_tol
-                reason = (f"same formula and space group, cell within tolerance of kept entry "
+                if not direct and i in reduced and keep in reduced:
+                    dl2, da2 = _cell_diff(reduced[i], reduced[keep])
+                    if dl2 <= length_tol and da2 <= angle_tol:
+                        direct, dl, da = True, dl2, da2
+                        reason_cell = "Niggli-reduced cell"
+                reason = (f"same formula and space group, {reason_cell} within tolerance of kept entry "
                           f"(max length diff {100 * dl:.2f} %, max angle diff {da:.2f} deg)")
                 if not direct:
                     reason = (f"same formula and space group, linked to kept entry through a chain of "
