@@ -51,10 +51,36 @@ def index_bounds(a, b, c, qmax):
     return int(a * s + 1e-9), int(b * s + 1e-9), int(c * s + 1e-9)
 
 
+#: Laue groups of at least this order take the symmetry-unique path (|F|^2 once per orbit);
+#: -1 (order 2) is already covered by the half-sphere enumeration.
+MIN_LAUE_ORDER = 4
+
+
+@njit(cache=True, inline="always")
+def canonical_stabiliser(h, k, l, rot, r0, r1):
+    """(is_canonical, stabiliser order) of (h, k, l) under the Laue rotations rot[r0:r1].
+
+    The canonical member of an orbit {h R} is its lexicographic maximum, which lies in
+    the enumerated half sphere. Exits at the first rotation giving a larger member.
+    """
+    stab = 0
+    for r in range(r0, r1):
+        h2 = h * rot[r, 0, 0] + k * rot[r, 1, 0] + l * rot[r, 2, 0]
+        k2 = h * rot[r, 0, 1] + k * rot[r, 1, 1] + l * rot[r, 2, 1]
+        l2 = h * rot[r, 0, 2] + k * rot[r, 1, 2] + l * rot[r, 2, 2]
+        if h2 > h or (h2 == h and (k2 > k or (k2 == k and l2 > l))):
+            return False, 0
+        if h2 == h and k2 == k and l2 == l:
+            stab += 1
+    return True, stab
+
+
 @njit(cache=True)
-def _count_one(recip, cell_len, i, qmax):
+def _count_one(recip, cell_len, i, qmax, laue_off, laue_rot):
     g11, g22, g33, g12, g13, g23 = recip[i, 0], recip[i, 1], recip[i, 2], recip[i, 3], recip[i, 4], recip[i, 5]
     hmax, kmax, _ = index_bounds(cell_len[i, 0], cell_len[i, 1], cell_len[i, 2], qmax)
+    r0, r1 = laue_off[i], laue_off[i + 1]
+    sym = r1 - r0 >= MIN_LAUE_ORDER
     n = 0
     for h in range(0, hmax + 1):
         k0 = 0 if h == 0 else -kmax
@@ -63,15 +89,20 @@ def _count_one(recip, cell_len, i, qmax):
             for l in range(lo, hi + 1):
                 q = inv_d2(h, k, l, g11, g22, g33, g12, g13, g23)
                 if q > 0.0 and q <= qmax:
+                    if sym:
+                        canon, _ = canonical_stabiliser(h, k, l, laue_rot, r0, r1)
+                        if not canon:
+                            continue
                     n += 1
     return n
 
 
 @njit(parallel=True, cache=True)
-def count_reflections(recip, cell_len, qmax, counts):
-    """Number of half-sphere reflections with 0 < Q <= qmax, per structure."""
+def count_reflections(recip, cell_len, qmax, laue_off, laue_rot, counts):
+    """Reflections with 0 < Q <= qmax each structure will compute: one per Laue orbit where
+    its Laue group has order >= MIN_LAUE_ORDER, else every half-sphere reflection."""
     for i in prange(recip.shape[0]):
-        counts[i] = _count_one(recip, cell_len, i, qmax)
+        counts[i] = _count_one(recip, cell_len, i, qmax, laue_off, laue_rot)
 
 
 @njit(cache=True)
@@ -194,17 +225,104 @@ def _sf_one(i, recip, cell_len, qmax, refl_off, type_off, type_atom_off, type_co
                         re[j] = r
 
 
+@njit(cache=True)
+def _sf_sym_one(i, recip, cell_len, qmax, refl_off, type_off, type_atom_off, type_coef, type_b, frac, occ,
+                laue_off, laue_rot, out_hkl, out_q, out_f2, out_mult):
+    """|F|^2 of one reflection per Laue orbit (the canonical member), with its multiplicity."""
+    g11, g22, g33, g12, g13, g23 = recip[i, 0], recip[i, 1], recip[i, 2], recip[i, 3], recip[i, 4], recip[i, 5]
+    hmax, kmax, lmax = index_bounds(cell_len[i, 0], cell_len[i, 1], cell_len[i, 2], qmax)
+    r0, r1 = laue_off[i], laue_off[i + 1]
+    order = r1 - r0
+    t0 = type_off[i]
+    nt = type_off[i + 1] - t0
+    a0 = type_atom_off[t0]
+    na = type_atom_off[t0 + nt] - a0
+    exr = np.empty((hmax + 1, na))
+    exi = np.empty((hmax + 1, na))
+    eyr = np.empty((2 * kmax + 1, na))
+    eyi = np.empty((2 * kmax + 1, na))
+    ezr = np.empty((2 * lmax + 1, na))
+    ezi = np.empty((2 * lmax + 1, na))
+    for j in range(na):
+        x = frac[a0 + j, 0]
+        y = frac[a0 + j, 1]
+        z = frac[a0 + j, 2]
+        o = occ[a0 + j]
+        for h in range(hmax + 1):
+            exr[h, j] = o * math.cos(TWO_PI * h * x)
+            exi[h, j] = o * math.sin(TWO_PI * h * x)
+        for k in range(-kmax, kmax + 1):
+            eyr[k + kmax, j] = math.cos(TWO_PI * k * y)
+            eyi[k + kmax, j] = math.sin(TWO_PI * k * y)
+        for l in range(-lmax, lmax + 1):
+            ezr[l + lmax, j] = math.cos(TWO_PI * l * z)
+            ezi[l + lmax, j] = math.sin(TWO_PI * l * z)
+    xyr = np.empty(na)
+    xyi = np.empty(na)
+    pos = refl_off[i]
+    for h in range(0, hmax + 1):
+        k0 = 0 if h == 0 else -kmax
+        for k in range(k0, kmax + 1):
+            lo, hi = l_range(h, k, g11, g22, g33, g12, g13, g23, qmax)
+            column_ready = False
+            for l in range(lo, hi + 1):
+                q = inv_d2(h, k, l, g11, g22, g33, g12, g13, g23)
+                if not (q > 0.0 and q <= qmax):
+                    continue
+                canon, stab = canonical_stabiliser(h, k, l, laue_rot, r0, r1)
+                if not canon:
+                    continue
+                if not column_ready:
+                    ky = k + kmax
+                    for j in range(na):
+                        xyr[j] = exr[h, j] * eyr[ky, j] - exi[h, j] * eyi[ky, j]
+                        xyi[j] = exr[h, j] * eyi[ky, j] + exi[h, j] * eyr[ky, j]
+                    column_ready = True
+                lz = l + lmax
+                s2 = 0.25 * q
+                fr = 0.0
+                fi = 0.0
+                for tt in range(nt):
+                    t = t0 + tt
+                    sr = 0.0
+                    si = 0.0
+                    for j in range(type_atom_off[t] - a0, type_atom_off[t + 1] - a0):
+                        sr += xyr[j] * ezr[lz, j] - xyi[j] * ezi[lz, j]
+                        si += xyr[j] * ezi[lz, j] + xyi[j] * ezr[lz, j]
+                    wgt = scattering_amplitude(type_coef, t, s2) * debye_waller(type_b[t], s2)
+                    fr += wgt * sr
+                    fi += wgt * si
+                out_hkl[pos, 0] = h
+                out_hkl[pos, 1] = k
+                out_hkl[pos, 2] = l
+                out_q[pos] = q
+                out_f2[pos] = fr * fr + fi * fi
+                out_mult[pos] = order // stab
+                pos += 1
+
+
 @njit(parallel=True, cache=True)
 def structure_factors(recip, cell_len, qmax, refl_off, type_off, type_atom_off, type_coef, type_b, frac, occ,
-                      out_hkl, out_q, out_f2):
-    """|F(hkl)|^2 (units of coef^2: fm^2 for neutrons) of every half-sphere reflection, per structure."""
+                      laue_off, laue_rot, out_hkl, out_q, out_f2, out_mult):
+    """|F(hkl)|^2 (units of coef^2: fm^2 for neutrons) and multiplicity per computed reflection.
+
+    Structures whose Laue group has order >= MIN_LAUE_ORDER get one reflection per orbit
+    with the orbit size as multiplicity; the others every half-sphere reflection with
+    multiplicity 2 (itself and its Friedel mate).
+    """
     for i in prange(recip.shape[0]):
-        _sf_one(i, recip, cell_len, qmax, refl_off, type_off, type_atom_off, type_coef, type_b, frac, occ,
-                out_hkl, out_q, out_f2)
+        if laue_off[i + 1] - laue_off[i] >= MIN_LAUE_ORDER:
+            _sf_sym_one(i, recip, cell_len, qmax, refl_off, type_off, type_atom_off, type_coef, type_b, frac, occ,
+                        laue_off, laue_rot, out_hkl, out_q, out_f2, out_mult)
+        else:
+            _sf_one(i, recip, cell_len, qmax, refl_off, type_off, type_atom_off, type_coef, type_b, frac, occ,
+                    out_hkl, out_q, out_f2)
+            for j in range(refl_off[i], refl_off[i + 1]):
+                out_mult[j] = 2
 
 
 @njit(cache=True)
-def _families_one(s, e, hkl, q, f2, d_tol, f2_tol, absent_tol, fam_hkl, fam_q, fam_f2, fam_mult):
+def _families_one(s, e, hkl, q, f2, mult, d_tol, f2_tol, absent_tol, fam_hkl, fam_q, fam_f2, fam_mult):
     n = e - s
     if n == 0:
         return 0
@@ -237,7 +355,7 @@ def _families_one(s, e, hkl, q, f2, d_tol, f2_tol, absent_tol, fam_hkl, fam_q, f
                 jb = s + order[b]
                 if abs(f2[jb] - fa) <= f2_tol * max(fa, f2[jb]) + 1e-300 + floor * 1e-3:
                     used[b] = True
-                    m += 1
+                    m += mult[jb]
                     h2, k2, l2 = hkl[jb, 0], hkl[jb, 1], hkl[jb, 2]
                     # Representative: the member with the fewest negative indices, then largest h, k, l.
                     nb = (h2 < 0) + (k2 < 0) + (l2 < 0)
@@ -251,14 +369,14 @@ def _families_one(s, e, hkl, q, f2, d_tol, f2_tol, absent_tol, fam_hkl, fam_q, f
                 fam_hkl[o, 2] = bl
                 fam_q[o] = qg
                 fam_f2[o] = fa
-                fam_mult[o] = 2 * m
+                fam_mult[o] = m
                 nf += 1
         g0 = g1
     return nf
 
 
 @njit(parallel=True, cache=True)
-def reflection_families(refl_off, hkl, q, f2, d_tol, f2_tol, absent_tol, fam_hkl, fam_q, fam_f2, fam_mult,
+def reflection_families(refl_off, hkl, q, f2, mult, d_tol, f2_tol, absent_tol, fam_hkl, fam_q, fam_f2, fam_mult,
                         fam_count):
     """Group reflections into families (equal d and |F|^2), sorted by d descending.
 
@@ -267,7 +385,7 @@ def reflection_families(refl_off, hkl, q, f2, d_tol, f2_tol, absent_tol, fam_hkl
     (systematic absences, numerically ~1e-30 of the maximum) are dropped.
     """
     for i in prange(refl_off.shape[0] - 1):
-        fam_count[i] = _families_one(refl_off[i], refl_off[i + 1], hkl, q, f2, d_tol, f2_tol, absent_tol,
+        fam_count[i] = _families_one(refl_off[i], refl_off[i + 1], hkl, q, f2, mult, d_tol, f2_tol, absent_tol,
                                      fam_hkl, fam_q, fam_f2, fam_mult)
 
 

@@ -144,6 +144,12 @@ class Crystal:
         fall back to the tables. Used to compare with codes that carry their own tables.
     notes : tuple of str
         What a reader assumed (defaults used, anisotropic ADPs reduced, ...).
+    symmetry : ndarray or None, shape (m, 3, 4)
+        Space-group operations [R | t] in this cell's fractional basis (x' = R x + t) that
+        map the atoms onto themselves: the operators the atoms were expanded with, or
+        found by spglib. The simulator computes |F|^2 only for one reflection per Laue
+        orbit when they are given; None means no symmetry is assumed (always correct).
+        Their rotations must preserve the cell metric (checked here).
     """
 
     cell: np.ndarray
@@ -157,6 +163,7 @@ class Crystal:
     name: str = ""
     scattering_length: np.ndarray | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
+    symmetry: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         src = self.source or self.name or None
@@ -227,6 +234,8 @@ class Crystal:
         if self.space_group is not None:
             set_(self, "space_group", check_space_group(self.space_group, src, "space_group"))
         set_(self, "notes", tuple(self.notes))
+        if self.symmetry is not None:
+            set_(self, "symmetry", check_symmetry_metric(self.symmetry, cell, src))
 
     # ---- derived quantities -------------------------------------------------
     @property
@@ -259,6 +268,100 @@ class Crystal:
         kw = {f: getattr(self, f) for f in self.__dataclass_fields__}
         kw.update(changes)
         return Crystal(**kw)
+
+
+#: Relative tolerance on R^T G R = G for a symmetry rotation R (cells from CIFs carry ~1e-5 rounding).
+METRIC_TOL = 1e-4
+
+
+def check_symmetry_metric(ops, cell, source: str | None = None) -> np.ndarray:
+    """Validate space-group operations (m, 3, 4) against the cell: integer rotations preserving G."""
+    ops = np.asarray(ops, dtype=np.float64)
+    if ops.ndim != 3 or ops.shape[1:] != (3, 4) or ops.shape[0] == 0:
+        raise StructureError(f"symmetry operations must have shape (m, 3, 4), got {ops.shape}", source, "symmetry")
+    rot = ops[:, :, :3]
+    if np.any(np.abs(rot - np.round(rot)) > 1e-6):
+        raise StructureError("symmetry rotations must be integer matrices in the cell's basis", source, "symmetry")
+    g = cell_metric(cell)
+    rg = np.einsum("mji,jk,mkl->mil", np.round(rot), g, np.round(rot))
+    bad = np.abs(rg - g).max(axis=(1, 2)) > METRIC_TOL * np.abs(g).max()
+    if bad.any():
+        raise StructureError(f"{int(bad.sum())} of {len(ops)} symmetry operations do not preserve the cell metric "
+                             "(operators of another setting?)", source, "symmetry")
+    out = ops.copy()
+    out[:, :, :3] = np.round(rot)
+    return out
+
+
+def symmetry_maps_atoms(c: "Crystal", tol: float = 1e-3) -> bool:
+    """True if every operation of ``c.symmetry`` maps each atom onto an atom of the same
+    species and occupancy (fractional tolerance ``tol``). O(m n^2): for tests and readers."""
+    if c.symmetry is None:
+        return True
+    for op in c.symmetry:
+        x = c.frac @ op[:, :3].T + op[:, 3]
+        d = x[:, None, :] - c.frac[None, :, :]
+        d -= np.round(d)
+        close = np.all(np.abs(d) < tol, axis=2)
+        same = (np.asarray(c.species)[:, None] == np.asarray(c.species)[None, :]) & (
+            np.abs(c.occupancy[:, None] - c.occupancy[None, :]) < 1e-6)
+        if not np.all(np.any(close & same, axis=1)):
+            return False
+    return True
+
+
+def symmetrize(c: "Crystal", symmetry, tol: float = 1e-3) -> "Crystal":
+    """``c`` with positions averaged over the operations ``symmetry`` (m, 3, 4) and that
+    symmetry attached, so the atoms are symmetric to rounding and the simulator may use
+    one reflection per Laue orbit. Raises StructureError if an operation does not map every
+    atom onto one of the same species and occupancy within ``tol`` (fractional)."""
+    ops = check_symmetry_metric(symmetry, c.cell, c.source or c.name)
+    n = c.n_atoms
+    sp = np.asarray(c.species)
+    same = (sp[:, None] == sp[None, :]) & (np.abs(c.occupancy[:, None] - c.occupancy[None, :]) < 1e-6)
+    acc = np.zeros((n, 3))
+    for op in ops:
+        r, t = op[:, :3], op[:, 3]
+        x = c.frac @ r.T + t                      # image of atom j
+        d = x[:, None, :] - c.frac[None, :, :]    # vs every atom k
+        d -= np.round(d)
+        dist = np.where(same, np.abs(d).max(axis=2), np.inf)
+        k = dist.argmin(axis=1)
+        if np.any(dist[np.arange(n), k] > tol):
+            raise StructureError(f"operation {op.tolist()} does not map the atoms onto themselves within "
+                                 f"{tol} (fractional)", c.source or c.name, "symmetry")
+        # g^-1 applied to the partner, unwrapped next to atom j: x_j + R^-1 (x_k - (R x_j + t))
+        delta = c.frac[k] - x
+        delta -= np.round(delta)
+        acc += delta @ np.linalg.inv(r).T
+    return c.replace(frac=c.frac + acc / len(ops), symmetry=ops)
+
+
+def find_symmetry(c: "Crystal", symprec: float = 1e-3) -> "Crystal":
+    """``c`` symmetrised with the space group spglib finds (operations in this cell's basis),
+    with ``space_group`` set from it if it was unknown."""
+    import spglib
+
+    numbers = np.unique(np.asarray(c.species), return_inverse=True)[1].reshape(-1)
+    # occupancy joins the species in what spglib sees, so partially occupied sites stay apart
+    occ_key = np.unique(np.round(c.occupancy, 6), return_inverse=True)[1].reshape(-1)
+    numbers = numbers * 1000 + occ_key + 1
+    ds = spglib.get_symmetry_dataset((lattice_vectors(c.cell), c.frac, numbers), symprec=symprec)
+    if ds is None:
+        return c
+    ops = np.concatenate([ds.rotations.astype(float), ds.translations[:, :, None]], axis=2)
+    out = symmetrize(c, ops, tol=max(10 * symprec, 1e-3))
+    if c.space_group is None:
+        out = out.replace(space_group=int(ds.number))
+    return out
+
+
+def laue_rotations(symmetry: np.ndarray) -> np.ndarray:
+    """Distinct rotations of the Laue group (point group plus inversion) acting on row
+    vectors of Miller indices: h' = h R, with R the transposed-free form of x' = R x."""
+    rot = np.round(np.asarray(symmetry)[:, :, :3]).astype(np.int64)
+    allr = np.concatenate([rot, -rot])
+    return np.unique(allr.reshape(len(allr), 9), axis=0).reshape(-1, 3, 3)
 
 
 def reduced_formula(counts: dict[str, float]) -> str:

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .crystal import Crystal
+from .crystal import Crystal, laue_rotations
 from .errors import InputError, ScatteringError
 from .instruments import Instrument, get_instrument
 from .scattering import N_COEFF, scattering_coefficients
@@ -145,6 +145,8 @@ class PackedBatch:
     type_b: np.ndarray
     frac: np.ndarray
     occ: np.ndarray
+    laue_off: np.ndarray
+    laue_rot: np.ndarray
 
 
 def _species_keys(c: Crystal, radiation: str) -> list:
@@ -164,6 +166,16 @@ def _coefficients(key, radiation: str) -> np.ndarray:
     if len(key) == 2:
         return scattering_coefficients(key[0], radiation, key[1])
     return scattering_coefficients(key[0], radiation, key[1], key[2])
+
+
+_IDENTITY_LAUE = np.array([np.eye(3, dtype=np.int64), -np.eye(3, dtype=np.int64)])
+
+
+def _laue(c: Crystal) -> np.ndarray:
+    """Laue rotations of a crystal (just 1 and -1 when it carries no symmetry operations)."""
+    if c.symmetry is None:
+        return _IDENTITY_LAUE
+    return laue_rotations(c.symmetry)
 
 
 def pack(crystals: Sequence[Crystal], radiation: str) -> tuple[PackedBatch, dict[int, InputError]]:
@@ -201,7 +213,8 @@ def pack(crystals: Sequence[Crystal], radiation: str) -> tuple[PackedBatch, dict
     if m == 0:
         z = np.zeros(0)
         return PackedBatch(np.zeros((0, 6)), np.zeros((0, 3)), np.zeros(1, np.int64), np.zeros(1, np.int64),
-                           np.zeros((0, N_COEFF)), z, np.zeros((0, 3)), z), errors
+                           np.zeros((0, N_COEFF)), z, np.zeros((0, 3)), z, np.zeros(1, np.int64),
+                           np.zeros((0, 3, 3), np.int64)), errors
     cells = np.array([c.cell for c in cs])
     natoms = np.fromiter((c.n_atoms for c in cs), np.int64, m)
     frac = np.concatenate([c.frac for c in cs])
@@ -227,28 +240,33 @@ def pack(crystals: Sequence[Crystal], radiation: str) -> tuple[PackedBatch, dict
     g[:, 1, 2] = g[:, 2, 1] = b * c_ * ca
     gs = np.linalg.inv(g)
     recip = np.stack([gs[:, 0, 0], gs[:, 1, 1], gs[:, 2, 2], gs[:, 0, 1], gs[:, 0, 2], gs[:, 1, 2]], axis=1)
+    laue = [_laue(c) for c in cs]
+    laue_off = np.zeros(m + 1, dtype=np.int64)
+    np.cumsum([len(x) for x in laue], out=laue_off[1:])
     packed = PackedBatch(recip=recip, cell_len=np.ascontiguousarray(cells[:, :3]), type_off=type_off,
                          type_atom_off=type_atom_off, type_coef=coef_table[sid_s[first]], type_b=b_s[first].copy(),
-                         frac=np.ascontiguousarray(frac[order]), occ=occ[order])
+                         frac=np.ascontiguousarray(frac[order]), occ=occ[order], laue_off=laue_off,
+                         laue_rot=np.concatenate(laue))
     return packed, errors
 
 
 def subset(p: PackedBatch, idx: np.ndarray) -> PackedBatch:
     """The packed structures ``idx`` as a batch of their own."""
-    tparts, aparts, t_off, ta_counts = [], [], [0], []
-    for i in idx:
-        t0, t1 = p.type_off[i], p.type_off[i + 1]
-        tparts.append(np.arange(t0, t1))
-        aparts.append(np.arange(p.type_atom_off[t0], p.type_atom_off[t1]))
-        t_off.append(t_off[-1] + t1 - t0)
-        ta_counts.append(np.diff(p.type_atom_off[t0:t1 + 1]))
-    t = np.concatenate(tparts) if tparts else np.zeros(0, dtype=np.int64)
-    a = np.concatenate(aparts) if aparts else np.zeros(0, dtype=np.int64)
-    cnt = np.concatenate(ta_counts) if ta_counts else np.zeros(0, dtype=np.int64)
+    def ragged(off, sel):
+        parts = [np.arange(off[i], off[i + 1]) for i in sel]
+        rows = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+        new = np.zeros(len(sel) + 1, dtype=np.int64)
+        np.cumsum([len(x) for x in parts], out=new[1:])
+        return rows, new
+
+    t, type_off = ragged(p.type_off, idx)
+    a, _ = ragged(p.type_atom_off, t)
+    cnt = np.diff(p.type_atom_off)[t]
     ta_off = np.zeros(len(cnt) + 1, dtype=np.int64)
     np.cumsum(cnt, out=ta_off[1:])
-    return PackedBatch(p.recip[idx], p.cell_len[idx], np.asarray(t_off, dtype=np.int64), ta_off,
-                       p.type_coef[t], p.type_b[t], np.ascontiguousarray(p.frac[a]), p.occ[a])
+    r, laue_off = ragged(p.laue_off, idx)
+    return PackedBatch(p.recip[idx], p.cell_len[idx], type_off, ta_off, p.type_coef[t], p.type_b[t],
+                       np.ascontiguousarray(p.frac[a]), p.occ[a], laue_off, p.laue_rot[r])
 
 
 def qmax_of(instrument: Instrument) -> float:
@@ -275,8 +293,9 @@ def _run_cpu(p: PackedBatch, counts: np.ndarray, inst: Instrument, timings: dict
     hkl = np.empty((m, 3), dtype=np.int32)
     q = np.empty(m)
     f2 = np.empty(m)
+    mult = np.empty(m, dtype=np.int32)
     cpu.structure_factors(p.recip, p.cell_len, qmax, refl_off, p.type_off, p.type_atom_off, p.type_coef, p.type_b,
-                          p.frac, p.occ, hkl, q, f2)
+                          p.frac, p.occ, p.laue_off, p.laue_rot, hkl, q, f2, mult)
     t2 = time.perf_counter()
     timings["structure_factors"] = timings.get("structure_factors", 0.0) + t2 - t
     fam_hkl = np.empty((m, 3), dtype=np.int32)
@@ -284,7 +303,7 @@ def _run_cpu(p: PackedBatch, counts: np.ndarray, inst: Instrument, timings: dict
     fam_f2 = np.empty(m)
     fam_mult = np.empty(m, dtype=np.int32)
     fam_count = np.zeros(n, dtype=np.int64)
-    cpu.reflection_families(refl_off, hkl, q, f2, D_TOL, F2_TOL, ABSENT_TOL, fam_hkl, fam_q, fam_f2, fam_mult,
+    cpu.reflection_families(refl_off, hkl, q, f2, mult, D_TOL, F2_TOL, ABSENT_TOL, fam_hkl, fam_q, fam_f2, fam_mult,
                             fam_count)
     t3 = time.perf_counter()
     timings["families"] = timings.get("families", 0.0) + t3 - t2
@@ -344,7 +363,7 @@ def simulate_batch(crystals: Sequence[Crystal], instrument: "str | Instrument" =
 
     counts = np.zeros(len(ok_idx), dtype=np.int64)
     t1 = time.perf_counter()
-    cpu.count_reflections(p.recip, p.cell_len, qmax_of(inst), counts)
+    cpu.count_reflections(p.recip, p.cell_len, qmax_of(inst), p.laue_off, p.laue_rot, counts)
     timings["count"] = time.perf_counter() - t1
     too_many = np.flatnonzero(counts > max_reflections)
     for j in too_many:
