@@ -236,6 +236,9 @@ def test_balance_plan():
     assert plan_balance(labels, target=20, seed=2).items != plan.items
     with pytest.raises(InputError):
         plan_balance(labels, target=0)
+    capped = plan_balance(labels, target=20, seed=1, max_variants=2)
+    assert capped.short == {2: 3} and Counter(capped.labels()) == {225: 20, 14: 20, 2: 3}
+    assert plan_balance(labels, target=20, seed=1, max_variants=1).short == {14: 14, 2: 2}
 
 
 def test_balance_command_with_split_and_report(tmp_path, capsys):

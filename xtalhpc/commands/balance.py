@@ -21,6 +21,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--total", type=int, help="total items (per class = total // classes present; "
                                              "the poster's balanced set: 50000)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-variants", type=int, default=None, metavar="K",
+                   help="at most K augmented copies per structure; classes that cannot reach the target "
+                        "stay short and are listed (default: no limit)")
     p.add_argument("--assignment", metavar="CSV", help="assignment CSV from 'xtalhpc split'")
     p.add_argument("--split", default="train", help="split to balance when --assignment is given (default train)")
     p.add_argument("--report", metavar="PNG", help="write the class-balance histogram (and .csv/.md tables)")
@@ -51,13 +54,16 @@ def run(args) -> int:
             raise InputError(f"no entry of the inputs is in split {args.split!r}", args.assignment, "split")
     labels = [r.space_group for r in records]
     target = args.target if args.target is not None else target_per_class(args.total, len(set(labels)))
-    plan = plan_balance(labels, target, args.seed)
+    plan = plan_balance(labels, target, args.seed, max_variants=args.max_variants)
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     plan.write_csv(out, ids=[r.id for r in records])
     n_aug = sum(1 for it in plan.items if it.variant > 0)
     print(f"balance: {len(records)} entries in {len(set(labels))} classes -> {len(plan.items)} items "
           f"({target} per class; {n_aug} augmented, seed {args.seed}) -> {out}")
+    if plan.short:
+        print(f"  {len(plan.short)} classes stay below {target} (--max-variants {args.max_variants}): "
+              + ", ".join(f"{k}: {v}" for k, v in sorted(plan.short.items())))
     if args.report:
         png = Path(args.report)
         s = class_balance_report(labels, plan.labels(), png, png.with_suffix(".csv"), png.with_suffix(".md"))

@@ -9,7 +9,10 @@ as they are and how many augmented variants of which members are made:
   assigned round-robin over its members in a seeded order, so each member is
   augmented at most ceil((target - n) / n) times;
 * a class with no members cannot be augmented and is listed in ``empty``
-  (fill it with synthetic crystals, or leave it out).
+  (fill it with synthetic crystals, or leave it out);
+* with ``max_variants`` no member gets more than that many augmented copies;
+  a class that cannot reach ``target`` then stops at n (1 + max_variants) and
+  is listed in ``short`` (class -> count reached).
 
 Every planned item carries a global ``item`` index; the augmentation of an
 item is drawn from ``(seed, item)`` (:func:`xtalhpc.curate.augment.item_rng`),
@@ -49,6 +52,7 @@ class BalancePlan:
     seed: int
     items: list[PlanItem]
     empty: list[int] = field(default_factory=list)
+    short: dict[int, int] = field(default_factory=dict)
 
     def labels(self) -> list[int]:
         return [it.label for it in self.items]
@@ -71,7 +75,7 @@ def target_per_class(total: int, n_classes: int) -> int:
 
 
 def plan_balance(labels: Iterable[int], target: int, seed: int = 0,
-                 classes: Iterable[int] | None = None) -> BalancePlan:
+                 classes: Iterable[int] | None = None, max_variants: int | None = None) -> BalancePlan:
     """Plan a balanced set with ``target`` items per class.
 
     Parameters
@@ -81,17 +85,21 @@ def plan_balance(labels: Iterable[int], target: int, seed: int = 0,
     seed : integer seed for down-sampling and member order.
     classes : the classes to balance (default: those present in ``labels``);
         classes given here but absent from ``labels`` end up in ``plan.empty``.
+    max_variants : most augmented copies per member (None: no limit).
     """
     labels = [int(x) for x in labels]
     if int(target) <= 0:
         raise InputError(f"target {target} must be > 0", field="target")
     target = int(target)
+    if max_variants is not None and int(max_variants) < 0:
+        raise InputError(f"max_variants {max_variants} must be >= 0", field="max_variants")
     members: dict[int, list[int]] = defaultdict(list)
     for i, lab in enumerate(labels):
         members[lab].append(i)
     wanted = sorted(set(members) if classes is None else {int(c) for c in classes})
     items: list[PlanItem] = []
     empty = []
+    short: dict[int, int] = {}
     for lab in wanted:
         mem = members.get(lab, [])
         if not mem:
@@ -104,11 +112,14 @@ def plan_balance(labels: Iterable[int], target: int, seed: int = 0,
         else:
             chosen = [(m, 0) for m in mem]
             need = target - len(mem)
+            if max_variants is not None and need > len(mem) * int(max_variants):
+                need = len(mem) * int(max_variants)
+                short[lab] = len(mem) + need
             for k in range(need):
                 chosen.append((order[k % len(order)], 1 + k // len(order)))
         for m, v in chosen:
             items.append(PlanItem(item=len(items), label=lab, member=m, variant=v))
-    return BalancePlan(target=target, seed=int(seed), items=items, empty=empty)
+    return BalancePlan(target=target, seed=int(seed), items=items, empty=empty, short=short)
 
 
 def execute_plan(plan: BalancePlan, crystals: Sequence, config=None, *, on_error: str = "skip"):
