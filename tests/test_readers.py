@@ -375,6 +375,18 @@ def test_bad_cif(tmp_path, case, text, field, match):
     assert str(p) in str(ei.value)
 
 
+def test_duplicate_tags(shared_data, tmp_path):
+    """pyxtal writes _chemical_formula_sum twice: tolerated (noted); a duplicated cell tag is not."""
+    c = load_structure(shared_data / "structures/pyxtal/pyxtal/database/cifs/Fd3m.cif")
+    assert (c.n_atoms, c.formula, c.space_group) == (56, "Fe2O4Si", 227)
+    assert any("duplicate tag _chemical_formula_sum" in n for n in c.notes)
+    p = tmp_path / "dup.cif"
+    p.write_text(_cif().replace("_cell_length_b 5", "_cell_length_b 5\n_cell_length_a 6"))
+    with pytest.raises(StructureError, match="duplicate tag _cell_length_a") as ei:
+        read_structures(p)
+    assert ei.value.field == "syntax"
+
+
 def test_directory_named_like_a_cif_is_reported(tmp_path):
     d = tmp_path / "x.cif"
     d.mkdir()
@@ -475,6 +487,6 @@ def test_every_shared_structure_file_loads_or_fails_cleanly(shared_data):
                 assert it.n_atoms > 0 and it.volume > 0
     elapsed = time.perf_counter() - t0
     print({k: dict(v) for k, v in counts.items()}, f"{elapsed:.1f} s")
-    assert sum(c["loaded"] for c in counts.values()) >= 1390
+    assert sum(c["loaded"] for c in counts.values()) >= 1400
     assert counts["ncrystal"]["loaded"] >= 100 and counts["spglib"]["loaded"] >= 370
     assert elapsed < 60

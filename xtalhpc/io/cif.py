@@ -65,6 +65,8 @@ CELL_TAGS = ("_cell_length_a", "_cell_length_b", "_cell_length_c",
              "_cell_angle_alpha", "_cell_angle_beta", "_cell_angle_gamma")
 
 _EIGHT_PI2 = 8.0 * math.pi ** 2
+# A duplicated tag with one of these prefixes could change the structure: never tolerated.
+_STRUCTURAL_TAG_PREFIXES = ("_cell", "_atom", "_symmetry", "_space_group")
 # Relative deviation of the cell metric from symmetry invariance above which a
 # note is written: 1e-4 is ~0.006 deg or 1e-4 A in 1 A, well above the rounding
 # of published cells, below a real metric mismatch such as 89.98 deg in a hexagonal cell.
@@ -104,13 +106,21 @@ def read_cif(path: str | Path) -> list[Crystal | StructureError]:
 
     path = Path(path)
     src = str(path)
+    file_notes: list[str] = []
     try:
         doc = gemmi.cif.read(src)
     except (RuntimeError, ValueError, OSError) as exc:
         msg = str(exc)
         if msg.startswith(src):
             msg = msg[len(src):].lstrip(":")
-        raise StructureError(f"cannot parse CIF: {msg.strip()}", src, "syntax") from None
+        dup = re.search(r"duplicate tag (\S+)", msg)
+        if dup and not dup.group(1).lower().startswith(_STRUCTURAL_TAG_PREFIXES):
+            # A repeated descriptive tag (pyxtal writes _chemical_formula_sum twice) breaks the CIF
+            # rules but not the structure: read leniently, first value kept, and say so.
+            doc = gemmi.cif.read_file(src, check_level=0)
+            file_notes.append(f"CIF rule broken and tolerated: {msg.strip()} (first value kept)")
+        else:
+            raise StructureError(f"cannot parse CIF: {msg.strip()}", src, "syntax") from None
     if len(doc) == 0:
         raise StructureError("no data block (a CIF needs at least one 'data_' block)", src, "data_")
     blocks = [b for b in doc if _is_structural(b)]
@@ -123,7 +133,8 @@ def read_cif(path: str | Path) -> list[Crystal | StructureError]:
     for block in blocks:
         bsrc = f"{src}#{block.name}" if several else src
         try:
-            out.append(_read_block(block, bsrc, path.stem))
+            c = _read_block(block, bsrc, path.stem)
+            out.append(c.replace(notes=tuple(file_notes) + c.notes) if file_notes else c)
         except StructureError as exc:
             out.append(exc)
         except InputError as exc:  # ScatteringError from the Crystal, space-group range, ...
@@ -351,12 +362,9 @@ def species_from_label(label: str, formula_elements: frozenset[str] | None = Non
     if re.match(r"^(wat|ow)", lab, re.IGNORECASE) and (formula_elements is None or "O" in formula_elements) \
             and not (formula_elements and "W" in formula_elements and lab[:2].lower() != "ow"):
         return "O"
-    if formula_elements:
-        cands = [c for c in (two, one) if c and c in formula_elements]
-    elif two and m.group(2).islower():
-        cands = [two, one]
-    else:
-        cands = [one]
+    cands = [c for c in (two, one) if c and c in formula_elements] if formula_elements else []
+    if not cands:  # no formula, or it omits the element (minor substituents often are)
+        cands = [two, one] if two and m.group(2).islower() else [one]
     for c in cands:
         if c in ("D", "T"):
             return c
