@@ -93,6 +93,11 @@ def run_generate(inputs: Path, out: Path, n: int, ranks: int, shard_size: int, e
         "outside_kernels": 1 - sums["kernels"] / (wall * ranks),
         "outside_simulate_batch": 1 - sums["simulate"] / (wall * ranks),
         "loadavg_before": load0, "loadavg_after": os.getloadavg()[0],
+        # CPU seconds the OS gave the ranks: on a shared machine wall-time speed-up is capped by what
+        # the other users leave; patterns per CPU-second shows whether the ranks themselves waste any.
+        "cpu_s_per_rank": [round(x["cpu_s"], 2) for x in per],
+        "patterns_per_cpu_s": stats["n_patterns"] / sum(x["cpu_s"] for x in per),
+        "cpu_share": sum(x["cpu_s"] for x in per) / wall,
     }
 
 
@@ -192,15 +197,16 @@ def main(argv=None) -> int:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=1) + "\n")
 
-    print("\n| patterns | ranks | wall (s) | patterns/s | speed-up | peak RSS per rank (MB) | bytes/pattern "
-          "| outside kernels | outside simulate_batch | load avg |")
-    print("|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|")
+    print("\n| patterns | ranks | wall (s) | patterns/s | speed-up | CPU cores obtained | patterns per CPU-s "
+          "| peak RSS per rank (MB) | bytes/pattern | outside kernels | outside simulate_batch | load avg |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|")
     base = {}
     for res in results["runs"]:
         if res["ranks"] == 1:
             base[res["n"]] = res["patterns_per_s"]
         sp = res["patterns_per_s"] / base[res["n"]] if res["n"] in base else float("nan")
         print(f"| {res['n']:,} | {res['ranks']} | {res['wall_s']:.1f} | {res['patterns_per_s']:,.0f} | {sp:.2f} "
+              f"| {res['cpu_share']:.2f} | {res['patterns_per_cpu_s']:,.0f} "
               f"| {', '.join(f'{x:.0f}' for x in res['peak_rss_mb_per_rank'])} | {res['bytes_per_pattern']:,.0f} "
               f"| {100 * res['outside_kernels']:.1f}% | {100 * res['outside_simulate_batch']:.1f}% "
               f"| {res['loadavg_before']:.1f} -> {res['loadavg_after']:.1f} |")

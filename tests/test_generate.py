@@ -308,3 +308,16 @@ def test_defaults_store_patterns_unfiltered_and_no_peaks(inputs, tmp_path):
     with h5py.File(out / "shards" / "part-00000.h5", "r") as f:
         assert f["patterns"].compression is None
     assert verify_dataset(out).ok
+
+
+def test_sbatch_script_is_site_neutral():
+    """slurm/generate.sbatch: valid bash, launches with a PMI plugin, no partition/account/paths baked in."""
+    script = Path(__file__).resolve().parents[1] / "slurm" / "generate.sbatch"
+    text = script.read_text()
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    header = [ln for ln in text.splitlines() if ln.startswith("#SBATCH")]
+    assert header and not any(k in ln for ln in header for k in ("--partition", "--account", "-p ", "-A "))
+    assert 'srun --mpi="${XTALHPC_MPI:-pmi2}" xtalhpc generate' in text
+    assert "/home/" not in text and "/work/" not in text
+    r = subprocess.run(["bash", str(script)], capture_output=True, text=True)
+    assert r.returncode == 2 and "usage" in r.stderr

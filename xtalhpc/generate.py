@@ -859,7 +859,8 @@ def run_generate(cfg: GenerateConfig, comm=None, *, log_stream=None, quiet: bool
         raise
     t_compute = time.perf_counter() - t_loop
     stats = comm.gather({"rank": comm.rank, "shards": n_mine, "times": dataclasses.asdict(times),
-                         "wait": t_wait, "compute_wall": t_compute, "peak_rss_kb": _peak_rss_kb()})
+                         "wait": t_wait, "compute_wall": t_compute, "peak_rss_kb": _peak_rss_kb(),
+                         "cpu_s": _cpu_seconds()})
 
     if comm.rank != 0:
         return None
@@ -915,6 +916,14 @@ def _version(mod: str) -> str:
         return version(mod)
     except Exception:  # noqa: BLE001
         return "absent"
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process so far (what the OS actually gave the rank)."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return float(r.ru_utime + r.ru_stime)
 
 
 def _peak_rss_kb() -> int:
