@@ -1,0 +1,643 @@
+"""Random crystals for any of the 230 space groups.
+
+One crystal is drawn as follows (all from one NumPy generator seeded by
+``(seed, index, space_group)``, so item ``index`` of a batch never depends on
+how the batch is split over processes):
+
+1. a composition: 1-4 distinct elements from an :class:`ElementPool`;
+2. a Wyckoff occupation of 2-8 orbits whose multiplicities fit ``max_atoms``:
+   the general position first whenever it fits (special positions alone very
+   often carry more symmetry than the group), otherwise at least two orbits
+   with free parameters; positions without free parameters at most once; and
+   no translation outside the group common to all occupied positions
+   (non-characteristic orbits, :func:`~xtalhpc.synth.wyckoff.extra_translations`);
+3. species per orbit: every chosen element on at least one orbit, orbits on
+   fixed positions on distinct elements where possible (two fixed orbits of one
+   element are what most often adds symmetry), never two equal atoms alone;
+4. lattice parameters of the crystal system (standard setting; hexagonal axes
+   for the rhombohedral groups) scaled to ``volume = f * sum(atomic volumes)``
+   with ``f`` drawn from ``volume_factor``;
+5. free Wyckoff parameters uniform in [0, 1), redrawn while they lie within
+   ``generic_tol`` of a relation the position does not impose (how random
+   coordinates pick up extra symmetry), accepted when every periodic distance
+   is at least ``distance_factor * (r_cov,i + r_cov,j)``. When an orbit does not
+   fit after ``_ORBIT_TRIES`` draws, the cell is redrawn 10 % larger.
+
+Steps 4-5 run in one Numba kernel. Nothing is computed at import time;
+Wyckoff tables and the kernel are built on first use.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+
+from ..crystal import Crystal
+from ..errors import InputError, XtalhpcError
+from ..spacegroups import check_space_group, crystal_system
+from .elements import ElementPool
+from .wyckoff import WyckoffTable, extra_translations, wyckoff_table
+
+#: Probabilities of 1, 2, 3, 4 distinct elements per crystal.
+_N_SPECIES_P = [0.10, 0.35, 0.35, 0.20]
+#: Draws of the free parameters of one orbit before the crystal is restarted.
+_ORBIT_TRIES = 60
+#: Draws of free parameters per try until one is generic (see ``generic_tol``).
+_GENERIC_DRAWS = 200
+#: Hard cap of orbits per crystal (keeps the asymmetric unit small, like real structures).
+_MAX_ORBITS = 8
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """How synthetic crystals are drawn. Every field is validated on construction.
+
+    Attributes
+    ----------
+    max_atoms : int
+        Most atoms in the conventional cell (>= 1). A space group whose
+        smallest orbit with free parameters is larger cannot be generated.
+    distance_factor : float
+        Minimum distance between atoms i and j, as a multiple of the sum of
+        their covalent radii (0 < f <= 1.5). 0.75 keeps bonds plausible
+        (Fe-O >= 1.49 A, Si-O >= 1.33 A) while leaving room to place atoms.
+    volume_factor : (float, float)
+        Range of the random factor applied to the sum of atomic volumes.
+    b_iso_range : (float, float)
+        Range (angstrom^2) of the isotropic displacement drawn per orbit.
+    max_species : int
+        Most distinct elements per crystal (1-4).
+    max_attempts : int
+        Restarts (each with a 10 % larger volume scale) before giving up.
+    symprec : float or None
+        If set, every crystal is checked with spglib at this tolerance (angstrom)
+        and redrawn when spglib finds another space group. Off by default: the
+        sampling rules above already give the intended group for >= 99 % of
+        crystals in every group (see docs/synthetic.md), and the check costs time.
+    generic_tol : float
+        Free coordinates that satisfy a small-integer relation such as
+        ``c . x = k/24`` so nearly that moving the atom by less than this distance
+        (angstrom) would make it exact are redrawn; 0 disables. Twice
+        spglib's usual ``symprec`` of 1e-3 A.
+    pool : ElementPool or None
+        Elements and weights; None uses :meth:`ElementPool.default`.
+    """
+
+    max_atoms: int = 160
+    distance_factor: float = 0.75
+    volume_factor: tuple[float, float] = (0.9, 1.4)
+    b_iso_range: tuple[float, float] = (0.3, 1.5)
+    max_species: int = 4
+    max_attempts: int = 60
+    symprec: float | None = None
+    generic_tol: float = 0.002
+    pool: ElementPool | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        src = "synthetic crystal config"
+        if isinstance(self.max_atoms, bool) or not isinstance(self.max_atoms, (int, np.integer)) or self.max_atoms < 1:
+            raise InputError(f"max_atoms {self.max_atoms!r} must be an integer >= 1", src, "max_atoms")
+        f = self.distance_factor
+        if not (isinstance(f, (int, float)) and 0 < f <= 1.5):
+            raise InputError(f"distance_factor {f!r} must lie in (0, 1.5]", src, "distance_factor")
+        for name in ("volume_factor", "b_iso_range"):
+            v = getattr(self, name)
+            try:
+                lo, hi = (float(x) for x in v)
+            except (TypeError, ValueError):
+                raise InputError(f"{name} {v!r} must be two numbers (low, high)", src, name) from None
+            if not (math.isfinite(lo) and math.isfinite(hi) and 0 <= lo <= hi) or (name == "volume_factor" and lo <= 0):
+                raise InputError(f"{name} {v!r} must satisfy 0 < low <= high (finite)", src, name)
+            object.__setattr__(self, name, (lo, hi))
+        if not isinstance(self.max_species, (int, np.integer)) or not 1 <= self.max_species <= 4:
+            raise InputError(f"max_species {self.max_species!r} must be 1-4", src, "max_species")
+        if not isinstance(self.max_attempts, (int, np.integer)) or self.max_attempts < 1:
+            raise InputError(f"max_attempts {self.max_attempts!r} must be an integer >= 1", src, "max_attempts")
+        if not (isinstance(self.generic_tol, (int, float)) and 0 <= self.generic_tol < 0.1):
+            raise InputError(f"generic_tol {self.generic_tol!r} must lie in [0, 0.1) angstrom", src, "generic_tol")
+        if self.symprec is not None and not (0 < float(self.symprec) < 1):
+            raise InputError(f"symprec {self.symprec!r} must lie in (0, 1) angstrom", src, "symprec")
+
+
+# ---------------------------------------------------------------------------
+# Numba kernels (compiled on first call, cached on disk)
+
+
+@lru_cache(maxsize=1)
+def _compile():
+    """The Numba placement kernel (compiled on first use, cached on disk).
+
+    Built lazily so that importing xtalhpc.synth does not import numba.
+    """
+    import numba
+
+    @numba.njit(cache=True, nogil=True)
+    def fits(frac, n_old, m, rad, r_new, lat, spacing, factor):
+        """True if atoms ``frac[n_old:n_old+m]`` (radius ``r_new``) keep their distance to
+        ``frac[:n_old]`` and to each other.
+
+        Fractional differences are wrapped to [-0.5, 0.5) and the 27 neighbouring
+        images are searched, which finds every image closer than the threshold for
+        the cells drawn here (angles 60-120 degrees, axis ratios <= 2.5). An image
+        whose fractional offset along an axis times that axis' lattice-plane
+        spacing already exceeds the threshold is skipped: the Cartesian distance is
+        at least that large.
+        """
+        for i in range(n_old, n_old + m):
+            for j in range(i):
+                # rad[n_old:] is not written yet: atoms of the new orbit have radius r_new
+                dmin = factor * (r_new + (rad[j] if j < n_old else r_new))
+                d2 = dmin * dmin
+                dx = frac[i, 0] - frac[j, 0]
+                dy = frac[i, 1] - frac[j, 1]
+                dz = frac[i, 2] - frac[j, 2]
+                dx -= np.floor(dx + 0.5)
+                dy -= np.floor(dy + 0.5)
+                dz -= np.floor(dz + 0.5)
+                for a in range(-1, 2):
+                    fa = dx + a
+                    if abs(fa) * spacing[0] >= dmin:
+                        continue
+                    for b in range(-1, 2):
+                        fb = dy + b
+                        if abs(fb) * spacing[1] >= dmin:
+                            continue
+                        for c in range(-1, 2):
+                            fc = dz + c
+                            if abs(fc) * spacing[2] >= dmin:
+                                continue
+                            x = fa * lat[0, 0] + fb * lat[1, 0] + fc * lat[2, 0]
+                            y = fa * lat[0, 1] + fb * lat[1, 1] + fc * lat[2, 1]
+                            z = fa * lat[0, 2] + fb * lat[1, 2] + fc * lat[2, 2]
+                            if x * x + y * y + z * z < d2:
+                                return False
+        return True
+
+    @numba.njit(cache=True, nogil=True)
+    def generic(ops, o0, p, combos, active, climit, tol, gstar, frac, starts, n_prev):
+        """False if the orbit representative x satisfies, within ``tol`` (angstrom of
+        atom displacement), a relation that its Wyckoff position does not impose:
+        c . x = k/24 with integers |c_i| <= 2 (``combos[active]``), or
+        x_d +- r_e = k/24 with r the representative of an orbit placed before.
+        Such near-relations are how random coordinates pick up extra symmetry (an
+        inversion or mirror that is almost there); the second kind matters along
+        polar axes, where the origin floats and two orbits' heights can line up
+        with a mirror the group does not have.
+
+        A relation c . x = k/24 missed by ``dev`` (fractional) needs the atom to move
+        ``dev / |c|*`` angstrom, |c|*^2 = c^T G* c (G* the reciprocal metric), so
+        ``climit[k] = 24 tol |c_k|*``.
+        """
+        x0 = ops[o0, 0, 0] * p[0] + ops[o0, 0, 1] * p[1] + ops[o0, 0, 2] * p[2] + ops[o0, 0, 3]
+        x1 = ops[o0, 1, 0] * p[0] + ops[o0, 1, 1] * p[1] + ops[o0, 1, 2] * p[2] + ops[o0, 1, 3]
+        x2 = ops[o0, 2, 0] * p[0] + ops[o0, 2, 1] * p[1] + ops[o0, 2, 2] * p[2] + ops[o0, 2, 3]
+        for k in range(combos.shape[0]):
+            if not active[k]:
+                continue
+            v = 24.0 * (combos[k, 0] * x0 + combos[k, 1] * x1 + combos[k, 2] * x2)
+            if abs(v - np.floor(v + 0.5)) < climit[k]:
+                return False
+        for d in range(3):
+            xd = x0 if d == 0 else (x1 if d == 1 else x2)
+            if abs(ops[o0, d, 0]) + abs(ops[o0, d, 1]) + abs(ops[o0, d, 2]) < 1e-9:
+                continue  # this coordinate is fixed by the position
+            for q in range(n_prev):
+                for e in range(3):
+                    re = frac[starts[q], e]
+                    lim = 24.0 * tol * np.sqrt(gstar[d, d] + gstar[e, e])
+                    for sgn in (-1.0, 1.0):
+                        v = 24.0 * (xd + sgn * re)
+                        if abs(v - np.floor(v + 0.5)) < lim:
+                            return False
+        return True
+
+    @numba.njit(cache=True, nogil=True)
+    def place(ops, offset, dof, wps, rads, cell, factor, tries, seed, combos, generic_tol, frac, rad):
+        """Place the orbits ``wps`` in the cell ``(a, b, c, alpha, beta, gamma)``.
+
+        Returns the atom count; -1 - j if orbit j did not fit; -1000 if a lattice
+        translation is shorter than the largest atom's minimum distance to itself.
+        """
+        d2r = np.pi / 180.0
+        ca = np.cos(cell[3] * d2r)
+        cb = np.cos(cell[4] * d2r)
+        cg = np.cos(cell[5] * d2r)
+        sg = np.sin(cell[5] * d2r)
+        lat = np.zeros((3, 3))
+        lat[0, 0] = cell[0]
+        lat[1, 0] = cell[1] * cg
+        lat[1, 1] = cell[1] * sg
+        lat[2, 0] = cell[2] * cb
+        lat[2, 1] = cell[2] * (ca - cb * cg) / sg
+        lat[2, 2] = np.sqrt(max(cell[2] ** 2 - lat[2, 0] ** 2 - lat[2, 1] ** 2, 0.0))
+        vol = lat[0, 0] * lat[1, 1] * lat[2, 2]
+        # lattice-plane spacings d_100, d_010, d_001 = V / |b x c| etc.
+        spacing = np.empty(3)
+        for k in range(3):
+            u = lat[(k + 1) % 3]
+            v = lat[(k + 2) % 3]
+            cx = u[1] * v[2] - u[2] * v[1]
+            cy = u[2] * v[0] - u[0] * v[2]
+            cz = u[0] * v[1] - u[1] * v[0]
+            spacing[k] = vol / np.sqrt(cx * cx + cy * cy + cz * cz)
+        rmax = 0.0
+        for j in range(rads.shape[0]):
+            rmax = max(rmax, rads[j])
+        dself = 2.0 * factor * rmax
+        for a in range(-1, 2):
+            for b in range(-1, 2):
+                for c in range(-1, 2):
+                    if a == 0 and b == 0 and c == 0:
+                        continue
+                    x = a * lat[0, 0] + b * lat[1, 0] + c * lat[2, 0]
+                    y = b * lat[1, 1] + c * lat[2, 1]
+                    z = c * lat[2, 2]
+                    if x * x + y * y + z * z < dself * dself:
+                        return -1000
+        gstar = np.linalg.inv(lat @ lat.T)  # reciprocal metric tensor (angstrom^-2)
+        nc = combos.shape[0]
+        climit = np.empty(nc)
+        for k in range(nc):
+            c = combos[k]
+            climit[k] = 24.0 * generic_tol * np.sqrt(c @ gstar @ c)
+        active = np.zeros(nc, dtype=np.bool_)
+        np.random.seed(seed)
+        n = 0
+        starts = np.zeros(wps.shape[0], dtype=np.int64)
+        p = np.zeros(3)
+        for j in range(wps.shape[0]):
+            w = wps[j]
+            o0 = offset[w]
+            m = offset[w + 1] - o0
+            r = rads[j]
+            ntry = 1 if dof[w] == 0 else tries
+            # relations this position does not impose (c . A != 0); x - y is built into (x, x, z)
+            for k in range(nc):
+                free = 0.0
+                for q in range(3):
+                    free += abs(combos[k, 0] * ops[o0, 0, q] + combos[k, 1] * ops[o0, 1, q]
+                                + combos[k, 2] * ops[o0, 2, q])
+                active[k] = free > 1e-9
+            ok = False
+            for _ in range(ntry):
+                # Redraws for genericity do not count as tries: a rejection here says
+                # nothing about the cell being too small.
+                for _ in range(_GENERIC_DRAWS):
+                    p[0] = np.random.random()
+                    p[1] = np.random.random()
+                    p[2] = np.random.random()
+                    if dof[w] == 0 or generic(ops, o0, p, combos, active, climit, generic_tol, gstar, frac, starts, j):
+                        break
+                else:
+                    continue
+                for k in range(m):
+                    for d in range(3):
+                        v = (ops[o0 + k, d, 0] * p[0] + ops[o0 + k, d, 1] * p[1]
+                             + ops[o0 + k, d, 2] * p[2] + ops[o0 + k, d, 3])
+                        frac[n + k, d] = v - np.floor(v)
+                if fits(frac, n, m, rad, r, lat, spacing, factor):
+                    ok = True
+                    break
+            if not ok:
+                return -1 - j
+            starts[j] = n
+            for k in range(m):
+                rad[n + k] = r
+            n += m
+        return n
+
+    return place
+
+
+@lru_cache(maxsize=1)
+def _combos() -> np.ndarray:
+    """Integer vectors c with entries -2..2, one of each +-c pair (62 rows)."""
+    out = []
+    for a in range(-2, 3):
+        for b in range(-2, 3):
+            for c in range(-2, 3):
+                v = (a, b, c)
+                if v != (0, 0, 0) and tuple(-x for x in v) not in out:
+                    out.append(v)
+    arr = np.array(out, dtype=np.float64)
+    arr.setflags(write=False)
+    return arr
+
+
+# ---------------------------------------------------------------------------
+# lattice
+
+
+def _lattice_matrix(cell: np.ndarray) -> np.ndarray:
+    a, b, c = cell[:3]
+    ca, cb, cg = np.cos(np.radians(cell[3:]))
+    sg = math.sin(math.radians(cell[5]))
+    cx = c * cb
+    cy = c * (ca - cb * cg) / sg
+    cz = math.sqrt(max(c * c - cx * cx - cy * cy, 0.0))
+    return np.array([[a, 0.0, 0.0], [b * cg, b * sg, 0.0], [cx, cy, cz]])
+
+
+_LOG_HALF = math.log(0.5)
+
+
+def _sample_cell(system: str, volume: float, rng: np.random.Generator) -> np.ndarray:
+    """Lattice parameters of ``system`` (standard setting) with the given volume (angstrom^3).
+
+    Axis ratios b/a and c/a are log-uniform in [1/2, 2] (c/a in [1/2, 2.5] for
+    hexagonal axes); monoclinic beta is uniform in 90-120 degrees; triclinic
+    angles are uniform in 60-120 degrees, redrawn while the cell is too flat.
+    """
+    u = rng.random(3)
+    al = be = ga = 90.0
+    rb = rc = 1.0
+    if system == "triclinic":
+        while True:
+            al, be, ga = (60.0 + 60.0 * x for x in rng.random(3))
+            ca, cb, cg = math.cos(math.radians(al)), math.cos(math.radians(be)), math.cos(math.radians(ga))
+            if 1 - ca * ca - cb * cb - cg * cg + 2 * ca * cb * cg > 0.35:  # away from flat, degenerate shapes
+                break
+    elif system == "monoclinic":
+        be = 90.0 + 30.0 * float(u[2])
+    if system in ("triclinic", "monoclinic", "orthorhombic"):
+        rb = math.exp(_LOG_HALF * (1.0 - 2.0 * float(u[0])))
+        rc = math.exp(_LOG_HALF * (1.0 - 2.0 * float(u[1])))
+    elif system == "tetragonal":
+        rc = math.exp(_LOG_HALF * (1.0 - 2.0 * float(u[1])))
+    elif system in ("trigonal", "hexagonal"):
+        ga = 120.0
+        rc = 0.5 * math.exp(math.log(5.0) * float(u[1]))
+    ca, cb, cg = math.cos(math.radians(al)), math.cos(math.radians(be)), math.cos(math.radians(ga))
+    vf = math.sqrt(1 - ca * ca - cb * cb - cg * cg + 2 * ca * cb * cg)
+    a = (volume / (rb * rc * vf)) ** (1.0 / 3.0)
+    return np.array([a, a * rb, a * rc, al, be, ga])
+
+
+# ---------------------------------------------------------------------------
+# occupation
+
+
+def _pick(weights: list[float], u: float) -> int:
+    """Index drawn with probability proportional to ``weights`` for a uniform ``u`` in [0, 1)."""
+    target = u * sum(weights)
+    acc = 0.0
+    for i, w in enumerate(weights):
+        acc += w
+        if target < acc:
+            return i
+    return len(weights) - 1
+
+
+@lru_cache(maxsize=None)
+def _table_lists(space_group: int) -> tuple[list[int], list[int]]:
+    # plain lists: the occupation loop touches a few numbers, where NumPy's per-call cost dominates
+    t = wyckoff_table(space_group)
+    return t.multiplicity.tolist(), t.dof.tolist()
+
+
+def _choose_orbits(table: WyckoffTable, max_atoms: int, n_target: int, rng: np.random.Generator) -> list[int]:
+    """Wyckoff positions (indices into ``table``) to occupy; see the module docstring.
+
+    Besides the multiplicity budget and the once-only rule for fixed positions,
+    the occupied positions must not share a translation outside the group
+    (:func:`~xtalhpc.synth.wyckoff.extra_translations`): in Fm-3c, for example,
+    every special position but 96i has an orbit with a cell half as long.
+    """
+    mult, dof = _table_lists(table.space_group)
+    extra = extra_translations(table.space_group)
+    n_wp = len(mult)
+    for _ in range(20):
+        chosen: list[int] = []
+        common: frozenset | None = None
+        atoms = 0
+        for k in range(n_target):
+            budget = max_atoms - atoms
+            cand = [i for i in range(n_wp) if mult[i] <= budget and not (dof[i] == 0 and i in chosen)]
+            if k == 0:
+                # The general position, whenever it fits: orbits on special positions
+                # alone very often have more symmetry than the group (all special
+                # positions of P222 lie on 2-fold axes and any set of them is Pmmm).
+                cand = [0] if mult[0] <= budget else [i for i in cand if dof[i] > 0]
+            elif k == 1 and dof[chosen[0]] < 3:
+                cand = [i for i in cand if dof[i] > 0]  # no general position: a second free orbit
+            if common:
+                # spend the last orbits (or, by chance, earlier ones) on breaking extra translations
+                breaking = [i for i in cand if not common <= extra[i]]
+                if breaking and (k >= n_target - 2 or rng.random() < 0.5):
+                    cand = breaking
+            if not cand:
+                break
+            # the general position with probability ~1/3 when it is a candidate, else a special one uniformly
+            w = [0.5 * (len(cand) - 1) if (i == 0 and len(cand) > 1) else 1.0 for i in cand]
+            i = cand[_pick(w, float(rng.random()))]
+            chosen.append(i)
+            common = extra[i] if common is None else common & extra[i]
+            atoms += mult[i]
+        if chosen and not common:
+            return chosen
+    raise InputError(f"found no Wyckoff occupation of space group {table.space_group} with at most {max_atoms} "
+                     "atoms that has exactly the group's translations; raise max_atoms to at least "
+                     f"{mult[0]} (the general position)", "synthetic crystal", "max_atoms")
+
+
+@lru_cache(maxsize=None)
+def min_atoms(space_group: int) -> int:
+    """Smallest ``max_atoms`` with which ``space_group`` can be generated.
+
+    The smallest orbit with free parameters whose position has no extra
+    translation, or the smallest such pair of orbits, or the general position.
+    """
+    t = wyckoff_table(space_group)
+    extra = extra_translations(space_group)
+    mult, dof = t.multiplicity, t.dof
+    best = int(mult[0])
+    for i in np.flatnonzero(dof > 0):
+        if not extra[i]:
+            best = min(best, int(mult[i]))
+        for j in range(t.n_positions):
+            if (j != i or dof[j] > 0) and not (extra[i] & extra[j]):
+                best = min(best, int(mult[i] + mult[j]))
+    return best
+
+
+# ---------------------------------------------------------------------------
+# public API
+
+
+def _check_seed(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise InputError(f"{name} {value!r} must be an integer >= 0", "synthetic crystal", name)
+    return int(value)
+
+
+def generate_crystal(space_group: int, seed: int, index: int, config: SynthConfig | None = None,
+                     **overrides) -> Crystal:
+    """One random crystal of ``space_group``, a pure function of ``(space_group, seed, index, config)``.
+
+    Parameters
+    ----------
+    space_group : int
+        International Tables number 1-230 (standard setting).
+    seed, index : int
+        Non-negative integers; the crystal's random stream is seeded by
+        ``(seed, index, space_group)``.
+    config : SynthConfig, optional
+        Sampling settings; keyword ``overrides`` (e.g. ``max_atoms=64``) replace fields.
+
+    Returns
+    -------
+    Crystal
+        Full conventional cell, named ``syn-sg{N}-{index}``, source
+        ``"synthetic seed=S index=I"``, with the Wyckoff occupation in ``notes``.
+    """
+    sg = check_space_group(space_group, "synthetic crystal", "space_group")
+    seed = _check_seed(seed, "seed")
+    index = _check_seed(index, "index")
+    cfg = config or SynthConfig()
+    if overrides:
+        kw = {f: getattr(cfg, f) for f in cfg.__dataclass_fields__}
+        unknown = sorted(set(overrides) - set(kw))
+        if unknown:
+            raise InputError(f"unknown option(s) {unknown}; allowed: {sorted(kw)}", "generate_crystal", unknown[0])
+        kw.update(overrides)
+        cfg = SynthConfig(**kw)
+    pool = cfg.pool or _default_pool()
+    table = wyckoff_table(sg)
+    need = min_atoms(sg)
+    if cfg.max_atoms < need:
+        raise InputError(f"max_atoms {cfg.max_atoms} is too small for space group {sg}: its smallest Wyckoff "
+                         f"occupation with free parameters and exactly the group's translations has {need} atoms",
+                         "synthetic crystal", "max_atoms")
+    rng = np.random.default_rng(np.random.SeedSequence([seed, index, sg]))
+    place = _compile()
+    system = crystal_system(sg)
+    for _ in range(cfg.max_attempts if cfg.symprec is not None else 1):
+        wps, sp, volume = _occupation(table, cfg, pool, rng)
+        volume *= rng.uniform(*cfg.volume_factor)
+        for _ in range(cfg.max_attempts):
+            out = _place(table, system, cfg, pool, rng, place, wps, sp, volume)
+            if out is not None:
+                break
+            volume *= 1.1  # every distance grows with the cell, so this always ends
+        else:
+            continue
+        b = rng.uniform(*cfg.b_iso_range, size=wps.size)
+        crystal = _to_crystal(sg, seed, index, table, pool, out, wps, sp, b)
+        if cfg.symprec is not None and spglib_number(crystal, cfg.symprec) != sg:
+            continue
+        return crystal
+    raise XtalhpcError(f"no crystal of space group {sg} fitted after {cfg.max_attempts} attempts "
+                       f"(seed={seed}, index={index}); raise max_attempts or lower distance_factor")
+
+
+def generate_crystals(space_groups: Sequence[int] | int, n_per_group: int, seed: int,
+                      config: SynthConfig | None = None, start: int = 0, stop: int | None = None,
+                      **overrides) -> list[Crystal]:
+    """``n_per_group`` crystals for each space group, in order.
+
+    Item ``i`` is ``generate_crystal(space_groups[i // n_per_group], seed, i)``, so
+    any slice ``[start, stop)`` can be generated on its own (one MPI rank each) and
+    the union equals the whole batch.
+    """
+    groups = [space_groups] if isinstance(space_groups, (int, np.integer)) else list(space_groups)
+    if not groups:
+        raise InputError("no space groups given", "generate_crystals", "space_groups")
+    groups = [check_space_group(g, "generate_crystals", "space_groups") for g in groups]
+    if isinstance(n_per_group, bool) or not isinstance(n_per_group, (int, np.integer)) or n_per_group <= 0:
+        raise InputError(f"n_per_group {n_per_group!r} must be an integer >= 1", "generate_crystals", "n_per_group")
+    seed = _check_seed(seed, "seed")
+    total = len(groups) * int(n_per_group)
+    stop = total if stop is None else min(int(stop), total)
+    if overrides:
+        base = config or SynthConfig()
+        kw = {f: getattr(base, f) for f in base.__dataclass_fields__}
+        kw.update(overrides)
+        config = SynthConfig(**kw)
+    return [generate_crystal(groups[i // n_per_group], seed, i, config) for i in range(int(start), stop)]
+
+
+def spglib_number(crystal: Crystal, symprec: float = 1e-3) -> int | None:
+    """Space-group number spglib finds for ``crystal`` at ``symprec`` (angstrom); None if it finds none."""
+    import spglib
+
+    lat = _lattice_matrix(crystal.cell)
+    _, numbers = np.unique(np.asarray(crystal.species), return_inverse=True)
+    ds = spglib.get_symmetry_dataset((lat, crystal.frac, numbers), symprec=symprec)
+    return None if ds is None else int(ds.number)
+
+
+# ---------------------------------------------------------------------------
+# internals
+
+
+@lru_cache(maxsize=1)
+def _default_pool() -> ElementPool:
+    return ElementPool.default()
+
+
+def _occupation(table, cfg, pool, rng):
+    """Orbits (placement order), element index per orbit and the sum of atomic volumes."""
+    mult, dof = _table_lists(table.space_group)
+    n_el = min(_pick(_N_SPECIES_P, float(rng.random())) + 1, cfg.max_species, len(pool.elements))
+    n_orb = min(max(2, n_el + int(rng.geometric(0.5)) - 1), _MAX_ORBITS)
+    orbits = _choose_orbits(table, cfg.max_atoms, n_orb, rng)
+    n_orb = len(orbits)
+    if n_el == 1 and sum(mult[w] for w in orbits) == 2 and len(pool.elements) > 1:
+        # Two equal atoms are always related by an inversion through their midpoint
+        # (P1 with two atoms of one element is P-1): give them different elements.
+        n_el = 2
+    # n_el distinct elements, drawn with the pool's weights
+    weights = pool.weights_list
+    els: list[int] = []
+    for u in rng.random(n_el).tolist():
+        e = _pick([0.0 if i in els else w for i, w in enumerate(weights)], u)
+        els.append(e)
+    # Every element on at least one orbit (when there are enough orbits) ...
+    perm = rng.permutation(n_orb).tolist()
+    extra_el = rng.integers(n_el, size=n_orb).tolist()
+    sp = [0] * n_orb
+    for k, j in enumerate(perm):
+        sp[j] = els[k] if k < n_el else els[extra_el[k]]
+    # ... and fixed orbits on distinct elements where possible.
+    fixed = [j for j in range(n_orb) if dof[orbits[j]] == 0]
+    if 1 < len(fixed) <= n_el:
+        for j, e in zip(fixed, rng.permutation(n_el).tolist()):
+            sp[j] = els[e]
+    # fixed orbits first (no freedom to adjust), then the largest orbits
+    order = sorted(range(n_orb), key=lambda j: (dof[orbits[j]] != 0, -mult[orbits[j]]))
+    wps = np.array([orbits[j] for j in order], dtype=np.int64)
+    spa = np.array([sp[j] for j in order], dtype=np.int64)
+    volume = sum(pool.volume_list[sp[j]] * mult[orbits[j]] for j in range(n_orb))
+    return wps, spa, float(volume)
+
+
+def _place(table, system, cfg, pool, rng, place, wps, sp, volume):
+    """Draw a cell of ``volume`` and place the orbits; None if they do not fit."""
+    cell = _sample_cell(system, volume, rng)
+    n_total = int(table.multiplicity[wps].sum())
+    frac = np.empty((n_total, 3))
+    radii = np.empty(n_total)
+    n = place(table.ops, table.offset, table.dof, wps, pool.radius[sp], cell, float(cfg.distance_factor),
+              _ORBIT_TRIES, int(rng.integers(2**31 - 1)), _combos(), float(cfg.generic_tol), frac, radii)
+    return None if n < 0 else (cell, frac)
+
+
+def _to_crystal(sg, seed, index, table, pool, out, wps, sp, b) -> Crystal:
+    cell, frac = out
+    species: list[str] = []
+    b_iso = np.empty(frac.shape[0])
+    n = 0
+    sites = []
+    for w, e, bj in zip(wps.tolist(), sp.tolist(), b.tolist()):
+        m = int(table.multiplicity[w])
+        el = pool.elements[e]
+        species.extend([el] * m)
+        b_iso[n:n + m] = bj
+        n += m
+        sites.append(f"{el}:{table.label(w)}")
+    return Crystal(cell=cell, frac=frac, species=tuple(species), occupancy=np.ones(n), b_iso=b_iso,
+                   space_group=sg, source=f"synthetic seed={seed} index={index}", name=f"syn-sg{sg}-{index}",
+                   notes=("wyckoff " + " ".join(sites),))
