@@ -197,17 +197,26 @@ class StructureAugmenter:
         X, L = self.site_frac, self.L
         nops, n = len(self.rotations), len(X)
         perm = np.empty((nops, n), dtype=int)
+        groups = [np.flatnonzero(self.types == t) for t in np.unique(self.types)]
         for k in range(nops):
             Y = X @ self.rotations[k].T + self.translations[k]
-            d = Y[:, None, :] - X[None, :, :]
-            d -= np.round(d)
-            dist = np.linalg.norm(d @ L, axis=2)
-            dist[self.types[:, None] != self.types[None, :]] = np.inf
-            j = np.argmin(dist, axis=1)
-            if np.any(dist[np.arange(n), j] > 2 * SYMPREC + 1e-9):
-                raise InputError("a symmetry image of a site matches no site within the tolerance",
-                                 self.crystal.source or self.crystal.name or None, "atoms")
-            perm[k] = j
+            for g in groups:  # an operation maps sites onto sites of the same type only
+                # nearest periodic image in fractional space, one axis at a time (2-D arrays are
+                # much faster than an (n, n, 3) block), then the chosen pair is checked in angstrom
+                yg, xg = Y[g], X[g]
+                sq = np.zeros((len(g), len(g)))
+                for ax in range(3):
+                    d = yg[:, ax, None] - xg[None, :, ax]
+                    d -= np.rint(d)
+                    sq += d * d
+                j = np.argmin(sq, axis=1)
+                dd = yg - xg[j]
+                dd -= np.rint(dd)
+                dist = np.linalg.norm(dd @ L, axis=1)
+                if np.any(dist > 2 * SYMPREC + 1e-9):
+                    raise InputError("a symmetry image of a site matches no site within the tolerance",
+                                     self.crystal.source or self.crystal.name or None, "atoms")
+                perm[k, g] = g[j]
         return perm
 
     # ---- the three operations ----------------------------------------------------
