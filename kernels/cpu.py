@@ -22,13 +22,13 @@ import numpy as np
 from numba import njit, prange
 
 from .physics import (GAUSS_HALF_WIDTH, bragg_theta, debye_waller, inv_d2, lorentz_factor, peak_fwhm,
-                      pseudo_voigt_parts, scattering_amplitude)
+                      pseudo_voigt_parts, scattering_amplitude, window_area)
 
 TWO_PI = 2.0 * math.pi
 RAD2DEG = 180.0 / math.pi
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy", inline="always")
 def l_range(h, k, g11, g22, g33, g12, g13, g23, qmax):
     """Integer l interval (lo, hi) whose Q may lie in (0, qmax] for fixed h, k; lo > hi if none."""
     b = 2.0 * (g13 * h + g23 * k)
@@ -44,7 +44,7 @@ def l_range(h, k, g11, g22, g33, g12, g13, g23, qmax):
     return lo, hi
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy", inline="always")
 def index_bounds(a, b, c, qmax):
     """|h| <= a / d_min etc.: a reciprocal vector of length <= 1/d_min has |h| = |r*.a| <= a |r*|."""
     s = math.sqrt(qmax)
@@ -56,7 +56,7 @@ def index_bounds(a, b, c, qmax):
 MIN_LAUE_ORDER = 4
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy", inline="always")
 def canonical_stabiliser(h, k, l, rot, r0, r1):
     """(is_canonical, stabiliser order) of (h, k, l) under the Laue rotations rot[r0:r1].
 
@@ -75,7 +75,7 @@ def canonical_stabiliser(h, k, l, rot, r0, r1):
     return True, stab
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _count_one(recip, cell_len, i, qmax, laue_off, laue_rot):
     g11, g22, g33, g12, g13, g23 = recip[i, 0], recip[i, 1], recip[i, 2], recip[i, 3], recip[i, 4], recip[i, 5]
     hmax, kmax, _ = index_bounds(cell_len[i, 0], cell_len[i, 1], cell_len[i, 2], qmax)
@@ -97,7 +97,7 @@ def _count_one(recip, cell_len, i, qmax, laue_off, laue_rot):
     return n
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def count_reflections(recip, cell_len, qmax, laue_off, laue_rot, counts):
     """Reflections with 0 < Q <= qmax each structure will compute: one per Laue orbit where
     its Laue group has order >= MIN_LAUE_ORDER, else every half-sphere reflection."""
@@ -105,7 +105,7 @@ def count_reflections(recip, cell_len, qmax, laue_off, laue_rot, counts):
         counts[i] = _count_one(recip, cell_len, i, qmax, laue_off, laue_rot)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract"})
 def _sf_one(i, recip, cell_len, qmax, refl_off, type_off, type_atom_off, type_coef, type_b, frac, occ,
             out_hkl, out_q, out_f2):
     """All half-sphere reflections of structure ``i`` in (h, k) columns of consecutive l.
@@ -225,7 +225,7 @@ def _sf_one(i, recip, cell_len, qmax, refl_off, type_off, type_atom_off, type_co
                         re[j] = r
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract"})
 def _sf_sym_one(i, recip, cell_len, qmax, refl_off, type_off, type_atom_off, type_coef, type_b, frac, occ,
                 laue_off, laue_rot, out_hkl, out_q, out_f2, out_mult):
     """|F|^2 of one reflection per Laue orbit (the canonical member), with its multiplicity."""
@@ -301,7 +301,7 @@ def _sf_sym_one(i, recip, cell_len, qmax, refl_off, type_off, type_atom_off, typ
                 pos += 1
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def structure_factors(recip, cell_len, qmax, refl_off, type_off, type_atom_off, type_coef, type_b, frac, occ,
                       laue_off, laue_rot, out_hkl, out_q, out_f2, out_mult):
     """|F(hkl)|^2 (units of coef^2: fm^2 for neutrons) and multiplicity per computed reflection.
@@ -321,7 +321,7 @@ def structure_factors(recip, cell_len, qmax, refl_off, type_off, type_atom_off, 
                 out_mult[j] = 2
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _families_one(s, e, hkl, q, f2, mult, d_tol, f2_tol, absent_tol, fam_hkl, fam_q, fam_f2, fam_mult):
     n = e - s
     if n == 0:
@@ -375,7 +375,7 @@ def _families_one(s, e, hkl, q, f2, mult, d_tol, f2_tol, absent_tol, fam_hkl, fa
     return nf
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def reflection_families(refl_off, hkl, q, f2, mult, d_tol, f2_tol, absent_tol, fam_hkl, fam_q, fam_f2, fam_mult,
                         fam_count):
     """Group reflections into families (equal d and |F|^2), sorted by d descending.
@@ -389,78 +389,67 @@ def reflection_families(refl_off, hkl, q, f2, mult, d_tol, f2_tol, absent_tol, f
                                      fam_hkl, fam_q, fam_f2, fam_mult)
 
 
-@njit(cache=True, fastmath=True)
-def _add_peak(row, buf, npts, tt_min, step, tt, inten, fwhm, eta, cutoff):
-    """Add one unit-area pseudo-Voigt of integrated intensity ``inten`` centred at ``tt`` to ``row``.
+@njit(cache=True, fastmath=True, error_model="numpy")
+def _add_peak(row, grid, tt_min, step, tt, inten, fwhm, eta, cutoff):
+    """Add one pseudo-Voigt of integrated intensity ``inten`` centred at ``tt`` to ``row``.
 
-    Same function as physics.pseudo_voigt, evaluated fast: the Lorentzian part by one
-    division per point (vectorisable), the Gaussian part over +-GAUSS_HALF_WIDTH FWHM by the
-    exact multiplicative recurrence g(x + step) = g(x) r, r <- r exp(-2 a step^2) (three exps
-    per peak instead of one per point). The profile is renormalised to unit area over its
-    window so sum(row) * step keeps the integrated intensity.
+    The profile is physics.pseudo_voigt cut at +-cutoff FWHM and scaled by 1 / window_area
+    so that its integral over the window is ``inten``. Evaluated fast: the Lorentzian part
+    by one division per point in a vectorisable loop over the grid values, the Gaussian
+    part over +-GAUSS_HALF_WIDTH FWHM by the exact multiplicative recurrence
+    g(x + step) = g(x) r, r <- r exp(-2 a step^2) (three exps per peak, not one per point).
     """
+    npts = row.shape[0]
     half = cutoff * fwhm
     i0 = int(math.ceil((tt - half - tt_min) / step))
     i1 = int(math.floor((tt + half - tt_min) / step))
-    if i1 < 0 or i0 >= npts:
+    if i1 < 0 or i0 >= npts or i1 < i0:
         return
-    # A window wider than the grid itself (huge widths near 2theta = 180) is cut one grid
-    # length beyond either end; ``buf`` holds 3 * npts + 1 points.
-    if i0 < -npts:
-        i0 = -npts
-    if i1 > 2 * npts:
-        i1 = 2 * npts
     amp_l, inv_hw, amp_g, a_g = pseudo_voigt_parts(fwhm, eta)
-    nwin = i1 - i0 + 1
-    x0 = tt_min + i0 * step - tt
-    total = 0.0
-    for p in range(nwin):
-        z = (x0 + p * step) * inv_hw
-        v = amp_l / (1.0 + z * z)
-        buf[p] = v
-        total += v
+    # window edges as the discrete sum sees them: half a step beyond the outer points
+    area = window_area(fwhm, eta, tt - (tt_min + i0 * step) + 0.5 * step, tt_min + i1 * step - tt + 0.5 * step)
+    scale = inten / area
+    lo = max(i0, 0)
+    hi = min(i1, npts - 1)
+    al = amp_l * scale
+    # Slices and a loop from 0 let LLVM drop negative-index handling and vectorise.
+    rw = row[lo:hi + 1]
+    gr = grid[lo:hi + 1]
+    for p in range(hi + 1 - lo):
+        z = (gr[p] - tt) * inv_hw
+        rw[p] += al / (1.0 + z * z)
     if amp_g > 0.0:
+        ag = amp_g * scale
         ic = int(round((tt - tt_min) / step))
         gw = int(GAUSS_HALF_WIDTH * fwhm / step) + 1
         d0 = tt_min + ic * step - tt
         c = math.exp(-2.0 * a_g * step * step)
-        g0 = amp_g * math.exp(-a_g * d0 * d0)
-        # forward from the centre
+        g0 = ag * math.exp(-a_g * d0 * d0)
         g = g0
         r = math.exp(-a_g * (2.0 * d0 * step + step * step))
         for j in range(0, gw + 1):
-            p = ic + j - i0
-            if p >= nwin:
+            p = ic + j
+            if p > hi:
                 break
-            if p >= 0:
-                buf[p] += g
-                total += g
+            if p >= lo:
+                row[p] += g
             g *= r
             r *= c
-        # backward from the centre
         g = g0
         r = math.exp(-a_g * (-2.0 * d0 * step + step * step))
         for j in range(1, gw + 1):
             g *= r
             r *= c
-            p = ic - j - i0
-            if p < 0:
+            p = ic - j
+            if p < lo:
                 break
-            if p < nwin:
-                buf[p] += g
-                total += g
-    if total <= 0.0:
-        return
-    scale = inten / (total * step)
-    lo = max(i0, 0)
-    hi = min(i1, npts - 1)
-    for p in range(lo, hi + 1):
-        row[p] += scale * buf[p - i0]
+            if p <= hi:
+                row[p] += g
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _render_one(i, s, nfam, fam_q, fam_f2, fam_mult, wavelengths, wweights, tt_min, step, npts, u, v, w, x, y,
-                zero, cutoff, min_fwhm, xray, pattern, fam_tt, fam_int, buf):
+                zero, cutoff, min_fwhm, xray, pattern, fam_tt, fam_int, grid):
     row = pattern[i]
     j = 0
     while j < nfam:
@@ -485,12 +474,12 @@ def _render_one(i, s, nfam, fam_q, fam_f2, fam_mult, wavelengths, wweights, tt_m
             if th <= 0.0:
                 continue
             fwhm, eta = peak_fwhm(th, u, v, w, x, y, min_fwhm)
-            _add_peak(row, buf, npts, tt_min, step, 2.0 * th * RAD2DEG + zero,
+            _add_peak(row, grid, tt_min, step, 2.0 * th * RAD2DEG + zero,
                       wweights[wl] * msum * lorentz_factor(th, xray), fwhm, eta, cutoff)
         j = jj
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def render_patterns(fam_off, fam_count, fam_q, fam_f2, fam_mult, wavelengths, wweights, tt_min, step, u, v, w,
                     x, y, zero, cutoff, min_fwhm, xray, pattern, fam_tt, fam_int):
     """Sum pseudo-Voigt peaks onto each structure's row of ``pattern`` (n, npts).
@@ -498,7 +487,7 @@ def render_patterns(fam_off, fam_count, fam_q, fam_f2, fam_mult, wavelengths, ww
     Also fills 2theta (degrees, first wavelength) and integrated intensity m |F|^2 L of every family.
     """
     npts = pattern.shape[1]
+    grid = tt_min + step * np.arange(npts)
     for i in prange(pattern.shape[0]):
-        buf = np.empty(3 * npts + 1)
         _render_one(i, fam_off[i], fam_count[i], fam_q, fam_f2, fam_mult, wavelengths, wweights, tt_min, step,
-                    npts, u, v, w, x, y, zero, cutoff, min_fwhm, xray, pattern, fam_tt, fam_int, buf)
+                    npts, u, v, w, x, y, zero, cutoff, min_fwhm, xray, pattern, fam_tt, fam_int, grid)
