@@ -321,3 +321,19 @@ def test_sbatch_script_is_site_neutral():
     assert "/home/" not in text and "/work/" not in text
     r = subprocess.run(["bash", str(script)], capture_output=True, text=True)
     assert r.returncode == 2 and "usage" in r.stderr
+
+
+def test_synthetic_items_are_a_function_of_seed_and_item_index(tmp_path):
+    """--synthetic: item i is generate_crystal(space group, seed, i); its pattern is that crystal's."""
+    synth = pytest.importorskip("xtalhpc.synth")
+    from xtalhpc.simulate import simulate_batch
+
+    out = tmp_path / "syn"
+    assert cli.main(["generate", "--synthetic", "2", "--seed", "3", "--output", str(out), "--quiet"]) == 0
+    with open_dataset(out) as ds:
+        assert list(ds.read("source_id")) == ["synthetic:sg1:seed3:item0", "synthetic:sg2:seed3:item1"]
+        assert list(ds.read("space_group")) == [1, 2]
+        pat = ds.patterns[1]
+    c = synth.generate_crystal(2, 3, 1)
+    raw = simulate_batch([c], "bt1-cu311").patterns[0]
+    np.testing.assert_array_equal(pat, (raw / raw.max()).astype(np.float32))
