@@ -218,12 +218,6 @@ def test_batch_equals_one_by_one(rng, monkeypatch, chunk):
         _assert_same(res, i, p, exact=False)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "pack() numbers scattering types by a batch-wide registry (first appearance in the batch) and "
-    "orders each structure's types by that id, so the sum over types in the kernel runs in a "
-    "different order for a structure alone than inside a batch: patterns and |F|^2 differ by "
-    "<= 4e-16 relative (last bits). Fix: order a structure's types by a key of its own "
-    "(e.g. sorted species key, then B), not by the batch-wide id."))
 def test_batch_equals_one_by_one_bit_for_bit():
     crystals = _mixed(np.random.default_rng(12345))  # fixed: the xfail must fail every run
     inst = get_instrument("bt1-cu311")
@@ -269,11 +263,7 @@ def test_element_without_neutron_length():
 
 
 @pytest.mark.parametrize("cell", [
-    pytest.param([4, 4, 4, 120, 120, 120], marks=pytest.mark.xfail(strict=True, reason=(
-        "alpha + beta + gamma = 360 is a flat cell (volume 0), but float64 cos(120 deg) leaves "
-        "det(G) ~ 1e-15, so Crystal computes V = 1.9e-6 A^3, above its absolute 1e-6 A^3 threshold, "
-        "accepts it, and simulate() returns 11 meaningless reflections. A relative test "
-        "(V / (a b c) > ~1e-6) would reject it."))),  # alpha + beta + gamma = 360: flat
+    [4, 4, 4, 120, 120, 120],  # alpha + beta + gamma = 360: flat
     [4, 4, 4, 30, 30, 90],          # gamma > alpha + beta: impossible, det(G) < 0
                                   [4, 4, 4, 0, 90, 90],           # angle 0
                                   [4, -1, 4, 90, 90, 90],         # negative length

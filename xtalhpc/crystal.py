@@ -178,7 +178,8 @@ class Crystal:
         if np.any(cell[3:] <= 0) or np.any(cell[3:] >= 180):
             raise StructureError(f"cell angles {cell[3:].tolist()} must lie in (0, 180) degrees", src, "cell")
         vol = cell_volume(cell)
-        if not vol > 1e-6:
+        # Relative test: a flat cell (alpha + beta + gamma = 360) leaves det(G) ~ 1e-15 in float64.
+        if not vol > 1e-6 * cell[0] * cell[1] * cell[2]:
             raise StructureError(f"cell {cell.tolist()} has zero or negative volume ({vol:.3g} A^3)", src, "cell")
         set_(self, "cell", cell)
 

@@ -192,6 +192,15 @@ def pack(crystals: Sequence[Crystal], radiation: str) -> tuple[PackedBatch, dict
     for c in crystals:
         keys = _species_keys(c, radiation)
         sid_parts.append(np.fromiter((registry.setdefault(k, len(registry)) for k in keys), np.int64, len(keys)))
+    # Renumber keys in a batch-independent order (sorted by the key itself), so a structure's
+    # scattering types, and hence the summation order in the kernels, do not depend on what
+    # else is in the batch: a batch gives the same bits as one-by-one.
+    ranked = sorted(registry, key=repr)
+    remap = np.empty(len(registry), dtype=np.int64)
+    for new, key in enumerate(ranked):
+        remap[registry[key]] = new
+    registry = {key: new for new, key in enumerate(ranked)}
+    sid_parts = [remap[x] for x in sid_parts]
     coef_table = np.zeros((len(registry), N_COEFF))
     bad_keys: dict[int, str] = {}
     for key, g in registry.items():
