@@ -23,6 +23,7 @@ COMMANDS: tuple[str, ...] = (
     "dedup",
     "split",
     "balance",
+    "synthesize",
 )
 
 
