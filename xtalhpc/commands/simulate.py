@@ -73,7 +73,7 @@ def run(args) -> int:
             continue
         for c in cs:
             crystals.append(c)
-            names.append(c.name if len(cs) == 1 else f"{Path(f).stem}_{c.name}")
+            names.append(Path(f).stem if len(cs) == 1 else f"{Path(f).stem}_{c.name}")
     res = simulate_batch(crystals, inst, device=device, on_error="collect")
     xye = _targets(args.xye, names, ".xye")
     csvs = _targets(args.reflections, names, ".csv")
