@@ -2,7 +2,7 @@
 
 The kernels call the scalar functions of ``kernels/physics.py`` (``inv_d2``,
 ``scattering_amplitude``, ``debye_waller``, ``bragg_theta``, ``lorentz_factor``,
-``peak_fwhm``, ``pseudo_voigt_parts``): numba-cuda compiles an ``njit`` function
+``peak_fwhm``, ``pseudo_voigt_parts``, ``window_area``, ``cpu.canonical_stabiliser``): numba-cuda compiles an ``njit`` function
 for the device when a kernel calls it, so each formula has one definition for
 both targets. Host-side work (column enumeration, families, batching, streams)
 lives in ``cuda_launch.py``; nothing here allocates on the host, reads files or logs.
@@ -22,9 +22,9 @@ row the CPU writes (same h, k, l order), so the CPU's family code reads
 either backend's output alike.
 
 Profiles: one thread per reflection family (the first family of each group
-of equal d renders the summed peak, as the CPU does), a serial walk over its
-window (a first pass for the window's total, for the unit-area
-renormalisation, a second to add), and ``atomic.add`` into the pattern row:
+of equal d renders the summed peak, as the CPU does), a serial walk over the
+on-grid part of its window, scaled by the profile's analytic area over the
+window (``physics.window_area``), and ``atomic.add`` into the pattern row:
 neighbouring peaks overlap only over a few points, so contention is low.
 
 Everything is float64 (see docs/gpu.md): families are formed by comparing
@@ -39,7 +39,8 @@ from numba import cuda, float64, int32, int64, njit, types
 
 from numba import config
 
-from . import physics
+from . import cpu, physics
+from .cpu import MIN_LAUE_ORDER
 from .physics import GAUSS_HALF_WIDTH
 
 
@@ -61,6 +62,8 @@ bragg_theta = _device_fn(physics.bragg_theta)
 lorentz_factor = _device_fn(physics.lorentz_factor)
 peak_fwhm = _device_fn(physics.peak_fwhm)
 pseudo_voigt_parts = _device_fn(physics.pseudo_voigt_parts)
+window_area = _device_fn(physics.window_area)
+canonical_stabiliser = _device_fn(cpu.canonical_stabiliser)
 
 TWO_PI = 2.0 * math.pi
 RAD2DEG = 180.0 / math.pi
@@ -87,13 +90,17 @@ find_segment = _device_fn(njit(inline="always")(_find_segment))
 
 
 def _structure_factor_kernel(recip, col_struct, col_h, col_k, col_l0, col_nl, col_out, col_item_off, type_off,
-                             type_atom_off, type_coef, type_b, frac, occ, step_c, step_s, out_hkl, out_q, out_f2):
-    """|F(hkl)|^2 of every reflection of every column (see the module docstring).
+                             type_atom_off, type_coef, type_b, frac, occ, step_c, step_s, laue_off, laue_rot,
+                             out_hkl, out_q, out_f2, out_mult):
+    """|F(hkl)|^2 and multiplicity of every reflection of every column (see the module docstring).
 
     Column c of structure ``col_struct[c]`` holds l = col_l0[c] .. col_l0[c] + col_nl[c] - 1 at
     (h, k) = (col_h[c], col_k[c]); its reflections go to output rows col_out[c] + (l - col_l0[c]).
     Work item g belongs to the column c with col_item_off[c] <= g < col_item_off[c + 1].
     ``step_c``, ``step_s``: cos and sin of 2 pi z per atom (the step of the l recurrence).
+    For a structure whose Laue group (laue_rot[laue_off[i]:laue_off[i + 1]]) has order >=
+    cpu.MIN_LAUE_ORDER the columns hold only canonical reflections (one per orbit, a run of
+    consecutive l) and the multiplicity is the orbit size; otherwise it is 2 (Friedel pair).
     """
     sr = cuda.local.array(L_BLOCK, float64)
     si = cuda.local.array(L_BLOCK, float64)
@@ -110,6 +117,8 @@ def _structure_factor_kernel(recip, col_struct, col_h, col_k, col_l0, col_nl, co
         nl = min(L_BLOCK, col_nl[c] - blk * L_BLOCK)
         g11, g22, g33 = recip[i, 0], recip[i, 1], recip[i, 2]
         g12, g13, g23 = recip[i, 3], recip[i, 4], recip[i, 5]
+        r0 = laue_off[i]
+        r1 = laue_off[i + 1]
         for m in range(L_BLOCK):
             fr[m] = 0.0
             fi[m] = 0.0
@@ -147,6 +156,11 @@ def _structure_factor_kernel(recip, col_struct, col_h, col_k, col_l0, col_nl, co
                 out_hkl[o0 + m, 2] = l0 + m
                 out_q[o0 + m] = inv_d2(h, k, l0 + m, g11, g22, g33, g12, g13, g23)
                 out_f2[o0 + m] = fr[m] * fr[m] + fi[m] * fi[m]
+                if r1 - r0 >= MIN_LAUE_ORDER:
+                    _, stab = canonical_stabiliser(h, k, l0 + m, laue_rot, r0, r1)
+                    out_mult[o0 + m] = (r1 - r0) // stab
+                else:
+                    out_mult[o0 + m] = 2
 
 
 def _zero_kernel(pattern):
@@ -158,35 +172,29 @@ def _zero_kernel(pattern):
 
 
 def _window(tt, fwhm, cutoff, tt_min, step, npts):
-    """Grid-index window [i0, i1] of a peak at ``tt`` (degrees), as the CPU renderer cuts it.
-
-    Returns i0 > i1 when the window misses the grid; a window wider than the grid is cut one
-    grid length beyond either end.
-    """
+    """Grid-index window [i0, i1] of a peak at ``tt`` (degrees): +-cutoff FWHM, as the CPU
+    renderer cuts it (i0 may be < 0 and i1 >= npts). Returns i0 > i1 when it misses the grid."""
     half = cutoff * fwhm
     i0 = int(math.ceil((tt - half - tt_min) / step))
     i1 = int(math.floor((tt + half - tt_min) / step))
-    if i1 < 0 or i0 >= npts:
+    if i1 < 0 or i0 >= npts or i1 < i0:
         return 1, 0
-    if i0 < -npts:
-        i0 = -npts
-    if i1 > 2 * npts:
-        i1 = 2 * npts
     return i0, i1
 
 
 peak_window = _device_fn(njit(inline="always")(_window))
 
 
-def _profile_point(p, i0, ic, gw, x0, d0, step, amp_l, inv_hw, amp_g, a_g):
-    """Unit-area pseudo-Voigt at grid index p: the Lorentzian everywhere in the window, the
-    Gaussian within gw points of the centre index ic (beyond, it is below 3e-8 of its height)."""
-    z = (x0 + (p - i0) * step) * inv_hw
-    v = amp_l / (1.0 + z * z)
+def _profile_point(p, tt, tt_min, step, ic, gw, d0, al, inv_hw, ag, a_g):
+    """Scaled pseudo-Voigt at grid index p: the Lorentzian (amplitude ``al``) everywhere in the
+    window, the Gaussian (amplitude ``ag``) within gw points of the centre index ic (beyond,
+    it is below 3e-8 of its height), as the CPU renderer draws it."""
+    z = ((tt_min + step * p) - tt) * inv_hw
+    v = al / (1.0 + z * z)
     j = p - ic
-    if amp_g > 0.0 and j >= -gw and j <= gw:
+    if ag > 0.0 and j >= -gw and j <= gw:
         dx = d0 + j * step
-        v += amp_g * math.exp(-a_g * dx * dx)
+        v += ag * math.exp(-a_g * dx * dx)
     return v
 
 
@@ -232,20 +240,17 @@ def _render_kernel(fam_off, fam_q, fam_f2, fam_mult, wavelengths, wweights, tt_m
             if i0 > i1:
                 continue
             amp_l, inv_hw, amp_g, a_g = pseudo_voigt_parts(fwhm, eta)
-            x0 = tt_min + i0 * step - tt
+            # Scaled by the profile's area over its window (edges half a step beyond the outer
+            # points), so the peak keeps its integrated intensity.
+            scale = inten / window_area(fwhm, eta, tt - (tt_min + i0 * step) + 0.5 * step,
+                                        tt_min + i1 * step - tt + 0.5 * step)
             ic = int(round((tt - tt_min) / step))
             gw = int(GAUSS_HALF_WIDTH * fwhm / step) + 1
             d0 = tt_min + ic * step - tt
-            total = 0.0
-            for p in range(i0, i1 + 1):
-                total += profile_point(p, i0, ic, gw, x0, d0, step, amp_l, inv_hw, amp_g, a_g)
-            if total <= 0.0:
-                continue
-            # Unit area over the window, so sum(pattern) * step keeps the integrated intensity.
-            scale = inten / (total * step)
+            al = amp_l * scale
+            ag = amp_g * scale
             for p in range(max(i0, 0), min(i1, npts - 1) + 1):
-                cuda.atomic.add(pattern, (i, p),
-                                scale * profile_point(p, i0, ic, gw, x0, d0, step, amp_l, inv_hw, amp_g, a_g))
+                cuda.atomic.add(pattern, (i, p), profile_point(p, tt, tt_min, step, ic, gw, d0, al, inv_hw, ag, a_g))
 
 
 structure_factor_kernel = cuda.jit(_structure_factor_kernel)
@@ -262,7 +267,7 @@ _f64_2d = float64[:, ::1]
 SIGNATURES = {
     "structure_factor": (_structure_factor_kernel, (
         _f64_2d, _i32, _i32, _i32, _i32, _i32, _i64, _i64, _i64, _i64, _f64_2d, _f64, _f64_2d, _f64, _f64, _f64,
-        int32[:, ::1], _f64, _f64)),
+        _i64, int64[:, :, ::1], int32[:, ::1], _f64, _f64, _i32)),
     "zero": (_zero_kernel, (_f64_2d,)),
     "render": (_render_kernel, (
         _i64, _f64, _f64, _i32, _f64, _f64, float64, float64, float64, float64, float64, float64, float64,

@@ -8,7 +8,7 @@ Pipeline, per device batch b (a run of whole structures sized from free device m
 
 1. host: enumerate the (h, k) columns of the batch (O(columns), a few hundred per
    structure) and copy them up;
-2. device: ``structure_factor_kernel`` -> hkl, Q, |F|^2; one async copy down into
+2. device: ``structure_factor_kernel`` -> hkl, Q, |F|^2, multiplicity; one async copy down into
    pinned memory;
 3. host: ``cpu.reflection_families`` on that copy (the very code of the CPU path, so
    both backends form identical families) while the device already computes the
@@ -34,14 +34,14 @@ import time
 import numpy as np
 from numba import njit
 
-from .cpu import index_bounds, l_range
+from .cpu import MIN_LAUE_ORDER, canonical_stabiliser, index_bounds, l_range
 from .physics import inv_d2
 
 #: Fraction of the free device memory one run may hold; up to three batches are alive at
 #: once (|F|^2 of b + 1, profiles of b, results of b - 1 being copied).
 MEMORY_FRACTION = 0.6
 LIVE_BATCHES = 3
-#: Device bytes per reflection in a batch: hkl, Q, |F|^2 (28) + its share of the column table
+#: Device bytes per reflection in a batch: hkl, Q, |F|^2, multiplicity (32) + its share of the column table
 #: (<= 32) + dense families (<= 36), rounded up.
 BYTES_PER_REFLECTION = 100
 #: A chunk is split into at least this many batches (when big enough) so that the host's
@@ -55,16 +55,21 @@ RENDER_BLOCK = 128
 
 
 @njit(cache=True)
-def enumerate_columns(recip, cell_len, qmax, refl_off, s0, s1, l_block):
+def enumerate_columns(recip, cell_len, qmax, laue_off, laue_rot, refl_off, s0, s1, l_block):
     """The (h, k) columns of structures s0..s1-1 in the CPU's enumeration order.
+
+    A column is the run of l whose reflections the CPU computes: 0 < Q <= qmax and, for a
+    structure whose Laue group has order >= MIN_LAUE_ORDER, canonical (one per orbit, see
+    ``cpu.canonical_stabiliser``). Both conditions give an interval of l for fixed (h, k):
+    Q is convex in l, and "no rotation maps (h, k, l) to a lexicographically larger member"
+    is, rotation by rotation, a half-line in l. So each column is trimmed at its two ends.
 
     Returns ``col_struct, col_h, col_k, col_l0, col_nl`` (int32), ``col_out`` (int64, the
     output row of the column's first reflection, from ``refl_off``), ``col_item_off``
     (int64, prefix sum of ceil(nl / l_block) work items) and the per-structure reflection
     totals (int64), which the caller checks against the CPU count.
 
-    l_range bounds l with a 1e-9 slack; the exact 0 < Q <= qmax test is applied at both ends
-    of the interval (Q is convex in l, so the valid l form one interval).
+    l_range bounds l with a 1e-9 slack; the exact tests are applied at both ends.
     """
     ncol = 0
     col_struct = np.empty(0, np.int32)
@@ -90,6 +95,8 @@ def enumerate_columns(recip, cell_len, qmax, refl_off, s0, s1, l_block):
             g11, g22, g33 = recip[i, 0], recip[i, 1], recip[i, 2]
             g12, g13, g23 = recip[i, 3], recip[i, 4], recip[i, 5]
             hmax, kmax, _ = index_bounds(cell_len[i, 0], cell_len[i, 1], cell_len[i, 2], qmax)
+            r0, r1 = laue_off[i], laue_off[i + 1]
+            sym = r1 - r0 >= MIN_LAUE_ORDER
             pos = refl_off[i]
             for h in range(0, hmax + 1):
                 k0 = 0 if h == 0 else -kmax
@@ -97,12 +104,12 @@ def enumerate_columns(recip, cell_len, qmax, refl_off, s0, s1, l_block):
                     lo, hi = l_range(h, k, g11, g22, g33, g12, g13, g23, qmax)
                     while lo <= hi:
                         q = inv_d2(h, k, lo, g11, g22, g33, g12, g13, g23)
-                        if q > 0.0 and q <= qmax:
+                        if q > 0.0 and q <= qmax and (not sym or canonical_stabiliser(h, k, lo, laue_rot, r0, r1)[0]):
                             break
                         lo += 1
                     while hi >= lo:
                         q = inv_d2(h, k, hi, g11, g22, g33, g12, g13, g23)
-                        if q > 0.0 and q <= qmax:
+                        if q > 0.0 and q <= qmax and (not sym or canonical_stabiliser(h, k, hi, laue_rot, r0, r1)[0]):
                             break
                         hi -= 1
                     if lo > hi:
@@ -240,6 +247,8 @@ def run_packed(p, counts, inst, timings: dict) -> tuple:
     recip = np.ascontiguousarray(p.recip, dtype=np.float64)
     cell_len = np.ascontiguousarray(p.cell_len, dtype=np.float64)
     frac = np.ascontiguousarray(p.frac, dtype=np.float64)
+    laue_off = np.ascontiguousarray(p.laue_off, dtype=np.int64)
+    laue_rot = np.ascontiguousarray(p.laue_rot, dtype=np.int64).reshape(-1, 3, 3)
     z = 2.0 * math.pi * frac[:, 2]
     # Results: fresh arrays in the CPU path's layout (families at refl_off[i]:+fam_count[i]).
     fam_hkl = np.empty((m, 3), dtype=np.int32)
@@ -259,6 +268,7 @@ def run_packed(p, counts, inst, timings: dict) -> tuple:
     pin_hkl = pool.get("hkl", (m, 3), np.int32)
     pin_q = pool.get("q", (m,), np.float64)
     pin_f2 = pool.get("f2", (m,), np.float64)
+    pin_mult = pool.get("mult", (m,), np.int32)
     pin_pat = pool.get("pattern", (n, npts), np.float64)
     pin_tt = pool.get("fam_tt", (m,), np.float64)
     pin_int = pool.get("fam_int", (m,), np.float64)
@@ -275,6 +285,8 @@ def run_packed(p, counts, inst, timings: dict) -> tuple:
     d_occ = cuda.to_device(np.ascontiguousarray(p.occ, dtype=np.float64), stream=st)
     d_step_c = cuda.to_device(np.cos(z), stream=st)
     d_step_s = cuda.to_device(np.sin(z), stream=st)
+    d_laue_off = cuda.to_device(laue_off, stream=st)
+    d_laue_rot = cuda.to_device(laue_rot if len(laue_rot) else np.zeros((1, 3, 3), np.int64), stream=st)
     st.synchronize()  # the other stream reads these too
 
     wavelengths = np.asarray(inst.wavelengths, dtype=np.float64)
@@ -293,7 +305,7 @@ def run_packed(p, counts, inst, timings: dict) -> tuple:
         r0, r1 = int(refl_off[s0]), int(refl_off[s1])
         stream = streams[b % 2]
         (c_struct, c_h, c_k, c_l0, c_nl, c_out, c_items,
-         totals) = enumerate_columns(recip, cell_len, qmax, refl_off, s0, s1, L_BLOCK)
+         totals) = enumerate_columns(recip, cell_len, qmax, laue_off, laue_rot, refl_off, s0, s1, L_BLOCK)
         if not np.array_equal(totals, counts[s0:s1]):
             bad = int(np.flatnonzero(totals != counts[s0:s1])[0])
             raise RuntimeError(f"column enumeration found {int(totals[bad])} reflections for structure "
@@ -309,21 +321,23 @@ def run_packed(p, counts, inst, timings: dict) -> tuple:
         d_hkl = cuda.device_array((nref, 3), dtype=np.int32, stream=stream)
         d_q = cuda.device_array(nref, dtype=np.float64, stream=stream)
         d_f2 = cuda.device_array(nref, dtype=np.float64, stream=stream)
+        d_mult = cuda.device_array(nref, dtype=np.int32, stream=stream)
         e0, e1 = cuda.event(), cuda.event()
         e0.record(stream)
         blocks, threads = _grid(n_items, SF_BLOCK)
         structure_factor_kernel[blocks, threads, stream](
             d_recip, *d_cols, d_type_off, d_type_atom_off, d_type_coef, d_type_b, d_frac, d_occ, d_step_c,
-            d_step_s, d_hkl, d_q, d_f2)
+            d_step_s, d_laue_off, d_laue_rot, d_hkl, d_q, d_f2, d_mult)
         e1.record(stream)
         kernel_events.append(("structure_factors", e0, e1))
         d_hkl.copy_to_host(pin_hkl[r0:r1], stream=stream)
         d_q.copy_to_host(pin_q[r0:r1], stream=stream)
         d_f2.copy_to_host(pin_f2[r0:r1], stream=stream)
+        d_mult.copy_to_host(pin_mult[r0:r1], stream=stream)
         ev = cuda.event()
         ev.record(stream)
         st["event"] = ev
-        st["keep"] = (d_cols, d_hkl, d_q, d_f2)  # alive until the copies are done
+        st["keep"] = (d_cols, d_hkl, d_q, d_f2, d_mult)  # alive until the copies are done
         return st
 
     def process(st: dict) -> dict:
@@ -335,8 +349,8 @@ def run_packed(p, counts, inst, timings: dict) -> tuple:
         st.pop("keep", None)
         t = time.perf_counter()
         loc_off = refl_off[s0:s1 + 1] - r0
-        cpu.reflection_families(loc_off, pin_hkl[r0:r1], pin_q[r0:r1], pin_f2[r0:r1], D_TOL, F2_TOL, ABSENT_TOL,
-                                fam_hkl[r0:r1], fam_q[r0:r1], fam_f2[r0:r1], fam_mult[r0:r1], fam_count[s0:s1])
+        cpu.reflection_families(loc_off, pin_hkl[r0:r1], pin_q[r0:r1], pin_f2[r0:r1], pin_mult[r0:r1], D_TOL, F2_TOL,
+                                ABSENT_TOL, fam_hkl[r0:r1], fam_q[r0:r1], fam_f2[r0:r1], fam_mult[r0:r1], fam_count[s0:s1])
         fc = fam_count[s0:s1]
         doff = np.zeros(s1 - s0 + 1, dtype=np.int64)
         np.cumsum(fc, out=doff[1:])

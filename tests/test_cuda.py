@@ -50,9 +50,10 @@ def _run_compare(seed: int, scale: str, simulator: bool) -> dict:
 
 @pytest.mark.skipif(SIMULATING, reason="compares in a subprocess that switches the simulator on itself")
 def test_simulator_cuda_matches_cpu():
-    """Random mixed batch (triclinic, monoclinic, hexagonal, cubic F with absences; partial
-    occupancy; neutron and X-ray doublet; one and several device batches): same patterns to
-    1e-5 of the maximum and the same reflection families."""
+    """Random mixed batch (triclinic, monoclinic, hexagonal, cubic F with absences; with and
+    without symmetry attached, i.e. one reflection per Laue orbit or the whole half sphere;
+    partial occupancy; neutron and X-ray doublet; one and several device batches): same
+    patterns to 1e-5 of the maximum and the same reflection families."""
     seed = _seed()
     print(f"XTALHPC_TEST_SEED={seed}")
     report = _run_compare(seed, "small", simulator=True)
@@ -61,6 +62,7 @@ def test_simulator_cuda_matches_cpu():
     assert {c["device"] for c in cases} == {"cuda"}
     assert max(c["max_multiplicity"] for c in cases) > 2, "no symmetry-merged family was tested"
     assert any(c["batches"] >= 2 for c in cases), "the multi-batch pipeline was not exercised"
+    assert min(c["laue_path"] for c in cases) >= 1, "no structure took the one-reflection-per-orbit path"
 
 
 @pytest.mark.skipif(not HAS_GPU, reason="no CUDA GPU visible (the simulator test covers the logic)")
