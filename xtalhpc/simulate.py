@@ -8,7 +8,9 @@ launchers, and wraps what comes back. The physics itself lives in
 from __future__ import annotations
 
 import csv
+import sys
 import time
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -444,3 +446,15 @@ def simulate(crystal: Crystal, instrument: "str | Instrument" = "bt1-cu311", *, 
     res = simulate_batch([crystal], inst, device=device, on_error="raise")
     return Pattern(two_theta=res.two_theta, intensity=res.patterns[0], reflections=res.reflections(0),
                    crystal=crystal, instrument=inst, device=res.device)
+
+
+class _CallableModule(types.ModuleType):
+    """Lets ``xtalhpc.simulate(crystal, instrument)`` call :func:`simulate` while
+    ``xtalhpc.simulate`` stays this module (``import xtalhpc.simulate as sim`` works as usual)."""
+
+    def __call__(self, crystal: Crystal, instrument: "str | Instrument" = "bt1-cu311", *,
+                 device: str = "cpu") -> Pattern:
+        return simulate(crystal, instrument, device=device)
+
+
+sys.modules[__name__].__class__ = _CallableModule
