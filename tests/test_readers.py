@@ -29,6 +29,21 @@ DATA = Path(__file__).parent / "data" / "structures"
 EIGHT_PI2 = 8 * math.pi ** 2
 
 
+@pytest.fixture(scope="module")
+def shared_read(shared_data):
+    """Every file under structures/ read once: {path: list of Crystal/StructureError, or the
+    InputError of the whole file}, and the seconds it took."""
+    root = shared_data / "structures"
+    out: dict[Path, object] = {}
+    t0 = time.perf_counter()
+    for p in sorted(x for x in root.rglob("*") if x.is_file()):
+        try:
+            out[p] = read_blocks(p)
+        except InputError as exc:
+            out[p] = exc
+    return out, time.perf_counter() - t0
+
+
 # ---- bundled files: known values ----------------------------------------------------
 
 @pytest.mark.parametrize("name, n_atoms, formula, sg, cell", [
@@ -158,16 +173,16 @@ def test_real_files_known_values(shared_data, rel, n_atoms, formula, sg, a):
     assert c.cell[0] == pytest.approx(a, rel=1e-9)
 
 
-def test_cod_space_groups_agree_with_filter_log(shared_data):
+def test_cod_space_groups_agree_with_filter_log(shared_data, shared_read):
     """filter_log.csv lists the space group of every kept COD entry (from its IT number, symbol or operators)."""
     root = shared_data / "structures/cod"
     with open(root / "filter_log.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
+    results, _ = shared_read
     agree, differ = 0, []
     for r in rows:
-        try:
-            items = read_blocks(root / "cifs" / r["file"])
-        except StructureError:
+        items = results[root / "cifs" / r["file"]]
+        if isinstance(items, Exception):
             continue
         c = next((i for i in items if not isinstance(i, Exception) and i.name == r["block"]), None)
         if c is None:
@@ -469,23 +484,21 @@ def test_cod_broken_variants(shared_data, name, outcome):
 
 # ---- every real file: loads or a project error ---------------------------------------------
 
-def test_every_shared_structure_file_loads_or_fails_cleanly(shared_data):
-    """All ~1500 files under structures/ (including the non-structure .txt/.xy/.csv beside them)."""
+def test_every_shared_structure_file_loads_or_fails_cleanly(shared_data, shared_read):
+    """All ~1500 files under structures/ (including the non-structure .txt/.xy/.csv beside them):
+    a Crystal or a project error for each; another exception type fails the fixture."""
     root = shared_data / "structures"
+    results, elapsed = shared_read
     counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
-    t0 = time.perf_counter()
-    for p in sorted(x for x in root.rglob("*") if x.is_file()):
+    for p, items in results.items():
         folder = p.relative_to(root).parts[0]
-        try:
-            items = read_blocks(p)
-        except InputError:
+        if isinstance(items, InputError):
             counts[folder]["file_failed"] += 1
             continue
         for it in items:
             counts[folder]["failed_block" if isinstance(it, InputError) else "loaded"] += 1
             if not isinstance(it, InputError):
                 assert it.n_atoms > 0 and it.volume > 0
-    elapsed = time.perf_counter() - t0
     print({k: dict(v) for k, v in counts.items()}, f"{elapsed:.1f} s")
     assert sum(c["loaded"] for c in counts.values()) >= 1400
     assert counts["ncrystal"]["loaded"] >= 100 and counts["spglib"]["loaded"] >= 370
