@@ -549,7 +549,8 @@ def _item_meta(c, key_fn, split, memo: dict | None, base):
 
 
 def compute_shard(index: int, cfg: GenerateConfig, man: Manifest, instrument, *, key_fn,
-                  between=None, sub_batch_s: float | None = None, memo: dict | None = None) -> tuple["object", ShardTimes]:
+                  between=None, sub_batch_s: float | None = None, memo: dict | None = None,
+                  sub_state: dict | None = None) -> tuple["object", ShardTimes]:
     """Simulate items ``[index*K, (index+1)*K)`` into a :class:`~xtalhpc.dataset.ShardData`.
 
     ``between`` (rank 0 with workers) is called between sub-batches of about
@@ -579,7 +580,8 @@ def compute_shard(index: int, cfg: GenerateConfig, man: Manifest, instrument, *,
     n_points = instrument.n_points
     results = []  # (positions in crystals, BatchResult)
     pos = 0
-    step = len(crystals) if not sub_batch_s else 1
+    # Rank 0 with workers: start from the sub-batch size that fitted the last shard.
+    step = len(crystals) if not sub_batch_s else (sub_state or {}).get("step", 1)
     while pos < len(crystals):
         sel = list(range(pos, min(len(crystals), pos + step)))
         t = time.perf_counter()
@@ -596,6 +598,8 @@ def compute_shard(index: int, cfg: GenerateConfig, man: Manifest, instrument, *,
             between()
             if sub_batch_s and dt > 0:
                 step = max(1, min(k, int(step * min(4.0, sub_batch_s / dt))))
+                if sub_state is not None:
+                    sub_state["step"] = step
 
     t = time.perf_counter()
     pats, per, pk = [], {n: [] for n in schema.PER_PATTERN}, {n: [] for n in schema.PER_PEAK}
@@ -803,6 +807,7 @@ def run_generate(cfg: GenerateConfig, comm=None, *, log_stream=None, quiet: bool
     # Compute.
     times = ShardTimes()
     memo: dict = {}
+    sub_state: dict = {}
     t_wait = 0.0
     n_mine = 0
     progress = Progress(n_items, n_shards, len(todo), stream, quiet or comm.rank != 0)
@@ -813,7 +818,7 @@ def run_generate(cfg: GenerateConfig, comm=None, *, log_stream=None, quiet: bool
             coord.poll()
             while (s := coord.take()) is not None:
                 t = time.perf_counter()
-                data, tm = compute_shard(s, cfg, man, instrument, key_fn=key_fn, memo=memo,
+                data, tm = compute_shard(s, cfg, man, instrument, key_fn=key_fn, memo=memo, sub_state=sub_state,
                                          between=coord.poll if comm.size > 1 else None,
                                          sub_batch_s=POLL_INTERVAL_S if comm.size > 1 else None)
                 t1 = time.perf_counter()
