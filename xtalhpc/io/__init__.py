@@ -36,7 +36,7 @@ _POSCAR_NAME = re.compile(r"(POSCAR|CONTCAR)", re.IGNORECASE)
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _FORMATS = "CIF (.cif, .mcif), NCrystal (.ncmat), VASP POSCAR (.vasp, .poscar, POSCAR*/CONTCAR* names)"
 
-__all__ = ["STRUCTURE_SUFFIXES", "detect_format", "iter_structure_files", "load_structure",
+__all__ = ["STRUCTURE_SUFFIXES", "detect_format", "is_structure_name", "iter_structure_files", "load_structure",
            "read_blocks", "read_structures"]
 
 
