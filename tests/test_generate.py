@@ -337,3 +337,24 @@ def test_synthetic_items_are_a_function_of_seed_and_item_index(tmp_path):
     c = synth.generate_crystal(2, 3, 1)
     raw = simulate_batch([c], "bt1-cu311").patterns[0]
     np.testing.assert_array_equal(pat, (raw / raw.max()).astype(np.float32))
+
+
+def test_csv_structure_list_with_labels(inputs, tmp_path):
+    """A CSV list names files (relative to the CSV) and may give the space-group label, which wins."""
+    lst = tmp_path / "list.csv"
+    rel = os.path.relpath(inputs, tmp_path)
+    lst.write_text("path,space_group,comment\n"
+                   f"{rel}/Aluminium.cif,225,as in the file\n"
+                   f"{rel}/Copper.cif,229,relabelled on purpose\n"
+                   f"{rel}/ZnO.cif,,no label: the file's\n"
+                   "missing.cif,1,no such file\n")
+    out = tmp_path / "ds"
+    assert cli.main(["generate", str(lst), "--output", str(out), "--quiet"]) == 1
+    with open_dataset(out) as ds:
+        sg = dict(zip((Path(s).name for s in ds.read("source_id")), ds.read("space_group")))
+        assert sg == {"Aluminium.cif": 225, "Copper.cif": 229, "ZnO.cif": 186}
+        rej = ds.rejects()
+        assert [Path(s).name for s in rej["source"]] == ["missing.cif"]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("name,sg\nx.cif,12\n")
+    assert cli.main(["generate", str(bad), "--output", str(tmp_path / "ds2")]) == 2

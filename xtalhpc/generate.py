@@ -208,6 +208,7 @@ class Manifest:
     files: list[str]
     blocks: list[int]
     sizes: list[int]
+    labels: list[int | None] | None = None
     synthetic: int = 0
     per_space_group: bool = False
     cycle_to: int | None = None
@@ -249,17 +250,80 @@ class Manifest:
         return "synthetic", sg, i
 
     def digest(self) -> str:
-        return schema.digest({"files": self.files, "blocks": self.blocks, "sizes": self.sizes,
+        return schema.digest({"files": self.files, "blocks": self.blocks, "sizes": self.sizes, "labels": self.labels,
                               "synthetic": self.synthetic, "per_space_group": self.per_space_group,
                               "cycle_to": self.cycle_to})
 
 
-def list_files(sources) -> list[str]:
-    """Sorted structure-file paths of the sources (directories, globs, files)."""
+#: Column names accepted in a CSV structure list (first match wins).
+CSV_PATH_COLUMNS = ("path", "file", "filename", "cif")
+CSV_LABEL_COLUMNS = ("space_group", "sg_number", "sg", "spacegroup")
+
+
+def read_structure_list(path: str | Path) -> list[tuple[str, int | None]]:
+    """A CSV structure list: ``(file, space-group label or None)`` per row.
+
+    The header names the file column (one of :data:`CSV_PATH_COLUMNS`) and,
+    optionally, a space-group column (:data:`CSV_LABEL_COLUMNS`); other columns
+    are ignored. Relative paths are relative to the CSV file's folder. A label
+    given here replaces the one read from the structure file.
+    """
+    import csv
+
+    from .spacegroups import check_space_group
+
+    p = Path(path)
+    try:
+        with open(p, newline="", encoding="utf-8-sig") as fh:
+            rows = list(csv.DictReader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"cannot read the structure list: {exc}", str(p)) from None
+    if not rows:
+        raise InputError("the structure list has no rows", str(p))
+    cols = {c.strip().lower(): c for c in rows[0] if c}
+    pcol = next((cols[c] for c in CSV_PATH_COLUMNS if c in cols), None)
+    if pcol is None:
+        raise InputError(f"no file column; columns are {list(rows[0])}, expected one of {list(CSV_PATH_COLUMNS)}",
+                         str(p), "header")
+    lcol = next((cols[c] for c in CSV_LABEL_COLUMNS if c in cols), None)
+    out = []
+    for n, row in enumerate(rows, start=2):
+        f = (row.get(pcol) or "").strip()
+        if not f:
+            raise InputError("empty file name", f"{p}:{n}", pcol)
+        fp = Path(f) if Path(f).is_absolute() else p.parent / f
+        label = (row.get(lcol) or "").strip() if lcol else ""
+        out.append((str(fp), check_space_group(label, f"{p}:{n}", lcol) if label else None))
+    return out
+
+
+def list_files(sources) -> tuple[list[str], list[int | None]]:
+    """Sorted structure-file paths of the sources (directories, globs, files, CSV lists) and their labels.
+
+    The label is the space group a CSV structure list gives for the file (None
+    elsewhere). A file named by two sources with different labels is an error.
+    """
     from .io import iter_structure_files
 
-    files = {str(p) for p in iter_structure_files(list(sources))}
-    return sorted(files)
+    labels: dict[str, int | None] = {}
+
+    def add(f: str, label: int | None, where: str) -> None:
+        if f in labels and labels[f] is not None and label is not None and labels[f] != label:
+            raise InputError(f"{f} is labelled space group {labels[f]} and {label}", where, "space_group")
+        labels[f] = label if label is not None else labels.get(f)
+
+    plain = []
+    for s in sources:
+        if str(s).lower().endswith(".csv") and Path(s).is_file():
+            for f, label in read_structure_list(s):
+                add(f, label, str(s))
+        else:
+            plain.append(s)
+    if plain:
+        for p in iter_structure_files(plain):
+            add(str(p), None, str(p))
+    files = sorted(labels)
+    return files, [labels[f] for f in files]
 
 
 def load_item(man: Manifest, i: int, seed: int):
@@ -269,7 +333,11 @@ def load_item(man: Manifest, i: int, seed: int):
         entries = read_file_items(man.files[where])
         if k >= len(entries):
             return f"block {k} expected but the file now has {len(entries)} (file changed during the run?)"
-        return entries[k]
+        c = entries[k]
+        label = man.labels[where] if man.labels else None
+        if label is not None and not isinstance(c, str) and c.space_group != label:
+            c = c.replace(space_group=label)  # the structure list's label is authoritative
+        return c
     try:
         from .synth import generate_crystal
     except ImportError as exc:
@@ -683,7 +751,16 @@ class RunSummary:
 
 def _enumerate(comm, cfg: GenerateConfig) -> Manifest:
     """All ranks: sorted file list (rank 0), block counts (files split over ranks)."""
-    files = comm.bcast(list_files(cfg.sources) if comm.rank == 0 and cfg.sources else ([] if comm.rank == 0 else None))
+    listing = None
+    if comm.rank == 0:
+        try:
+            listing = ("ok", list_files(cfg.sources) if cfg.sources else ([], []))
+        except XtalhpcError as exc:
+            listing = ("error", exc)
+    listing = comm.bcast(listing)
+    if listing[0] == "error":
+        raise listing[1]
+    files, labels = listing[1]
     mine = {i: (len(read_file_items(files[i])), _size(files[i])) for i in range(comm.rank, len(files), comm.size)}
     merged: dict[int, tuple[int, int]] = {}
     for part in comm.allgather(mine):
@@ -691,7 +768,8 @@ def _enumerate(comm, cfg: GenerateConfig) -> Manifest:
     blocks = [merged[i][0] for i in range(len(files))]
     sizes = [merged[i][1] for i in range(len(files))]
     syn = cfg.synthetic * 230 if cfg.per_space_group else cfg.synthetic
-    return Manifest(files, blocks, sizes, synthetic=syn, per_space_group=cfg.per_space_group, cycle_to=cfg.cycle_to)
+    return Manifest(files, blocks, sizes, labels=labels, synthetic=syn, per_space_group=cfg.per_space_group,
+                    cycle_to=cfg.cycle_to)
 
 
 def _size(path: str) -> int:
