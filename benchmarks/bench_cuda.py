@@ -1,0 +1,293 @@
+#!/usr/bin/env python
+"""CUDA backend throughput (patterns/s) beside the throughput model's floor (docs/gpu.md).
+
+Structures: spglib's test set (../shared/data/structures/spglib, 222 space groups; the median
+structure has ~35 atoms, ~2,500 half-sphere reflections on the BT-1 grid), else the bundled
+CIFs (xtalhpc/data/structures). The batch is those structures repeated to ``--patterns``
+patterns, on the NIST BT-1 Cu(311) grid (3296 points).
+
+Prints, per pattern (median structure and batch mean): reflections, (h, k) columns, work
+items, atoms, families, rendered peaks and window points; the FP64 instructions and bytes
+that follow; and the floor each resource sets on an H100 SXM (FP64 issue rate, HBM, PCIe)
+and on this host (the family grouping, measured here per core). With a GPU it then runs
+``simulate_batch(device="cuda")`` and prints the measured patterns/s beside the floors, and
+the same batch on the CPU backend (all host cores) for reference. Without a GPU it says so
+and exits 0.
+
+Usage: python benchmarks/bench_cuda.py [--patterns 20000] [--shared ../shared/data] [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+# ---- H100 SXM5 80 GB (NVIDIA datasheet; 132 SMs at 1.98 GHz boost) -----------------------
+#: FP64 lane-instructions per second (64 FP64 lanes per SM; 33.5 TFLOPS counts an FMA as 2).
+H100_FP64_INSTR = 132 * 64 * 1.98e9
+#: FP32 lane-instructions per second (128 lanes per SM; 67 TFLOPS with FMA as 2).
+H100_FP32_INSTR = 132 * 128 * 1.98e9
+#: SFU (MUFU) operations per second: 16 per SM per clock; an FP32 __sinf + __cosf is 2.
+H100_SFU = 132 * 16 * 1.98e9
+H100_HBM = 3.35e12  #: bytes/s, HBM3
+#: FP64 atomicAdd into L2-resident pattern rows, per second. NOT a datasheet figure: an
+#: estimate of one 32-byte L2 sector operation per atomic at ~5 TB/s of L2 bandwidth. The
+#: GPU run measures what it really is (the profiles kernel time).
+H100_L2_ATOMICS = 1.5e11
+#: Host <-> device, PCIe Gen5 x16, pinned memory, per direction (64 GB/s raw; ~50 measured
+#: on typical hosts; a Gen4 host halves it).
+PCIE = 50e9
+
+# ---- Instruction counts per unit of work (sm_90 PTX of kernels/cuda.py, float64) ---------
+#: |F|^2 atom loop body per work item and atom: sin + cos of the start phase (one reduction,
+#: two polynomials, ~60 FP64 ops) + L_BLOCK steps of the recurrence (6 each) + the phase.
+SF_PER_ITEM_ATOM = 110
+#: Per work item, type and l: inv_d2 (~10), exp for Debye-Waller (~20 incl. range
+#: reduction), the accumulate (4); X-ray adds up to five more exps in scattering_amplitude.
+#: (The canonical-member test of symmetric structures is integer work, ~10 per Laue rotation.)
+SF_PER_REFL_TYPE_NEUTRON = 34
+SF_PER_REFL_TYPE_XRAY = 34 + 5 * 22
+#: Per on-grid profile point (one pass; the window's area is analytic): Lorentzian with one
+#: FP64 division (~14 with its Newton steps) + ~6; points within 2.5 FWHM add an exp (~22).
+#: Each point is one FP64 atomic add into the pattern row (L2).
+RENDER_PER_POINT = 20
+RENDER_PER_GAUSS_POINT = 22
+#: Bytes per reflection copied down (hkl int32 x3, Q, |F|^2, multiplicity), per column up (7 fields),
+#: per family up (Q, |F|^2, mult) and down (2theta, intensity), per atom up (x, y, z, occ,
+#: cos/sin 2pi z), per pattern point down (float64).
+B_REFL_DOWN = 32
+B_COL_UP = 28
+B_FAM_UP = 20
+B_FAM_DOWN = 16
+B_ATOM_UP = 48
+B_POINT_DOWN = 8
+
+
+def load_crystals(shared: Path, limit: int):
+    from xtalhpc.io import iter_structure_files, read_structures
+
+    src = shared / "structures" / "spglib"
+    files = list(iter_structure_files(src)) if src.is_dir() else []
+    label = f"spglib test set ({src})"
+    if not files:
+        src = REPO / "xtalhpc" / "data" / "structures"
+        files = list(iter_structure_files(src))
+        label = f"bundled CIFs ({src}); ../shared/data absent"
+    out = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for f in files:
+            try:
+                out += read_structures(f)
+            except Exception:  # a broken test file is skipped, as generate would
+                continue
+    return out[:limit] if limit else out, label
+
+
+def _packed(crystals, inst):
+    from xtalhpc.simulate import pack, qmax_of
+    from xtalhpc_kernels import cpu
+
+    p, errors = pack(crystals, inst.radiation)
+    if errors:
+        raise SystemExit(f"{len(errors)} structures could not be packed: {next(iter(errors.values()))}")
+    counts = np.zeros(p.recip.shape[0], np.int64)
+    cpu.count_reflections(p.recip, p.cell_len, qmax_of(inst), p.laue_off, p.laue_rot, counts)
+    refl_off = np.zeros(len(counts) + 1, np.int64)
+    np.cumsum(counts, out=refl_off[1:])
+    return p, counts, refl_off
+
+
+def per_structure_work(crystals, inst):
+    """Work counts per structure, from the same enumeration and families the kernels use."""
+    from xtalhpc.simulate import MIN_FWHM_STEPS, qmax_of, simulate_batch
+    from xtalhpc_kernels.cuda import L_BLOCK
+    from xtalhpc_kernels.cuda_launch import enumerate_columns
+    from xtalhpc_kernels.physics import GAUSS_HALF_WIDTH, bragg_theta, peak_fwhm
+
+    res = simulate_batch(crystals, inst, device="cpu", on_error="collect")
+    keep = np.flatnonzero(res.ok)
+    crystals = [crystals[i] for i in keep]
+    res = simulate_batch(crystals, inst, device="cpu")
+    p, counts, refl_off = _packed(crystals, inst)
+    n = p.recip.shape[0]
+    cs, _, _, _, _, _, items_off, _ = enumerate_columns(p.recip, p.cell_len, qmax_of(inst), p.laue_off, p.laue_rot,
+                                                         refl_off, 0, n, L_BLOCK)
+    ncol = np.bincount(cs, minlength=n)
+    items = np.bincount(cs, weights=np.diff(items_off), minlength=n)
+    step, npts = inst.two_theta_step, inst.n_points
+    min_fwhm = MIN_FWHM_STEPS * step
+    peaks = np.zeros(n)
+    pts = np.zeros(n)
+    gauss = np.zeros(n)
+    for i in range(n):
+        s, e = res.peak_offsets[i], res.peak_offsets[i + 1]
+        for qg in np.unique(1.0 / res.peak_d[s:e] ** 2):
+            for wl in inst.wavelengths:
+                th = bragg_theta(wl, qg)
+                if th <= 0:
+                    continue
+                fwhm, _ = peak_fwhm(th, inst.U, inst.V, inst.W, inst.X, inst.Y, min_fwhm)
+                tt = 2 * math.degrees(th) + inst.zero
+                i0 = math.ceil((tt - inst.profile_cutoff * fwhm - inst.two_theta_min) / step)
+                i1 = math.floor((tt + inst.profile_cutoff * fwhm - inst.two_theta_min) / step)
+                lo, hi = max(i0, 0), min(i1, npts - 1)
+                if hi < lo:
+                    continue
+                peaks[i] += 1
+                pts[i] += hi - lo + 1
+                ic = round((tt - inst.two_theta_min) / step)
+                gw = int(GAUSS_HALF_WIDTH * fwhm / step) + 1
+                gauss[i] += max(0, min(hi, ic + gw) - max(lo, ic - gw) + 1)
+    ntypes = np.diff(p.type_off)
+    natoms = p.type_atom_off[p.type_off[1:]] - p.type_atom_off[p.type_off[:-1]]
+    laue = np.diff(p.laue_off)
+    return {"atoms": natoms.astype(float), "types": ntypes.astype(float), "laue_order": laue.astype(float),
+            "reflections": counts.astype(float), "columns": ncol.astype(float), "items": items,
+            "families": np.diff(res.peak_offsets).astype(float), "peaks": peaks, "profile_points": pts,
+            "gauss_points": gauss}, crystals
+
+
+def model(w: dict, inst) -> dict:
+    """FP64 instructions and bytes per pattern, and the floor (s/pattern) each resource sets."""
+    from xtalhpc_kernels.cuda import L_BLOCK
+
+    per_type = SF_PER_REFL_TYPE_XRAY if inst.radiation == "xray" else SF_PER_REFL_TYPE_NEUTRON
+    sf = w["items"] * w["atoms"] * SF_PER_ITEM_ATOM + w["items"] * L_BLOCK * w["types"] * per_type
+    render = w["profile_points"] * RENDER_PER_POINT + w["gauss_points"] * RENDER_PER_GAUSS_POINT
+    up = w["columns"] * B_COL_UP + w["families"] * B_FAM_UP + w["atoms"] * B_ATOM_UP
+    down = w["reflections"] * B_REFL_DOWN + w["families"] * B_FAM_DOWN + inst.n_points * B_POINT_DOWN
+    # Device memory traffic: outputs written once and read by the copy, families read,
+    # pattern rows zeroed and read by the copy. The atomic updates stay in L2 (a batch's rows,
+    # ~26 kB each, fit in its 50 MB) and are counted apart.
+    hbm = 2 * w["reflections"] * B_REFL_DOWN + 2 * w["families"] * (B_FAM_UP + B_FAM_DOWN) \
+        + 3 * inst.n_points * B_POINT_DOWN
+    return {"sf_fp64_instr": sf, "render_fp64_instr": render, "pcie_up_bytes": up, "pcie_down_bytes": down,
+            "hbm_bytes": hbm, "sincos_per_pattern": w["items"] * w["atoms"],
+            "l2_atomics": w["profile_points"],
+            "floor_fp64_s": (sf + render) / H100_FP64_INSTR, "floor_hbm_s": hbm / H100_HBM,
+            "floor_l2_atomics_s": w["profile_points"] / H100_L2_ATOMICS,
+            "floor_pcie_s": np.maximum(up, down) / PCIE}
+
+
+def host_family_seconds(crystals, inst, repeat: int = 3) -> tuple[float, float]:
+    """Seconds per pattern of the host steps of the CUDA path on ONE core: family grouping
+    (cpu.reflection_families on the |F|^2 list) and column enumeration."""
+    from numba import config, set_num_threads
+
+    from xtalhpc.simulate import ABSENT_TOL, D_TOL, F2_TOL, qmax_of
+    from xtalhpc_kernels import cpu
+    from xtalhpc_kernels.cuda import L_BLOCK
+    from xtalhpc_kernels.cuda_launch import enumerate_columns
+
+    p, counts, refl_off = _packed(crystals, inst)
+    n, m = len(counts), int(refl_off[-1])
+    qmax = qmax_of(inst)
+    hkl, q, f2, mult = np.empty((m, 3), np.int32), np.empty(m), np.empty(m), np.empty(m, np.int32)
+    cpu.structure_factors(p.recip, p.cell_len, qmax, refl_off, p.type_off, p.type_atom_off, p.type_coef, p.type_b,
+                          p.frac, p.occ, p.laue_off, p.laue_rot, hkl, q, f2, mult)
+    outs = (np.empty((m, 3), np.int32), np.empty(m), np.empty(m), np.empty(m, np.int32), np.zeros(n, np.int64))
+    set_num_threads(1)
+    best_f = best_c = np.inf
+    try:
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            cpu.reflection_families(refl_off, hkl, q, f2, mult, D_TOL, F2_TOL, ABSENT_TOL, *outs)
+            t1 = time.perf_counter()
+            enumerate_columns(p.recip, p.cell_len, qmax, p.laue_off, p.laue_rot, refl_off, 0, n, L_BLOCK)
+            t2 = time.perf_counter()
+            best_f, best_c = min(best_f, t1 - t0), min(best_c, t2 - t1)
+    finally:
+        set_num_threads(config.NUMBA_NUM_THREADS)
+    return best_f / n, best_c / n
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--patterns", type=int, default=20000, help="patterns per timed GPU run (default 20000)")
+    ap.add_argument("--shared", type=Path, default=Path(os.environ.get("XTALHPC_SHARED_DATA",
+                                                                       REPO.parent / "shared" / "data")))
+    ap.add_argument("--limit", type=int, default=0, help="use the first N structures only")
+    ap.add_argument("--json", type=Path, help="write the figures as JSON")
+    args = ap.parse_args(argv)
+
+    from xtalhpc.backend import cuda_available
+    from xtalhpc.instruments import get_instrument
+    from xtalhpc.simulate import simulate_batch
+
+    inst = get_instrument("bt1-cu311")
+    crystals, label = load_crystals(args.shared, args.limit)
+    print(f"structures: {len(crystals)} from {label}; instrument {inst.name} ({inst.n_points} points)")
+    w, crystals = per_structure_work(crystals, inst)
+    mod = model(w, inst)
+    med = int(np.argsort(w["reflections"])[len(crystals) // 2])
+    f_host, c_host = host_family_seconds(crystals, inst)
+    ncores = os.cpu_count() or 1
+    out = {"structures": label, "n_structures": len(crystals), "instrument": inst.name,
+           "median_structure": {k: float(v[med]) for k, v in {**w, **mod}.items()},
+           "mean": {k: float(np.mean(v)) for k, v in {**w, **mod}.items()},
+           "host_families_s_per_pattern_1core": f_host, "host_columns_s_per_pattern_1core": c_host,
+           "host_cores": ncores}
+    print(f"\nper pattern                    median structure   batch mean")
+    for k in ("atoms", "types", "laue_order", "reflections", "columns", "items", "families", "peaks",
+              "profile_points", "gauss_points", "sincos_per_pattern", "sf_fp64_instr", "render_fp64_instr", "pcie_up_bytes",
+              "pcie_down_bytes", "hbm_bytes", "l2_atomics"):
+        print(f"  {k:28s} {out['median_structure'][k]:16,.0f} {out['mean'][k]:12,.0f}")
+    print("\nfloor on an H100 SXM (patterns/s; batch mean [median structure]):")
+    floors = {"FP64 issue (kernels)": 1 / np.mean(mod["floor_fp64_s"]),
+              "HBM3": 1 / np.mean(mod["floor_hbm_s"]),
+              "L2 FP64 atomics (estimated rate)": 1 / np.mean(mod["floor_l2_atomics_s"]),
+              "PCIe Gen5 (one direction)": 1 / np.mean(mod["floor_pcie_s"]),
+              f"host families ({ncores} cores here, {f_host * 1e6:.1f} us/pattern/core)": ncores / (f_host + c_host)}
+    med_floor = {"FP64 issue (kernels)": 1 / mod["floor_fp64_s"][med], "HBM3": 1 / mod["floor_hbm_s"][med],
+                 "L2 FP64 atomics (estimated rate)": 1 / mod["floor_l2_atomics_s"][med],
+                 "PCIe Gen5 (one direction)": 1 / mod["floor_pcie_s"][med]}
+    for k, v in floors.items():
+        extra = f"  [{med_floor[k]:,.0f}]" if k in med_floor else ""
+        print(f"  {k:60s} {v:14,.0f}{extra}")
+    bound = min(floors, key=floors.get)
+    print(f"  -> bound by {bound}: {floors[bound]:,.0f} patterns/s")
+    out["floors_patterns_per_s"] = floors
+
+    if not cuda_available() or os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0"):
+        print("\nno CUDA GPU is visible here: nothing measured on a GPU (the model above is all this run gives)")
+        out["measured"] = None
+    else:
+        from numba import cuda
+
+        dev = cuda.get_current_device()
+        name = dev.name.decode() if isinstance(dev.name, bytes) else str(dev.name)
+        reps = max(1, args.patterns // len(crystals))
+        batch = crystals * reps
+        print(f"\nGPU: {name}; batch of {len(batch):,} patterns ({reps} x {len(crystals)} structures)")
+        simulate_batch(crystals[:8], inst, device="cuda")  # compile and warm up
+        meas = {}
+        for dev_name in ("cuda", "cpu"):
+            t0 = time.perf_counter()
+            res = simulate_batch(batch if dev_name == "cuda" else batch[:max(len(crystals), len(batch) // 10)],
+                                 inst, device=dev_name)
+            dt = time.perf_counter() - t0
+            meas[dev_name] = {"patterns": len(res), "seconds": dt, "patterns_per_s": len(res) / dt,
+                              "timings": {k: float(v) for k, v in res.timings.items()}}
+            print(f"  {dev_name:5s} {len(res):8,d} patterns in {dt:8.2f} s: {len(res) / dt:12,.0f} patterns/s  "
+                  + " ".join(f"{k}={v:.3f}" for k, v in res.timings.items()))
+        meas["gpu"] = name
+        out["measured"] = meas
+        print(f"  measured {meas['cuda']['patterns_per_s']:,.0f} patterns/s vs floor {floors[bound]:,.0f} "
+              f"({bound})")
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
