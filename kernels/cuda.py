@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 
-from numba import cuda, float64, int32, int64, njit, types
+from numba import cuda, float64, int8, int32, int64, njit, types
 
 from numba import config
 
@@ -163,6 +163,140 @@ def _structure_factor_kernel(recip, col_struct, col_h, col_k, col_l0, col_nl, co
                     out_mult[o0 + m] = 2
 
 
+def _family_sort_kernel(refl_off, key_off, q, sort_q, sort_i):
+    """Sort each structure's reflections by Q ascending (ties by position): one block per
+    structure (grid-stride over structures), a bitonic network over its slot
+    key_off[s]:key_off[s + 1] of ``sort_q``/``sort_i`` (a power of two >= its count, padded
+    with +inf). Leaves in sort_i[key_off[s] + r] the position (from refl_off[s]) of rank r.
+    """
+    tid = cuda.threadIdx.x
+    nth = cuda.blockDim.x
+    for s in range(cuda.blockIdx.x, refl_off.shape[0] - 1, cuda.gridDim.x):
+        r0 = refl_off[s]
+        n = refl_off[s + 1] - r0
+        k0 = key_off[s]
+        size = key_off[s + 1] - k0
+        for t in range(tid, size, nth):
+            sort_q[k0 + t] = q[r0 + t] if t < n else math.inf
+            sort_i[k0 + t] = t
+        cuda.syncthreads()
+        k = 2
+        while k <= size:
+            j = k // 2
+            while j > 0:
+                for t in range(tid, size, nth):
+                    u = t ^ j
+                    if u > t:
+                        qa = sort_q[k0 + t]
+                        qb = sort_q[k0 + u]
+                        ia = sort_i[k0 + t]
+                        ib = sort_i[k0 + u]
+                        a_after_b = qa > qb or (qa == qb and ia > ib)
+                        if a_after_b == ((t & k) == 0):
+                            sort_q[k0 + t] = qb
+                            sort_q[k0 + u] = qa
+                            sort_i[k0 + t] = ib
+                            sort_i[k0 + u] = ia
+                cuda.syncthreads()
+                j //= 2
+            k *= 2
+        cuda.syncthreads()
+
+
+def _family_scan_kernel(refl_off, key_off, hkl, q, f2, mult, sort_i, used, d_tol, f2_tol, absent_tol, fam_hkl,
+                        fam_q, fam_f2, fam_mult, fam_count):
+    """Group each structure's reflections into families, one thread per structure.
+
+    The same rules, in the same order, as ``cpu.reflection_families`` (see its docstring):
+    d-groups of Q within d_tol of the group's first (smallest) Q, families of equal |F|^2
+    within a group, absences (|F|^2 <= absent_tol * max) dropped, multiplicities summed,
+    representative = fewest negative indices, then largest (h, k, l). Families of structure s
+    go to rows refl_off[s]:refl_off[s] + fam_count[s], d descending. ``used`` is scratch.
+    """
+    for s in range(cuda.grid(1), refl_off.shape[0] - 1, cuda.gridsize(1)):
+        r0 = refl_off[s]
+        n = refl_off[s + 1] - r0
+        k0 = key_off[s]
+        f2max = 0.0
+        for j in range(n):
+            used[r0 + j] = 0
+            if f2[r0 + j] > f2max:
+                f2max = f2[r0 + j]
+        floor = absent_tol * f2max
+        nf = 0
+        g0 = 0
+        while g0 < n:
+            qg = q[r0 + sort_i[k0 + g0]]
+            g1 = g0 + 1
+            while g1 < n and q[r0 + sort_i[k0 + g1]] - qg <= d_tol * qg:
+                g1 += 1
+            for a in range(g0, g1):
+                if used[r0 + a]:
+                    continue
+                ja = r0 + sort_i[k0 + a]
+                fa = f2[ja]
+                m = 0
+                bh = hkl[ja, 0]
+                bk = hkl[ja, 1]
+                bl = hkl[ja, 2]
+                for b in range(a, g1):
+                    if used[r0 + b]:
+                        continue
+                    jb = r0 + sort_i[k0 + b]
+                    fb = f2[jb]
+                    if abs(fb - fa) <= f2_tol * max(fa, fb) + 1e-300 + floor * 1e-3:
+                        used[r0 + b] = 1
+                        m += mult[jb]
+                        h2 = hkl[jb, 0]
+                        k2 = hkl[jb, 1]
+                        l2 = hkl[jb, 2]
+                        nb = int(h2 < 0) + int(k2 < 0) + int(l2 < 0)
+                        nr = int(bh < 0) + int(bk < 0) + int(bl < 0)
+                        larger = h2 > bh or (h2 == bh and (k2 > bk or (k2 == bk and l2 > bl)))
+                        if nb < nr or (nb == nr and larger):
+                            bh = h2
+                            bk = k2
+                            bl = l2
+                if fa > floor:
+                    o = r0 + nf
+                    fam_hkl[o, 0] = bh
+                    fam_hkl[o, 1] = bk
+                    fam_hkl[o, 2] = bl
+                    fam_q[o] = qg
+                    fam_f2[o] = fa
+                    fam_mult[o] = m
+                    nf += 1
+            g0 = g1
+        fam_count[s] = nf
+
+
+def _family_offsets_kernel(fam_count, dense_off):
+    """dense_off[0] = 0, dense_off[s + 1] = dense_off[s] + fam_count[s] (one thread: a batch
+    has at most a few thousand structures)."""
+    if cuda.grid(1) == 0:
+        acc = 0
+        dense_off[0] = 0
+        for s in range(fam_count.shape[0]):
+            acc += fam_count[s]
+            dense_off[s + 1] = acc
+
+
+def _family_compact_kernel(refl_off, fam_count, dense_off, fam_hkl, fam_q, fam_f2, fam_mult, d_hkl, d_q, d_f2,
+                           d_mult):
+    """Copy each structure's families from its reflection rows to dense rows dense_off[s]:..."""
+    for f in range(cuda.grid(1), fam_q.shape[0], cuda.gridsize(1)):
+        s = find_segment(refl_off, f)
+        loc = f - refl_off[s]
+        if loc < fam_count[s]:
+            o = dense_off[s] + loc
+            d_hkl[o, 0] = fam_hkl[f, 0]
+            d_hkl[o, 1] = fam_hkl[f, 1]
+            d_hkl[o, 2] = fam_hkl[f, 2]
+            d_q[o] = fam_q[f]
+            d_f2[o] = fam_f2[f]
+            d_mult[o] = fam_mult[f]
+
+
 def _zero_kernel(pattern):
     """pattern[:] = 0 (grid-stride over all points)."""
     n = pattern.shape[0] * pattern.shape[1]
@@ -210,7 +344,7 @@ def _render_kernel(fam_off, fam_q, fam_f2, fam_mult, wavelengths, wweights, tt_m
     wavelength) and integrated intensity m |F|^2 L of every family, as the CPU does.
     """
     npts = pattern.shape[1]
-    nfam = fam_q.shape[0]
+    nfam = fam_off[fam_off.shape[0] - 1]
     for f in range(cuda.grid(1), nfam, cuda.gridsize(1)):
         i = find_segment(fam_off, f)
         qg = fam_q[f]
@@ -254,6 +388,10 @@ def _render_kernel(fam_off, fam_q, fam_f2, fam_mult, wavelengths, wweights, tt_m
 
 
 structure_factor_kernel = cuda.jit(_structure_factor_kernel)
+family_sort_kernel = cuda.jit(_family_sort_kernel)
+family_scan_kernel = cuda.jit(_family_scan_kernel)
+family_offsets_kernel = cuda.jit(_family_offsets_kernel)
+family_compact_kernel = cuda.jit(_family_compact_kernel)
 zero_kernel = cuda.jit(_zero_kernel)
 render_kernel = cuda.jit(_render_kernel)
 
@@ -268,6 +406,13 @@ SIGNATURES = {
     "structure_factor": (_structure_factor_kernel, (
         _f64_2d, _i32, _i32, _i32, _i32, _i32, _i64, _i64, _i64, _i64, _f64_2d, _f64, _f64_2d, _f64, _f64, _f64,
         _i64, int64[:, :, ::1], int32[:, ::1], _f64, _f64, _i32)),
+    "family_sort": (_family_sort_kernel, (_i64, _i64, _f64, _f64, _i32)),
+    "family_scan": (_family_scan_kernel, (
+        _i64, _i64, int32[:, ::1], _f64, _f64, _i32, _i32, int8[::1], float64, float64, float64, int32[:, ::1], _f64,
+        _f64, _i32, _i64)),
+    "family_offsets": (_family_offsets_kernel, (_i64, _i64)),
+    "family_compact": (_family_compact_kernel, (
+        _i64, _i64, _i64, int32[:, ::1], _f64, _f64, _i32, int32[:, ::1], _f64, _f64, _i32)),
     "zero": (_zero_kernel, (_f64_2d,)),
     "render": (_render_kernel, (
         _i64, _f64, _f64, _i32, _f64, _f64, float64, float64, float64, float64, float64, float64, float64,

@@ -1,29 +1,33 @@
-"""Host side of the CUDA backend: batches, pinned buffers, streams, families.
+"""Host side of the CUDA backend: batches, pinned buffers, streams.
 
 :func:`run_packed` takes one packed chunk (``xtalhpc.simulate.PackedBatch``, the
 reflection count of each structure and the instrument) and returns exactly what
 the CPU path (``xtalhpc.simulate._run_cpu``) returns, in the same layout.
 
-Pipeline, per device batch b (a run of whole structures sized from free device memory):
+Pipeline, per device batch b (a run of whole structures sized from free device memory),
+on one of two streams:
 
 1. host: enumerate the (h, k) columns of the batch (O(columns), a few hundred per
-   structure) and copy them up;
-2. device: ``structure_factor_kernel`` -> hkl, Q, |F|^2, multiplicity; one async copy down into
-   pinned memory;
-3. host: ``cpu.reflection_families`` on that copy (the very code of the CPU path, so
-   both backends form identical families) while the device already computes the
-   |F|^2 of batch b + 1 on the other stream;
-4. device: the dense families go up, ``render_kernel`` draws the peaks, and the
-   patterns (with 2theta and intensity per family) come down in one async copy.
+   structure: ~8 us per pattern) and copy them up;
+2. device: ``structure_factor_kernel`` (hkl, Q, |F|^2, multiplicity), then the families:
+   a bitonic sort by Q per structure (one block each), the grouping scan (one thread
+   per structure, the rules of ``cpu.reflection_families``), their dense offsets; only
+   the offsets (8 bytes per structure) come down;
+3. host: reads the batch's family count (the one synchronisation per batch, while the
+   device already runs step 2 of batch b + 1 on the other stream) and queues
+4. device: compaction of the families into dense rows, ``render_kernel`` (peaks into the
+   zeroed pattern rows), and one async copy down of the dense families (hkl, Q, |F|^2,
+   multiplicity, 2theta, intensity) and the patterns into pinned buffers;
+5. host: places them in the CPU path's layout (families of structure i at
+   refl_off[i]:refl_off[i] + fam_count[i]).
 
-Why families on the host: grouping is a per-structure sort by d plus a
-tolerance scan (equal d, then equal |F|^2 to 1e-6), irregular and branchy,
-about 20 ns per reflection on one core. On the device it would need a
-segmented sort and a second compaction pass, and any difference in tie order
-would change which hkl represents a family. Running the CPU code on the
-device's |F|^2 keeps one definition and overlaps with device work; docs/gpu.md
-gives its cost in the throughput model (it is the ceiling of this design on a
-few host cores, and the next thing to move to the device).
+Why families on the device: on the host, ``cpu.reflection_families`` costs ~0.2 us per
+reflection per core (~0.5 ms for the median structure, measured), which would bound a
+16-core host at ~30,000 patterns/s, and it needs every reflection copied down (32 bytes
+each, 70% of the PCIe bytes). On the device it is a per-structure sort plus a serial scan
+that many structures run side by side. The scan repeats the CPU's rules line by line (it
+is logic, not a physics formula: there is nothing in physics.py to share); the tests
+check that both backends give the same families.
 """
 from __future__ import annotations
 
@@ -52,6 +56,10 @@ MIN_BATCH_REFLECTIONS = 1 << 17
 #: Threads per block: the |F|^2 kernel holds 64 doubles of accumulators per thread.
 SF_BLOCK = 128
 RENDER_BLOCK = 128
+#: Threads per block of the per-structure bitonic sort (one block per structure) and of the
+#: family scan (one thread per structure).
+SORT_BLOCK = 256
+SCAN_BLOCK = 64
 
 
 @njit(cache=True)
@@ -215,6 +223,15 @@ def _split(counts: np.ndarray, npts: int) -> list[tuple[int, int]]:
     return out
 
 
+def _sort_slots(counts: np.ndarray) -> np.ndarray:
+    """Offsets of each structure's sort slot: the next power of two >= its reflection count."""
+    size = np.where(counts > 0, 1 << np.ceil(np.log2(np.maximum(counts, 1))).astype(np.int64), 0)
+    size = np.where(size < counts, size * 2, size)  # guard log2 rounding
+    off = np.zeros(len(counts) + 1, dtype=np.int64)
+    np.cumsum(size, out=off[1:])
+    return off
+
+
 def run_packed(p, counts, inst, timings: dict) -> tuple:
     """One packed chunk on the GPU; returns what ``xtalhpc.simulate._run_cpu`` returns.
 
@@ -222,18 +239,18 @@ def run_packed(p, counts, inst, timings: dict) -> tuple:
     ----------
     p : xtalhpc.simulate.PackedBatch
     counts : ndarray of int64
-        Half-sphere reflections per structure (``cpu.count_reflections``).
+        Reflections per structure that the CPU path computes (``cpu.count_reflections``).
     inst : xtalhpc.instruments.Instrument
     timings : dict
-        Accumulates seconds: ``structure_factors`` and ``profiles`` (device kernel time),
-        ``families`` (host), ``cuda_wall`` (the whole call).
+        Accumulates seconds: ``structure_factors``, ``families`` and ``profiles`` (device
+        kernel time, from CUDA events), ``cuda_wall`` (the whole call) and ``cuda_batches``.
     """
     from numba import cuda
 
     from xtalhpc.simulate import ABSENT_TOL, D_TOL, F2_TOL, MIN_FWHM_STEPS, qmax_of
 
-    from . import cpu
-    from .cuda import L_BLOCK, render_kernel, structure_factor_kernel, zero_kernel
+    from .cuda import (L_BLOCK, family_compact_kernel, family_offsets_kernel, family_scan_kernel,
+                       family_sort_kernel, render_kernel, structure_factor_kernel, zero_kernel)
 
     t_start = time.perf_counter()
     counts = np.asarray(counts, dtype=np.int64)
@@ -265,13 +282,16 @@ def run_packed(p, counts, inst, timings: dict) -> tuple:
 
     dev_id = 0 if _simulator() else cuda.get_current_device().id
     pool = _pool(dev_id)
+    # Dense families of the whole chunk (at most one per reflection) and the patterns come
+    # down into page-locked buffers; batch b owns rows dense_off..., of them.
     pin_hkl = pool.get("hkl", (m, 3), np.int32)
     pin_q = pool.get("q", (m,), np.float64)
     pin_f2 = pool.get("f2", (m,), np.float64)
     pin_mult = pool.get("mult", (m,), np.int32)
-    pin_pat = pool.get("pattern", (n, npts), np.float64)
     pin_tt = pool.get("fam_tt", (m,), np.float64)
     pin_int = pool.get("fam_int", (m,), np.float64)
+    pin_pat = pool.get("pattern", (n, npts), np.float64)
+    pin_doff = pool.get("dense_off", (n + len(counts) + 2,), np.int64)
     streams = (cuda.stream(), cuda.stream())
 
     # Structure-level inputs: small (atoms and types), uploaded once per chunk.
@@ -287,22 +307,27 @@ def run_packed(p, counts, inst, timings: dict) -> tuple:
     d_step_s = cuda.to_device(np.sin(z), stream=st)
     d_laue_off = cuda.to_device(laue_off, stream=st)
     d_laue_rot = cuda.to_device(laue_rot if len(laue_rot) else np.zeros((1, 3, 3), np.int64), stream=st)
+    d_wl = cuda.to_device(np.asarray(inst.wavelengths, dtype=np.float64), stream=st)
+    d_ww = cuda.to_device(np.asarray(inst.wavelength_weights, dtype=np.float64), stream=st)
     st.synchronize()  # the other stream reads these too
-
-    wavelengths = np.asarray(inst.wavelengths, dtype=np.float64)
-    wweights = np.asarray(inst.wavelength_weights, dtype=np.float64)
-    d_wl = cuda.to_device(wavelengths)
-    d_ww = cuda.to_device(wweights)
     min_fwhm = MIN_FWHM_STEPS * inst.two_theta_step
     xray = inst.radiation == "xray"
 
     batches = _split(counts, npts)
-    dense_base = [0]
     kernel_events: list[tuple[str, object, object]] = []
 
-    def enqueue_sf(b: int) -> dict:
+    def timed(key, stream, launch):
+        e0, e1 = cuda.event(), cuda.event()
+        e0.record(stream)
+        launch()
+        e1.record(stream)
+        kernel_events.append((key, e0, e1))
+
+    def enqueue_front(b: int) -> dict:
+        """|F|^2, sort, families and their dense offsets of batch b; the offsets come down."""
         s0, s1 = batches[b]
         r0, r1 = int(refl_off[s0]), int(refl_off[s1])
+        nb = s1 - s0
         stream = streams[b % 2]
         (c_struct, c_h, c_k, c_l0, c_nl, c_out, c_items,
          totals) = enumerate_columns(recip, cell_len, qmax, laue_off, laue_rot, refl_off, s0, s1, L_BLOCK)
@@ -311,102 +336,124 @@ def run_packed(p, counts, inst, timings: dict) -> tuple:
             raise RuntimeError(f"column enumeration found {int(totals[bad])} reflections for structure "
                                f"{s0 + bad}, the CPU count {int(counts[s0 + bad])}")
         c_out -= r0
-        st = {"s": (s0, s1), "r": (r0, r1), "stream": stream}
         nref = r1 - r0
-        n_items = int(c_items[-1])
-        if nref == 0:
-            st["event"] = None
-            return st
+        loc_off = refl_off[s0:s1 + 1] - r0
+        key_off = _sort_slots(counts[s0:s1])
         d_cols = [cuda.to_device(a, stream=stream) for a in (c_struct, c_h, c_k, c_l0, c_nl, c_out, c_items)]
+        d_loc_off = cuda.to_device(loc_off, stream=stream)
+        d_key_off = cuda.to_device(key_off, stream=stream)
         d_hkl = cuda.device_array((nref, 3), dtype=np.int32, stream=stream)
         d_q = cuda.device_array(nref, dtype=np.float64, stream=stream)
         d_f2 = cuda.device_array(nref, dtype=np.float64, stream=stream)
         d_mult = cuda.device_array(nref, dtype=np.int32, stream=stream)
-        e0, e1 = cuda.event(), cuda.event()
-        e0.record(stream)
-        blocks, threads = _grid(n_items, SF_BLOCK)
-        structure_factor_kernel[blocks, threads, stream](
-            d_recip, *d_cols, d_type_off, d_type_atom_off, d_type_coef, d_type_b, d_frac, d_occ, d_step_c,
-            d_step_s, d_laue_off, d_laue_rot, d_hkl, d_q, d_f2, d_mult)
-        e1.record(stream)
-        kernel_events.append(("structure_factors", e0, e1))
-        d_hkl.copy_to_host(pin_hkl[r0:r1], stream=stream)
-        d_q.copy_to_host(pin_q[r0:r1], stream=stream)
-        d_f2.copy_to_host(pin_f2[r0:r1], stream=stream)
-        d_mult.copy_to_host(pin_mult[r0:r1], stream=stream)
+        nslot = int(key_off[-1])
+        d_sq = cuda.device_array(nslot, dtype=np.float64, stream=stream)
+        d_si = cuda.device_array(nslot, dtype=np.int32, stream=stream)
+        d_used = cuda.device_array(nref, dtype=np.int8, stream=stream)
+        f_hkl = cuda.device_array((nref, 3), dtype=np.int32, stream=stream)
+        f_q = cuda.device_array(nref, dtype=np.float64, stream=stream)
+        f_f2 = cuda.device_array(nref, dtype=np.float64, stream=stream)
+        f_mult = cuda.device_array(nref, dtype=np.int32, stream=stream)
+        f_count = cuda.device_array(nb, dtype=np.int64, stream=stream)
+        d_doff = cuda.device_array(nb + 1, dtype=np.int64, stream=stream)
+        n_items = int(c_items[-1])
+        if n_items:
+            blocks, threads = _grid(n_items, SF_BLOCK)
+            timed("structure_factors", stream, lambda: structure_factor_kernel[blocks, threads, stream](
+                d_recip, *d_cols, d_type_off, d_type_atom_off, d_type_coef, d_type_b, d_frac, d_occ, d_step_c,
+                d_step_s, d_laue_off, d_laue_rot, d_hkl, d_q, d_f2, d_mult))
+        # The kernels index structures from 0: views of the chunk-wide structure arrays would
+        # need an offset, so the batch's structures come with their own offsets (loc_off).
+        sb, st_ = _grid(nb * SORT_BLOCK, SORT_BLOCK)
+        scb, sct = _grid(nb, SCAN_BLOCK)
+
+        def families():
+            family_sort_kernel[min(nb, sb), st_, stream](d_loc_off, d_key_off, d_q, d_sq, d_si)
+            family_scan_kernel[scb, sct, stream](d_loc_off, d_key_off, d_hkl, d_q, d_f2, d_mult, d_si, d_used, D_TOL,
+                                                 F2_TOL, ABSENT_TOL, f_hkl, f_q, f_f2, f_mult, f_count)
+            family_offsets_kernel[1, 1, stream](f_count, d_doff)
+        timed("families", stream, families)
+        d_doff.copy_to_host(pin_doff[s0 + b:s1 + b + 1], stream=stream)
         ev = cuda.event()
         ev.record(stream)
-        st["event"] = ev
-        st["keep"] = (d_cols, d_hkl, d_q, d_f2, d_mult)  # alive until the copies are done
-        return st
+        return {"b": b, "s": (s0, s1), "r": (r0, r1), "stream": stream, "event": ev,
+                "keep": (d_cols, d_hkl, d_q, d_f2, d_mult, d_sq, d_si, d_used, d_key_off),
+                "fam": (d_loc_off, f_count, d_doff, f_hkl, f_q, f_f2, f_mult)}
 
-    def process(st: dict) -> dict:
+    def enqueue_back(st: dict) -> dict:
+        """Dense families, profiles, and one copy down of the batch's results."""
+        b = st["b"]
         s0, s1 = st["s"]
         r0, r1 = st["r"]
         stream = st["stream"]
-        if st["event"] is not None:
-            st["event"].synchronize()
-        st.pop("keep", None)
-        t = time.perf_counter()
-        loc_off = refl_off[s0:s1 + 1] - r0
-        cpu.reflection_families(loc_off, pin_hkl[r0:r1], pin_q[r0:r1], pin_f2[r0:r1], pin_mult[r0:r1], D_TOL, F2_TOL,
-                                ABSENT_TOL, fam_hkl[r0:r1], fam_q[r0:r1], fam_f2[r0:r1], fam_mult[r0:r1], fam_count[s0:s1])
-        fc = fam_count[s0:s1]
-        doff = np.zeros(s1 - s0 + 1, dtype=np.int64)
-        np.cumsum(fc, out=doff[1:])
+        st["event"].synchronize()
+        doff = pin_doff[s0 + b:s1 + b + 1].copy()
         nd = int(doff[-1])
-        rows = np.repeat(refl_off[s0:s1], fc) + (np.arange(nd) - np.repeat(doff[:-1], fc))
-        timings["families"] = timings.get("families", 0.0) + time.perf_counter() - t
-        d0 = dense_base[0]
-        dense_base[0] += nd
-        st.update(rows=rows, d=(d0, d0 + nd))
+        d_loc_off, f_count, d_doff, f_hkl, f_q, f_f2, f_mult = st.pop("fam")
+        st.pop("keep")
+        # Dense rows of this batch start at r0 in the chunk-wide pinned buffers (nd <= r1 - r0).
         d_pat = cuda.device_array((s1 - s0, npts), dtype=np.float64, stream=stream)
         blocks, threads = _grid((s1 - s0) * npts, 256)
         zero_kernel[blocks, threads, stream](d_pat)
-        keep = [d_pat]
+        keep = [d_pat, d_loc_off, f_count, d_doff, f_hkl, f_q, f_f2, f_mult]
         if nd:
-            d_off = cuda.to_device(doff, stream=stream)
-            d_fq = cuda.to_device(np.ascontiguousarray(fam_q[rows]), stream=stream)
-            d_ff2 = cuda.to_device(np.ascontiguousarray(fam_f2[rows]), stream=stream)
-            d_fm = cuda.to_device(np.ascontiguousarray(fam_mult[rows]), stream=stream)
-            d_tt = cuda.device_array(nd, dtype=np.float64, stream=stream)
-            d_int = cuda.device_array(nd, dtype=np.float64, stream=stream)
-            e0, e1 = cuda.event(), cuda.event()
-            e0.record(stream)
-            blocks, threads = _grid(nd, RENDER_BLOCK)
-            render_kernel[blocks, threads, stream](
-                d_off, d_fq, d_ff2, d_fm, d_wl, d_ww, inst.two_theta_min, inst.two_theta_step, inst.U, inst.V,
-                inst.W, inst.X, inst.Y, inst.zero, inst.profile_cutoff, min_fwhm, xray, d_pat, d_tt, d_int)
-            e1.record(stream)
-            kernel_events.append(("profiles", e0, e1))
-            d_tt.copy_to_host(pin_tt[d0:d0 + nd], stream=stream)
-            d_int.copy_to_host(pin_int[d0:d0 + nd], stream=stream)
-            keep += [d_off, d_fq, d_ff2, d_fm, d_tt, d_int]
+            g_hkl = cuda.device_array((nd, 3), dtype=np.int32, stream=stream)
+            g_q = cuda.device_array(nd, dtype=np.float64, stream=stream)
+            g_f2 = cuda.device_array(nd, dtype=np.float64, stream=stream)
+            g_mult = cuda.device_array(nd, dtype=np.int32, stream=stream)
+            g_tt = cuda.device_array(nd, dtype=np.float64, stream=stream)
+            g_int = cuda.device_array(nd, dtype=np.float64, stream=stream)
+            cb, ct = _grid(r1 - r0, RENDER_BLOCK)
+            family_compact_kernel[cb, ct, stream](d_loc_off, f_count, d_doff, f_hkl, f_q, f_f2, f_mult, g_hkl, g_q,
+                                                  g_f2, g_mult)
+            rb, rt = _grid(nd, RENDER_BLOCK)
+            timed("profiles", stream, lambda: render_kernel[rb, rt, stream](
+                d_doff, g_q, g_f2, g_mult, d_wl, d_ww, inst.two_theta_min, inst.two_theta_step, inst.U, inst.V,
+                inst.W, inst.X, inst.Y, inst.zero, inst.profile_cutoff, min_fwhm, xray, d_pat, g_tt, g_int))
+            g_hkl.copy_to_host(pin_hkl[r0:r0 + nd], stream=stream)
+            g_q.copy_to_host(pin_q[r0:r0 + nd], stream=stream)
+            g_f2.copy_to_host(pin_f2[r0:r0 + nd], stream=stream)
+            g_mult.copy_to_host(pin_mult[r0:r0 + nd], stream=stream)
+            g_tt.copy_to_host(pin_tt[r0:r0 + nd], stream=stream)
+            g_int.copy_to_host(pin_int[r0:r0 + nd], stream=stream)
+            keep += [g_hkl, g_q, g_f2, g_mult, g_tt, g_int]
         d_pat.copy_to_host(pin_pat[s0:s1], stream=stream)
         ev = cuda.event()
         ev.record(stream)
-        st["event"] = ev
-        st["keep"] = keep
+        st.update(event=ev, keep=keep, doff=doff)
         return st
 
     def finish(st: dict) -> None:
+        """Wait for batch b's copy and place its results in the CPU path's layout."""
         s0, s1 = st["s"]
+        r0, _ = st["r"]
         st["event"].synchronize()
-        st.pop("keep", None)
-        d0, d1 = st["d"]
+        st.pop("keep")
+        doff = st["doff"]
+        fc = np.diff(doff)
+        nd = int(doff[-1])
+        fam_count[s0:s1] = fc
+        rows = np.repeat(refl_off[s0:s1], fc) + (np.arange(nd) - np.repeat(doff[:-1], fc))
+        src = slice(r0, r0 + nd)
+        fam_hkl[rows] = pin_hkl[src]
+        fam_q[rows] = pin_q[src]
+        fam_f2[rows] = pin_f2[src]
+        fam_mult[rows] = pin_mult[src]
+        fam_tt[rows] = pin_tt[src]
+        fam_int[rows] = pin_int[src]
         patterns[s0:s1] = pin_pat[s0:s1]
-        fam_tt[st["rows"]] = pin_tt[d0:d1]
-        fam_int[st["rows"]] = pin_int[d0:d1]
 
-    pending = enqueue_sf(0)
-    rendering = None
+    # Two streams: while the host waits for batch b's family offsets and queues its profiles,
+    # the device already computes |F|^2 and families of batch b + 1.
+    front = enqueue_front(0)
+    back = None
     for b in range(len(batches)):
-        nxt = enqueue_sf(b + 1) if b + 1 < len(batches) else None
-        cur = process(pending)
-        if rendering is not None:
-            finish(rendering)
-        rendering, pending = cur, nxt
-    finish(rendering)
+        nxt = enqueue_front(b + 1) if b + 1 < len(batches) else None
+        cur = enqueue_back(front)
+        if back is not None:
+            finish(back)
+        back, front = cur, nxt
+    finish(back)
 
     for key, e0, e1 in kernel_events:
         try:
