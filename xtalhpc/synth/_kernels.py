@@ -56,11 +56,12 @@ def fits(frac, n_old, m, rad, r_new, lat, spacing, factor):
     return True
 
 @numba.njit(cache=True, nogil=True)
-def generic(ops, o0, p, combos, active, climit, tol, gstar, frac, starts, n_prev):
+def generic(ops, o0, p, combos, active, climit, cross, tol, gstar, frac, starts, n_prev):
     """False if the orbit representative x satisfies, within ``tol`` (angstrom of
     atom displacement), a relation that its Wyckoff position does not impose:
-    c . x = k/24 with integers |c_i| <= 2 (``combos[active]``), or
-    x_d +- r_e = k/24 with r the representative of an orbit placed before.
+    c . x = k/24 with c a row of R - R' for two holohedry operations
+    (``combos[active]``), or x_d +- r_e = k/24 (``cross[d, e]``) with r the
+    representative of an orbit placed before.
     Such near-relations are how random coordinates pick up extra symmetry (an
     inversion or mirror that is almost there); the second kind matters along
     polar axes, where the origin floats and two orbits' heights can line up
@@ -85,6 +86,8 @@ def generic(ops, o0, p, combos, active, climit, tol, gstar, frac, starts, n_prev
             continue  # this coordinate is fixed by the position
         for q in range(n_prev):
             for e in range(3):
+                if not cross[d, e]:
+                    continue
                 re = frac[starts[q], e]
                 lim = 24.0 * tol * np.sqrt(gstar[d, d] + gstar[e, e])
                 for sgn in (-1.0, 1.0):
@@ -94,18 +97,15 @@ def generic(ops, o0, p, combos, active, climit, tol, gstar, frac, starts, n_prev
     return True
 
 @numba.njit(cache=True, nogil=True)
-def place(ops, offset, dof, wps, rads, cell, factor, tries, seed, combos, generic_tol, frac, rad):
-    """Place the orbits ``wps`` in the cell ``(a, b, c, alpha, beta, gamma)``.
-
-    Returns the atom count; -1 - j if orbit j did not fit; -1000 if a lattice
-    translation is shorter than the largest atom's minimum distance to itself.
-    """
+def _geometry(cell, lat, spacing, combos, generic_tol, climit):
+    """Fill ``lat`` (rows a, b, c in angstrom), ``spacing`` (d_100, d_010, d_001) and
+    ``climit`` (see :func:`generic`) for ``cell``; return the reciprocal metric G*."""
     d2r = np.pi / 180.0
     ca = np.cos(cell[3] * d2r)
     cb = np.cos(cell[4] * d2r)
     cg = np.cos(cell[5] * d2r)
     sg = np.sin(cell[5] * d2r)
-    lat = np.zeros((3, 3))
+    lat[:, :] = 0.0
     lat[0, 0] = cell[0]
     lat[1, 0] = cell[1] * cg
     lat[1, 1] = cell[1] * sg
@@ -113,8 +113,6 @@ def place(ops, offset, dof, wps, rads, cell, factor, tries, seed, combos, generi
     lat[2, 1] = cell[2] * (ca - cb * cg) / sg
     lat[2, 2] = np.sqrt(max(cell[2] ** 2 - lat[2, 0] ** 2 - lat[2, 1] ** 2, 0.0))
     vol = lat[0, 0] * lat[1, 1] * lat[2, 2]
-    # lattice-plane spacings d_100, d_010, d_001 = V / |b x c| etc.
-    spacing = np.empty(3)
     for k in range(3):
         u = lat[(k + 1) % 3]
         v = lat[(k + 2) % 3]
@@ -122,10 +120,16 @@ def place(ops, offset, dof, wps, rads, cell, factor, tries, seed, combos, generi
         cy = u[2] * v[0] - u[0] * v[2]
         cz = u[0] * v[1] - u[1] * v[0]
         spacing[k] = vol / np.sqrt(cx * cx + cy * cy + cz * cz)
-    rmax = 0.0
-    for j in range(rads.shape[0]):
-        rmax = max(rmax, rads[j])
-    dself = 2.0 * factor * rmax
+    gstar = np.linalg.inv(lat @ lat.T)
+    for k in range(combos.shape[0]):
+        c = combos[k]
+        climit[k] = 24.0 * generic_tol * np.sqrt(c @ gstar @ c)
+    return gstar
+
+
+@numba.njit(cache=True, nogil=True)
+def _shortest_ok(lat, dself):
+    """True if no lattice translation (27-neighbourhood) is shorter than ``dself``."""
     for a in range(-1, 2):
         for b in range(-1, 2):
             for c in range(-1, 2):
@@ -135,15 +139,40 @@ def place(ops, offset, dof, wps, rads, cell, factor, tries, seed, combos, generi
                 y = b * lat[1, 1] + c * lat[2, 1]
                 z = c * lat[2, 2]
                 if x * x + y * y + z * z < dself * dself:
-                    return -1000
-    gstar = np.linalg.inv(lat @ lat.T)  # reciprocal metric tensor (angstrom^-2)
-    nc = combos.shape[0]
-    climit = np.empty(nc)
-    for k in range(nc):
-        c = combos[k]
-        climit[k] = 24.0 * generic_tol * np.sqrt(c @ gstar @ c)
-    active = np.zeros(nc, dtype=np.bool_)
+                    return False
+    return True
+
+
+@numba.njit(cache=True, nogil=True)
+def place(ops, offset, dof, wps, rads, cell, factor, tries, seed, combos, cross, generic_tol, frac, rad,
+          max_grow, grow):
+    """Place the orbits ``wps`` (in order) in the cell ``(a, b, c, alpha, beta, gamma)``.
+
+    Each orbit gets ``tries`` draws of its free parameters (1 for a fixed
+    position). When none fits, the cell grows by the volume factor ``grow`` and
+    the same orbit is tried again: atoms already placed keep their fractional
+    coordinates, so their distances only grow and stay valid. At most
+    ``max_grow`` growth steps in all. Returns the atom count (``cell`` then holds
+    the cell used, ``frac`` the coordinates), or -1.
+    """
     np.random.seed(seed)
+    f = grow ** (1.0 / 3.0)
+    nc = combos.shape[0]
+    lat = np.zeros((3, 3))
+    spacing = np.empty(3)
+    climit = np.empty(nc)
+    active = np.zeros(nc, dtype=np.bool_)
+    rmax = 0.0
+    for j in range(rads.shape[0]):
+        rmax = max(rmax, rads[j])
+    grown = 0
+    gstar = _geometry(cell, lat, spacing, combos, generic_tol, climit)
+    while not _shortest_ok(lat, 2.0 * factor * rmax):
+        grown += 1
+        if grown > max_grow:
+            return -1
+        cell[:3] *= f
+        gstar = _geometry(cell, lat, spacing, combos, generic_tol, climit)
     n = 0
     starts = np.zeros(wps.shape[0], dtype=np.int64)
     p = np.zeros(3)
@@ -160,28 +189,35 @@ def place(ops, offset, dof, wps, rads, cell, factor, tries, seed, combos, generi
                 free += abs(combos[k, 0] * ops[o0, 0, q] + combos[k, 1] * ops[o0, 1, q]
                             + combos[k, 2] * ops[o0, 2, q])
             active[k] = free > 1e-9
-        ok = False
-        for _ in range(ntry):
-            # Redraws for genericity do not count as tries: a rejection here says
-            # nothing about the cell being too small.
-            for _ in range(_GENERIC_DRAWS):
-                p[0] = np.random.random()
-                p[1] = np.random.random()
-                p[2] = np.random.random()
-                if dof[w] == 0 or generic(ops, o0, p, combos, active, climit, generic_tol, gstar, frac, starts, j):
+        while True:
+            ok = False
+            for _ in range(ntry):
+                # Redraws for genericity do not count as tries: a rejection here says
+                # nothing about the cell being too small.
+                for _ in range(_GENERIC_DRAWS):
+                    p[0] = np.random.random()
+                    p[1] = np.random.random()
+                    p[2] = np.random.random()
+                    if dof[w] == 0 or generic(ops, o0, p, combos, active, climit, cross, generic_tol, gstar,
+                                              frac, starts, j):
+                        break
+                else:
+                    continue
+                for k in range(m):
+                    for d in range(3):
+                        v = (ops[o0 + k, d, 0] * p[0] + ops[o0 + k, d, 1] * p[1]
+                             + ops[o0 + k, d, 2] * p[2] + ops[o0 + k, d, 3])
+                        frac[n + k, d] = v - np.floor(v)
+                if fits(frac, n, m, rad, r, lat, spacing, factor):
+                    ok = True
                     break
-            else:
-                continue
-            for k in range(m):
-                for d in range(3):
-                    v = (ops[o0 + k, d, 0] * p[0] + ops[o0 + k, d, 1] * p[1]
-                         + ops[o0 + k, d, 2] * p[2] + ops[o0 + k, d, 3])
-                    frac[n + k, d] = v - np.floor(v)
-            if fits(frac, n, m, rad, r, lat, spacing, factor):
-                ok = True
+            if ok:
                 break
-        if not ok:
-            return -1 - j
+            grown += 1
+            if grown > max_grow:
+                return -1
+            cell[:3] *= f
+            gstar = _geometry(cell, lat, spacing, combos, generic_tol, climit)
         starts[j] = n
         for k in range(m):
             rad[n + k] = r

@@ -89,6 +89,7 @@ class ElementPool:
         # plain-list copies for the sampling loop (NumPy's per-call cost dominates on a few numbers)
         object.__setattr__(self, "weights_list", [float(w) for w in self.weights])
         object.__setattr__(self, "volume_list", [float(v) for v in self.volume])
+        object.__setattr__(self, "cumulative_list", np.cumsum(self.weights).tolist())
 
     @classmethod
     def from_weights(cls, weights: Mapping[str, float], source: str = "element weights") -> "ElementPool":

@@ -21,13 +21,17 @@ how the batch is split over processes):
    ``generic_tol`` of a relation the position does not impose (how random
    coordinates pick up extra symmetry), accepted when every periodic distance
    is at least ``distance_factor * (r_cov,i + r_cov,j)``. When an orbit does not
-   fit after ``_ORBIT_TRIES`` draws, the cell is redrawn 10 % larger.
+   fit after ``_ORBIT_TRIES`` draws, the cell grows by 10 % in volume and the
+   orbit is tried again (atoms already placed keep their fractional
+   coordinates; their distances only grow); after 12 such steps the occupation
+   is dropped and steps 1-5 start again.
 
 Steps 4-5 run in one Numba kernel. Nothing is computed at import time;
 Wyckoff tables and the kernel are built on first use.
 """
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -43,8 +47,14 @@ from .wyckoff import WyckoffTable, extra_translations, wyckoff_table
 
 #: Probabilities of 1, 2, 3, 4 distinct elements per crystal.
 _N_SPECIES_P = [0.10, 0.35, 0.35, 0.20]
-#: Draws of the free parameters of one orbit before the crystal is restarted.
-_ORBIT_TRIES = 60
+#: Draws of the free parameters of one orbit before the cell grows.
+_ORBIT_TRIES = 20
+#: Volume factor by which the cell grows when an orbit does not fit ...
+_GROW = 1.1
+#: ... at most this many times (3.1x the estimated volume); beyond that the
+#: occupation is dropped and a new one drawn (two 6e orbits on one 6-fold axis
+#: of P6_422, say, need a very long c axis and make a crystal of low density).
+_MAX_GROW = 12
 #: Hard cap of orbits per crystal (keeps the asymmetric unit small, like real structures).
 _MAX_ORBITS = 8
 
@@ -69,7 +79,8 @@ class SynthConfig:
     max_species : int
         Most distinct elements per crystal (1-4).
     max_attempts : int
-        Restarts (each with a 10 % larger volume scale) before giving up.
+        Occupations drawn (each placed in a cell grown at most 12 times by 10 %
+        in volume, and checked with spglib if ``symprec`` is set) before giving up.
     symprec : float or None
         If set, every crystal is checked with spglib at this tolerance (angstrom)
         and redrawn when spglib finds another space group. Off by default: the
@@ -135,19 +146,37 @@ def _compile():
     return place
 
 
-@lru_cache(maxsize=1)
-def _combos() -> np.ndarray:
-    """Integer vectors c with entries -2..2, one of each +-c pair (62 rows)."""
-    out = []
-    for a in range(-2, 3):
-        for b in range(-2, 3):
-            for c in range(-2, 3):
-                v = (a, b, c)
-                if v != (0, 0, 0) and tuple(-x for x in v) not in out:
-                    out.append(v)
-    arr = np.array(out, dtype=np.float64)
-    arr.setflags(write=False)
-    return arr
+#: Space group whose point group is the holohedry of each crystal system (same axes as the standard setting).
+_HOLOHEDRY = {"triclinic": 2, "monoclinic": 10, "orthorhombic": 47, "tetragonal": 123, "trigonal": 191,
+              "hexagonal": 191, "cubic": 221}
+
+
+@lru_cache(maxsize=None)
+def _relations(system: str) -> tuple[np.ndarray, np.ndarray]:
+    """Coordinate relations through which random coordinates can gain symmetry in ``system``.
+
+    An extra operation (R|t) mapping an orbit onto itself needs
+    (R - R_g) x = t_g - t (mod 1) for some group operation g; R and R_g both lie in
+    the lattice's holohedry. Returns the distinct non-zero rows c of R - R_g (one
+    of each +-c) and a (3, 3) mask of the coordinate pairs (d, e) that a
+    holohedry operation mixes (R[d, e] != 0), used for relations between orbits.
+    Triclinic to orthorhombic: c = 2 e_i only and d == e; cubic adds x +- y and
+    permutations; hexagonal axes add combinations such as x - 2y.
+    """
+    t = wyckoff_table(_HOLOHEDRY[system])
+    rots = np.round(t.ops[: int(t.multiplicity[0]), :, :3]).astype(int)
+    rows: set[tuple[int, ...]] = set()
+    for r1 in rots:
+        for r2 in rots:
+            for row in (r1 - r2):
+                v = tuple(int(x) for x in row)
+                if any(v) and tuple(-x for x in v) not in rows:
+                    rows.add(v)
+    combos = np.array(sorted(rows), dtype=np.float64)
+    cross = np.any(rots != 0, axis=0)
+    for a in (combos, cross):
+        a.setflags(write=False)
+    return combos, cross
 
 
 # ---------------------------------------------------------------------------
@@ -319,7 +348,7 @@ def generate_crystal(space_group: int, seed: int, index: int, config: SynthConfi
     sg = check_space_group(space_group, "synthetic crystal", "space_group")
     seed = _check_seed(seed, "seed")
     index = _check_seed(index, "index")
-    cfg = config or SynthConfig()
+    cfg = config or _default_config()
     if overrides:
         kw = {f: getattr(cfg, f) for f in cfg.__dataclass_fields__}
         unknown = sorted(set(overrides) - set(kw))
@@ -337,22 +366,18 @@ def generate_crystal(space_group: int, seed: int, index: int, config: SynthConfi
     rng = np.random.default_rng(np.random.SeedSequence([seed, index, sg]))
     place = _compile()
     system = crystal_system(sg)
-    for _ in range(cfg.max_attempts if cfg.symprec is not None else 1):
+    for _ in range(cfg.max_attempts):
         wps, sp, volume = _occupation(table, cfg, pool, rng)
         volume *= rng.uniform(*cfg.volume_factor)
-        for _ in range(cfg.max_attempts):
-            out = _place(table, system, cfg, pool, rng, place, wps, sp, volume)
-            if out is not None:
-                break
-            volume *= 1.1  # every distance grows with the cell, so this always ends
-        else:
+        out = _place(table, system, cfg, pool, rng, place, wps, sp, volume)
+        if out is None:
             continue
         b = rng.uniform(*cfg.b_iso_range, size=wps.size)
         crystal = _to_crystal(sg, seed, index, table, pool, out, wps, sp, b)
         if cfg.symprec is not None and spglib_number(crystal, cfg.symprec) != sg:
             continue
         return crystal
-    raise XtalhpcError(f"no crystal of space group {sg} fitted after {cfg.max_attempts} attempts "
+    raise XtalhpcError(f"no crystal of space group {sg} fitted after {cfg.max_attempts} occupations "
                        f"(seed={seed}, index={index}); raise max_attempts or lower distance_factor")
 
 
@@ -397,6 +422,11 @@ def spglib_number(crystal: Crystal, symprec: float = 1e-3) -> int | None:
 
 
 @lru_cache(maxsize=1)
+def _default_config() -> SynthConfig:
+    return SynthConfig()
+
+
+@lru_cache(maxsize=1)
 def _default_pool() -> ElementPool:
     return ElementPool.default()
 
@@ -412,12 +442,14 @@ def _occupation(table, cfg, pool, rng):
         # Two equal atoms are always related by an inversion through their midpoint
         # (P1 with two atoms of one element is P-1): give them different elements.
         n_el = 2
-    # n_el distinct elements, drawn with the pool's weights
-    weights = pool.weights_list
+    # n_el distinct elements with the pool's weights (draws of an element already
+    # taken are repeated: the same law as weighted sampling without replacement)
+    cum = pool.cumulative_list
     els: list[int] = []
-    for u in rng.random(n_el).tolist():
-        e = _pick([0.0 if i in els else w for i, w in enumerate(weights)], u)
-        els.append(e)
+    while len(els) < n_el:
+        e = min(bisect.bisect_right(cum, float(rng.random()) * cum[-1]), len(cum) - 1)
+        if e not in els:
+            els.append(e)
     # Every element on at least one orbit (when there are enough orbits) ...
     perm = rng.permutation(n_orb).tolist()
     extra_el = rng.integers(n_el, size=n_orb).tolist()
@@ -438,13 +470,14 @@ def _occupation(table, cfg, pool, rng):
 
 
 def _place(table, system, cfg, pool, rng, place, wps, sp, volume):
-    """Draw a cell of ``volume`` and place the orbits; None if they do not fit."""
+    """Draw a cell of ``volume`` and place the orbits, growing the cell until they fit; None if they never do."""
     cell = _sample_cell(system, volume, rng)
     n_total = int(table.multiplicity[wps].sum())
     frac = np.empty((n_total, 3))
     radii = np.empty(n_total)
     n = place(table.ops, table.offset, table.dof, wps, pool.radius[sp], cell, float(cfg.distance_factor),
-              _ORBIT_TRIES, int(rng.integers(2**31 - 1)), _combos(), float(cfg.generic_tol), frac, radii)
+              _ORBIT_TRIES, int(rng.integers(2**31 - 1)), *_relations(system), float(cfg.generic_tol), frac,
+              radii, _MAX_GROW, _GROW)
     return None if n < 0 else (cell, frac)
 
 
