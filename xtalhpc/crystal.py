@@ -296,7 +296,7 @@ def check_symmetry_metric(ops, cell, source: str | None = None) -> np.ndarray:
 
 def symmetry_maps_atoms(c: "Crystal", tol: float = 1e-3) -> bool:
     """True if every operation of ``c.symmetry`` maps each atom onto an atom of the same
-    species and occupancy (fractional tolerance ``tol``). O(m n^2): for tests and readers."""
+    species, occupancy and B (fractional tolerance ``tol``). O(m n^2): for tests and readers."""
     if c.symmetry is None:
         return True
     for op in c.symmetry:
@@ -304,8 +304,9 @@ def symmetry_maps_atoms(c: "Crystal", tol: float = 1e-3) -> bool:
         d = x[:, None, :] - c.frac[None, :, :]
         d -= np.round(d)
         close = np.all(np.abs(d) < tol, axis=2)
-        same = (np.asarray(c.species)[:, None] == np.asarray(c.species)[None, :]) & (
-            np.abs(c.occupancy[:, None] - c.occupancy[None, :]) < 1e-6)
+        same = ((np.asarray(c.species)[:, None] == np.asarray(c.species)[None, :])
+                & (np.abs(c.occupancy[:, None] - c.occupancy[None, :]) < 1e-6)
+                & (np.abs(c.b_iso[:, None] - c.b_iso[None, :]) < 1e-6))
         if not np.all(np.any(close & same, axis=1)):
             return False
     return True
@@ -315,27 +316,59 @@ def symmetrize(c: "Crystal", symmetry, tol: float = 1e-3) -> "Crystal":
     """``c`` with positions averaged over the operations ``symmetry`` (m, 3, 4) and that
     symmetry attached, so the atoms are symmetric to rounding and the simulator may use
     one reflection per Laue orbit. Raises StructureError if an operation does not map every
-    atom onto one of the same species and occupancy within ``tol`` (fractional)."""
+    atom onto one of the same species, occupancy and B within ``tol`` (fractional, per axis
+    in the periodic sense). O(m n log n) with a periodic k-d tree.
+    """
+    from scipy.spatial import cKDTree
+
     ops = check_symmetry_metric(symmetry, c.cell, c.source or c.name)
     n = c.n_atoms
     sp = np.asarray(c.species)
-    same = (sp[:, None] == sp[None, :]) & (np.abs(c.occupancy[:, None] - c.occupancy[None, :]) < 1e-6)
+    base = c.frac % 1.0
+    tree = cKDTree(base, boxsize=1.0 + 1e-12)
     acc = np.zeros((n, 3))
+    k_near = min(n, 4)
     for op in ops:
         r, t = op[:, :3], op[:, 3]
-        x = c.frac @ r.T + t                      # image of atom j
-        d = x[:, None, :] - c.frac[None, :, :]    # vs every atom k
-        d -= np.round(d)
-        dist = np.where(same, np.abs(d).max(axis=2), np.inf)
-        k = dist.argmin(axis=1)
-        if np.any(dist[np.arange(n), k] > tol):
-            raise StructureError(f"operation {op.tolist()} does not map the atoms onto themselves within "
-                                 f"{tol} (fractional)", c.source or c.name, "symmetry")
+        x = c.frac @ r.T + t                      # image of every atom j
+        dist, idx = tree.query(x % 1.0, k=k_near, p=np.inf, distance_upper_bound=tol)
+        dist = dist.reshape(n, -1)
+        idx = idx.reshape(n, -1)
+        k = np.full(n, -1)
+        for col in range(idx.shape[1]):           # nearest partner of the same species and occupancy
+            cand = idx[:, col]
+            okc = (k < 0) & (cand < n)
+            safe = np.where(cand < n, cand, 0)
+            okc &= ((sp[safe] == sp) & (np.abs(c.occupancy[safe] - c.occupancy) < 1e-6)
+                    & (np.abs(c.b_iso[safe] - c.b_iso) < 1e-6))
+            k[okc] = cand[okc]
+        if np.any(k < 0):
+            j = int(np.flatnonzero(k < 0)[0])
+            raise StructureError(f"symmetry operation {np.round(op, 4).tolist()} maps atom {j} ({sp[j]}) onto no "
+                                 f"atom of the same species, occupancy and B within {tol:.3g} (fractional)", c.source or c.name,
+                                 "symmetry")
         # g^-1 applied to the partner, unwrapped next to atom j: x_j + R^-1 (x_k - (R x_j + t))
         delta = c.frac[k] - x
         delta -= np.round(delta)
         acc += delta @ np.linalg.inv(r).T
     return c.replace(frac=c.frac + acc / len(ops), symmetry=ops)
+
+
+def with_symmetry(c: "Crystal", symmetry, tol_angstrom: float = 0.1, what: str = "operators") -> "Crystal":
+    """Attach ``symmetry`` by :func:`symmetrize` when the atoms fit it within ``tol_angstrom``;
+    otherwise return ``c`` unchanged with a note (no symmetry is then assumed: always correct).
+    Notes the largest shift when positions move by more than 1e-4 angstrom (rounded special
+    positions such as 0.3333 moved onto 1/3)."""
+    try:
+        out = symmetrize(c, symmetry, tol=tol_angstrom / float(min(c.cell[:3])))
+    except StructureError as exc:
+        return c.replace(notes=c.notes + (f"symmetry not attached ({what}): {exc.message}",))
+    shift = out.frac - c.frac
+    shift -= np.round(shift)
+    moved = float(np.max(np.linalg.norm(shift @ lattice_vectors(c.cell), axis=1)))
+    if moved > 1e-4:
+        out = out.replace(notes=out.notes + (f"positions symmetrised with the {what} (largest shift {moved:.2g} A)",))
+    return out
 
 
 def find_symmetry(c: "Crystal", symprec: float = 1e-3) -> "Crystal":

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..crystal import DEFAULT_B_ISO, Crystal, cell_volume, lattice_vectors, parse_species
+from ..crystal import DEFAULT_B_ISO, Crystal, cell_volume, lattice_vectors, parse_species, with_symmetry
 from ..errors import InputError, StructureError
 
 #: Images of one site closer than this (angstrom) are one atom on a special
@@ -633,9 +633,16 @@ def _read_block(block, src: str, stem: str) -> Crystal:
         notes.append(f"site multiplicity differs from _atom_site_symmetry_multiplicity: {_few(mult_mismatch)}")
     if unknown_occ:
         notes.append(f"occupancy '?' taken as 1 for {_few(unknown_occ)}")
-    return Crystal(cell=cell6, frac=np.concatenate(frac_all), species=tuple(species_all),
-                   occupancy=np.array(occ_all), b_iso=np.array(b_all), space_group=number,
-                   source=src, name=block.name or stem, notes=tuple(notes))
+    crystal = Crystal(cell=cell6, frac=np.concatenate(frac_all), species=tuple(species_all),
+                      occupancy=np.array(occ_all), b_iso=np.array(b_all), space_group=number,
+                      source=src, name=block.name or stem, notes=tuple(notes))
+    if len(ops) <= 1:
+        return crystal
+    # The operators the atoms were expanded with, for the simulator's one-|F|^2-per-Laue-orbit
+    # path; images merged within MERGE_TOL are symmetrised back onto their site.
+    symmetry = np.array([np.hstack([np.array(op.rot, dtype=float) / op.DEN,
+                                    np.array(op.tran, dtype=float)[:, None] / op.DEN]) for op in ops])
+    return with_symmetry(crystal, symmetry, tol_angstrom=MERGE_TOL, what=f"CIF operators ({_origin or 'symbol'})")
 
 
 def _metric_deviation(ops, cell6) -> float:

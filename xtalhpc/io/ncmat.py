@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..crystal import DEFAULT_B_ISO, Crystal, parse_species
+from ..crystal import DEFAULT_B_ISO, Crystal, parse_species, with_symmetry
 from ..errors import InputError, StructureError
 
 #: Temperature (K) at which B is evaluated when the file gives none (NCrystal's default).
@@ -348,7 +348,20 @@ def read_ncmat(path: str | Path, temperature: float | None = None) -> Crystal:
     notes.append(f"B from the phonon model at T = {temp:g} K")
 
     n = len(labels)
-    return Crystal(cell=np.array(lengths + angles, dtype=float), frac=np.array(frac),
-                   species=tuple(species[lab] for lab in labels), occupancy=np.ones(n),
-                   b_iso=np.array([b_of[lab] for lab in labels]), space_group=space_group,
-                   source=src, name=path.stem, notes=tuple(notes))
+    crystal = Crystal(cell=np.array(lengths + angles, dtype=float), frac=np.array(frac),
+                      species=tuple(species[lab] for lab in labels), occupancy=np.ones(n),
+                      b_iso=np.array([b_of[lab] for lab in labels]), space_group=space_group,
+                      source=src, name=path.stem, notes=tuple(notes))
+    if space_group is None or space_group == 1:
+        return crystal
+    # NCrystal files list every atom of the cell in the standard setting of @SPACEGROUP:
+    # attach those operators when the atoms fit them (checked), for one |F|^2 per Laue orbit.
+    import gemmi
+
+    ops = gemmi.find_spacegroup_by_number(space_group).operations()
+    symmetry = np.array([np.hstack([np.array(op.rot, dtype=float) / op.DEN,
+                                    np.array(op.tran, dtype=float)[:, None] / op.DEN]) for op in ops])
+    try:
+        return with_symmetry(crystal, symmetry, tol_angstrom=1e-3, what=f"standard operators of group {space_group}")
+    except StructureError:  # operators of another setting do not even keep the metric
+        return crystal

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..crystal import DEFAULT_B_ISO, Crystal, cell_from_vectors
+from ..crystal import DEFAULT_B_ISO, Crystal, cell_from_vectors, with_symmetry
 from ..errors import InputError, StructureError
 from .cif import species_from_label
 
@@ -188,24 +188,30 @@ def read_poscar(path: str | Path) -> Crystal:
     else:
         frac = coords
     notes.append(f"no displacement parameters in a POSCAR: B = {DEFAULT_B_ISO} A^2 (default)")
-    number = _spacegroup(lattice, frac, per_atom)
+    number, symmetry = _spacegroup(lattice, frac, per_atom)
     if number is None:
         notes.append("spglib found no space group")
     else:
         notes.append(f"space group {number} from spglib (symprec {SPGLIB_SYMPREC} A)")
-    return Crystal(cell=cell_from_vectors(lattice), frac=frac, species=tuple(per_atom),
-                   occupancy=np.ones(n), b_iso=np.full(n, DEFAULT_B_ISO), space_group=number,
-                   source=src, name=path.stem if path.suffix.lower() in (".vasp", ".poscar") else path.name,
-                   notes=tuple(notes))
+    crystal = Crystal(cell=cell_from_vectors(lattice), frac=frac, species=tuple(per_atom),
+                      occupancy=np.ones(n), b_iso=np.full(n, DEFAULT_B_ISO), space_group=number,
+                      source=src, name=path.stem if path.suffix.lower() in (".vasp", ".poscar") else path.name,
+                      notes=tuple(notes))
+    if symmetry is None or len(symmetry) <= 1:
+        return crystal
+    # spglib's operations are in this file's basis: attach them (atoms within symprec are
+    # symmetrised) so the simulator computes one |F|^2 per Laue orbit.
+    return with_symmetry(crystal, symmetry, tol_angstrom=4 * SPGLIB_SYMPREC, what="spglib operations")
 
 
-def _spacegroup(lattice, frac, species) -> int | None:
+def _spacegroup(lattice, frac, species) -> tuple[int | None, np.ndarray | None]:
     import spglib
 
     kinds = {s: i + 1 for i, s in enumerate(dict.fromkeys(species))}
     numbers = [kinds[s] for s in species]
     ds = spglib.get_symmetry_dataset((lattice, np.asarray(frac) % 1.0, numbers), symprec=SPGLIB_SYMPREC)
     if ds is None:
-        return None
+        return None, None
     n = ds.number if hasattr(ds, "number") else ds["number"]
-    return int(n) if n else None
+    ops = np.concatenate([np.asarray(ds.rotations, dtype=float), np.asarray(ds.translations)[:, :, None]], axis=2)
+    return (int(n) if n else None), ops

@@ -1,0 +1,131 @@
+"""The symmetry-unique |F|^2 path (one reflection per Laue orbit) against the plain
+half-sphere sum over the same atoms, and the checks that guard it."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from xtalhpc import Crystal
+from xtalhpc.crystal import check_symmetry_metric, find_symmetry, laue_rotations, symmetrize, symmetry_maps_atoms
+from xtalhpc.errors import StructureError
+from xtalhpc.simulate import simulate_batch
+
+#: Both paths sum the same terms in another order: agreement to float64 rounding.
+PATH_TOL = 1e-10
+
+
+def _ops(number: int) -> np.ndarray:
+    import gemmi
+
+    return np.array([np.hstack([np.array(o.rot, float) / o.DEN, np.array(o.tran, float)[:, None] / o.DEN])
+                     for o in gemmi.find_spacegroup_by_number(number).operations()])
+
+
+def _expand(ops, asu, species):
+    pts, sps = [], []
+    for x, s in zip(asu, species):
+        for p in (ops[:, :, :3] @ x + ops[:, :, 3]) % 1.0:
+            if not any(np.all(np.abs((p - q + 0.5) % 1 - 0.5) < 1e-9) for q in pts):
+                pts.append(p)
+                sps.append(s)
+    return np.array(pts), sps
+
+
+def _peaks_by_d(res, i):
+    """{rounded d: sum of m |F|^2} — what both paths must agree on (family splits may differ)."""
+    r = res.reflections(i)
+    out: dict[float, float] = {}
+    for d, m, f2 in zip(r.d, r.multiplicity, r.F2):
+        k = round(float(d), 8)
+        out[k] = out.get(k, 0.0) + float(m * f2)
+    return out
+
+
+def _assert_paths_agree(c_sym: Crystal, instrument: str) -> None:
+    c_plain = c_sym.replace(symmetry=None)
+    a = simulate_batch([c_plain], instrument)
+    b = simulate_batch([c_sym], instrument)
+    pa, pb = _peaks_by_d(a, 0), _peaks_by_d(b, 0)
+    assert pa.keys() == pb.keys()
+    top = max(pa.values())
+    for k in pa:
+        assert abs(pa[k] - pb[k]) <= PATH_TOL * top, (k, pa[k], pb[k])
+    np.testing.assert_allclose(b.patterns[0], a.patterns[0], rtol=0, atol=PATH_TOL * a.patterns[0].max())
+
+
+CELLS = {"cubic": [6.1] * 3 + [90] * 3, "hex": [4.3, 4.3, 7.1, 90, 90, 120], "tet": [5.2, 5.2, 7.7, 90, 90, 90],
+         "ort": [5.1, 6.3, 7.7, 90, 90, 90], "mon": [5.1, 6.3, 7.7, 90, 103.0, 90]}
+
+
+@pytest.mark.parametrize("number,cell", [(225, "cubic"), (227, "cubic"), (206, "cubic"), (62, "ort"), (70, "ort"),
+                                         (14, "mon"), (15, "mon"), (88, "tet"), (139, "tet"), (167, "hex"),
+                                         (148, "hex"), (186, "hex")])
+@pytest.mark.parametrize("instrument", ["bt1-cu311", "lab-cuka"])
+def test_laue_path_equals_plain_sum(number, cell, instrument, rng):
+    ops = _ops(number)
+    frac, sps = _expand(ops, rng.random((3, 3)), ["Fe", "O", "Si"])
+    counts = [sps.count(s) for s in ("Fe", "O", "Si")]
+    occ = np.repeat(rng.uniform(0.5, 1.0, 3), counts)
+    b_iso = np.repeat(rng.uniform(0.2, 1.5, 3), counts)   # one B per orbit, as symmetry requires
+    order = np.argsort([("Fe", "O", "Si").index(s) for s in sps], kind="stable")
+    c = Crystal(CELLS[cell], frac[order], [sps[i] for i in order], occ, b_iso, symmetry=ops)
+    assert symmetry_maps_atoms(c)
+    _assert_paths_agree(c, instrument)
+
+
+def test_real_structures_with_attached_symmetry(shared_data):
+    from xtalhpc.io import read_structures
+
+    files = ["ncrystal/data/Al2O3_sg167_Corundum.ncmat", "ncrystal/data/Ge3Bi4O12_sg220_BismuthGermanate.ncmat",
+             "dans_diffraction/Dans_Diffraction/Structures/LiCoO2.cif",
+             "dans_diffraction/Dans_Diffraction/Structures/Rutile.cif"]
+    checked = 0
+    for f in files:
+        c = read_structures(shared_data / "structures" / f)[0]
+        assert c.symmetry is not None, f
+        assert symmetry_maps_atoms(c, tol=1e-9), f
+        _assert_paths_agree(c, "bt1-cu311")
+        checked += 1
+    assert checked == len(files)
+
+
+def test_multiplicities_of_cubic_orbits():
+    c = Crystal([4.0] * 3 + [90] * 3, [[0, 0, 0]], ["Fe"], [1.0], [0.0], symmetry=_ops(221))
+    r = simulate_batch([c], "bt1-cu311").reflections(0)
+    mult = {tuple(int(x) for x in sorted(np.abs(h), reverse=True)): int(m) for h, m in zip(r.hkl, r.multiplicity)}
+    # m-3m: {100} 6, {110} 12, {111} 8, {210} 24, {211} 24; {221} and {300} share d and F: 24 + 6 = 30
+    assert mult[(1, 0, 0)] == 6 and mult[(1, 1, 0)] == 12 and mult[(1, 1, 1)] == 8
+    assert mult[(2, 1, 0)] == 24 and mult[(2, 1, 1)] == 24
+    assert mult.get((2, 2, 1), mult.get((3, 0, 0))) == 30
+    assert len(laue_rotations(_ops(221))) == 48
+
+
+def test_symmetrize_rounds_special_positions():
+    # a CIF-style 0.3333 for 1/3: symmetrised onto the special position, symmetric afterwards
+    ops = _ops(191)
+    c = Crystal([3.0, 3.0, 4.0, 90, 90, 120], [[1 / 3, 2 / 3, 0.5], [2 / 3, 1 / 3, 0.5]], ["B", "B"], [1, 1],
+                [0.5, 0.5])
+    c = c.replace(frac=np.round(c.frac, 4))
+    s = symmetrize(c, ops, tol=1e-3)
+    assert symmetry_maps_atoms(s, tol=1e-12)
+    np.testing.assert_allclose(s.frac[0], [1 / 3, 2 / 3, 0.5], atol=1e-12)
+
+
+def test_wrong_symmetry_is_refused():
+    c = Crystal([5.0, 5.0, 5.0, 90, 90, 90], [[0.1, 0.2, 0.3]], ["Fe"], [1.0], [0.5], name="lonely")
+    with pytest.raises(StructureError) as ei:
+        symmetrize(c, _ops(221))
+    assert ei.value.field == "symmetry" and "lonely" in str(ei.value)
+    with pytest.raises(StructureError):  # hexagonal operators on a cubic cell change the metric
+        Crystal([5.0, 5.0, 5.0, 90, 90, 90], [[0, 0, 0]], ["Fe"], [1.0], [0.5], symmetry=_ops(191))
+    with pytest.raises(StructureError):
+        check_symmetry_metric(np.zeros((2, 3, 3)), [5, 5, 5, 90, 90, 90])
+
+
+def test_find_symmetry_on_a_p1_listing(rng):
+    ops = _ops(62)
+    frac, sps = _expand(ops, rng.random((2, 3)), ["Mn", "O"])
+    c = Crystal(CELLS["ort"], frac, sps, np.ones(len(sps)), np.full(len(sps), 0.4))
+    f = find_symmetry(c)
+    assert f.space_group == 62 and f.symmetry is not None and len(f.symmetry) == 8
+    _assert_paths_agree(f, "bt1-cu311")
