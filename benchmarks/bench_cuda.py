@@ -43,6 +43,8 @@ H100_HBM = 3.35e12  #: bytes/s, HBM3
 #: estimate of one 32-byte L2 sector operation per atomic at ~5 TB/s of L2 bandwidth. The
 #: GPU run measures what it really is (the profiles kernel time).
 H100_L2_ATOMICS = 1.5e11
+#: L2 bandwidth, bytes/s (not a datasheet figure either; microbenchmarks report ~5-7 TB/s).
+H100_L2_BW = 5e12
 #: Host <-> device, PCIe Gen5 x16, pinned memory, per direction (64 GB/s raw; ~50 measured
 #: on typical hosts; a Gen4 host halves it).
 PCIE = 50e9
@@ -61,14 +63,18 @@ SF_PER_REFL_TYPE_XRAY = 34 + 5 * 22
 #: Each point is one FP64 atomic add into the pattern row (L2).
 RENDER_PER_POINT = 20
 RENDER_PER_GAUSS_POINT = 22
-#: Bytes per reflection copied down (hkl int32 x3, Q, |F|^2, multiplicity), per column up (7 fields),
-#: per family up (Q, |F|^2, mult) and down (2theta, intensity), per atom up (x, y, z, occ,
-#: cos/sin 2pi z), per pattern point down (float64).
-B_REFL_DOWN = 32
+#: Family step per reflection: the bitonic sort does log2(P)(log2(P)+1)/4 compare-exchanges
+#: per slot (P = next power of two), each reading and maybe writing 2 x 12 bytes in L2;
+#: the serial scan reads Q, |F|^2, hkl, multiplicity and the sorted index (~40 bytes) and
+#: spends ~20 instructions per reflection, on one thread per structure.
+SORT_BYTES_PER_EXCHANGE = 48
+#: Bytes copied up per (h, k) column (7 fields) and per atom (x, y, z, occ, cos/sin 2 pi z);
+#: copied down per family (hkl int32 x3, Q, |F|^2, multiplicity, 2theta, intensity), per
+#: structure (family offset) and per pattern point (float64).
 B_COL_UP = 28
-B_FAM_UP = 20
-B_FAM_DOWN = 16
 B_ATOM_UP = 48
+B_FAM_DOWN = 48
+B_STRUCT_DOWN = 8
 B_POINT_DOWN = 8
 
 
@@ -164,24 +170,28 @@ def model(w: dict, inst) -> dict:
     per_type = SF_PER_REFL_TYPE_XRAY if inst.radiation == "xray" else SF_PER_REFL_TYPE_NEUTRON
     sf = w["items"] * w["atoms"] * SF_PER_ITEM_ATOM + w["items"] * L_BLOCK * w["types"] * per_type
     render = w["profile_points"] * RENDER_PER_POINT + w["gauss_points"] * RENDER_PER_GAUSS_POINT
-    up = w["columns"] * B_COL_UP + w["families"] * B_FAM_UP + w["atoms"] * B_ATOM_UP
-    down = w["reflections"] * B_REFL_DOWN + w["families"] * B_FAM_DOWN + inst.n_points * B_POINT_DOWN
-    # Device memory traffic: outputs written once and read by the copy, families read,
-    # pattern rows zeroed and read by the copy. The atomic updates stay in L2 (a batch's rows,
-    # ~26 kB each, fit in its 50 MB) and are counted apart.
-    hbm = 2 * w["reflections"] * B_REFL_DOWN + 2 * w["families"] * (B_FAM_UP + B_FAM_DOWN) \
-        + 3 * inst.n_points * B_POINT_DOWN
-    return {"sf_fp64_instr": sf, "render_fp64_instr": render, "pcie_up_bytes": up, "pcie_down_bytes": down,
-            "hbm_bytes": hbm, "sincos_per_pattern": w["items"] * w["atoms"],
-            "l2_atomics": w["profile_points"],
+    slots = 2.0 ** np.ceil(np.log2(np.maximum(w["reflections"], 1)))
+    lg = np.log2(slots)
+    sort_bytes = slots * lg * (lg + 1) / 4 * SORT_BYTES_PER_EXCHANGE
+    up = w["columns"] * B_COL_UP + w["atoms"] * B_ATOM_UP
+    down = w["families"] * B_FAM_DOWN + B_STRUCT_DOWN + inst.n_points * B_POINT_DOWN
+    # Device memory traffic outside L2 (upper bound: as if nothing stayed in L2): |F|^2 list
+    # written and read twice (sort, scan), families written, compacted, read by the render and
+    # the copy, pattern rows zeroed and copied. The sort's exchanges and the profile atomics
+    # work on L2-resident data (a batch's slots and rows fit in 50 MB) and are counted apart.
+    hbm = 3 * w["reflections"] * 32 + 4 * w["families"] * B_FAM_DOWN + 2 * inst.n_points * B_POINT_DOWN
+    return {"sf_fp64_instr": sf, "render_fp64_instr": render, "sort_l2_bytes": sort_bytes,
+            "pcie_up_bytes": up, "pcie_down_bytes": down, "hbm_bytes": hbm, "l2_atomics": w["profile_points"],
+            "sincos_per_pattern": w["items"] * w["atoms"],
             "floor_fp64_s": (sf + render) / H100_FP64_INSTR, "floor_hbm_s": hbm / H100_HBM,
-            "floor_l2_atomics_s": w["profile_points"] / H100_L2_ATOMICS,
+            "floor_l2_s": w["profile_points"] / H100_L2_ATOMICS + sort_bytes / H100_L2_BW,
             "floor_pcie_s": np.maximum(up, down) / PCIE}
 
 
-def host_family_seconds(crystals, inst, repeat: int = 3) -> tuple[float, float]:
-    """Seconds per pattern of the host steps of the CUDA path on ONE core: family grouping
-    (cpu.reflection_families on the |F|^2 list) and column enumeration."""
+def host_seconds(crystals, inst, repeat: int = 3) -> dict:
+    """Seconds per pattern, on ONE host core, of the host work around the kernels: the column
+    enumeration of the CUDA path, and, for comparison, the CPU path's family grouping
+    (which the CUDA path runs on the device instead)."""
     from numba import config, set_num_threads
 
     from xtalhpc.simulate import ABSENT_TOL, D_TOL, F2_TOL, qmax_of
@@ -208,7 +218,7 @@ def host_family_seconds(crystals, inst, repeat: int = 3) -> tuple[float, float]:
             best_f, best_c = min(best_f, t1 - t0), min(best_c, t2 - t1)
     finally:
         set_num_threads(config.NUMBA_NUM_THREADS)
-    return best_f / n, best_c / n
+    return {"columns": best_c / n, "cpu_families": best_f / n}
 
 
 def main(argv=None) -> int:
@@ -230,26 +240,27 @@ def main(argv=None) -> int:
     w, crystals = per_structure_work(crystals, inst)
     mod = model(w, inst)
     med = int(np.argsort(w["reflections"])[len(crystals) // 2])
-    f_host, c_host = host_family_seconds(crystals, inst)
+    host = host_seconds(crystals, inst)
     ncores = os.cpu_count() or 1
     out = {"structures": label, "n_structures": len(crystals), "instrument": inst.name,
            "median_structure": {k: float(v[med]) for k, v in {**w, **mod}.items()},
            "mean": {k: float(np.mean(v)) for k, v in {**w, **mod}.items()},
-           "host_families_s_per_pattern_1core": f_host, "host_columns_s_per_pattern_1core": c_host,
-           "host_cores": ncores}
+           "host_s_per_pattern_1core": host, "host_cores": ncores}
     print(f"\nper pattern                    median structure   batch mean")
     for k in ("atoms", "types", "laue_order", "reflections", "columns", "items", "families", "peaks",
-              "profile_points", "gauss_points", "sincos_per_pattern", "sf_fp64_instr", "render_fp64_instr", "pcie_up_bytes",
-              "pcie_down_bytes", "hbm_bytes", "l2_atomics"):
+              "profile_points", "gauss_points", "sincos_per_pattern", "sf_fp64_instr", "render_fp64_instr",
+              "sort_l2_bytes", "pcie_up_bytes", "pcie_down_bytes", "hbm_bytes", "l2_atomics"):
         print(f"  {k:28s} {out['median_structure'][k]:16,.0f} {out['mean'][k]:12,.0f}")
+    print(f"\nhost, one core, per pattern: column enumeration {host['columns'] * 1e6:.1f} us (CUDA path); "
+          f"family grouping {host['cpu_families'] * 1e6:.1f} us (CPU path; on the device in the CUDA path)")
     print("\nfloor on an H100 SXM (patterns/s; batch mean [median structure]):")
     floors = {"FP64 issue (kernels)": 1 / np.mean(mod["floor_fp64_s"]),
               "HBM3": 1 / np.mean(mod["floor_hbm_s"]),
-              "L2 FP64 atomics (estimated rate)": 1 / np.mean(mod["floor_l2_atomics_s"]),
+              "L2 (sort exchanges + profile atomics; estimated rates)": 1 / np.mean(mod["floor_l2_s"]),
               "PCIe Gen5 (one direction)": 1 / np.mean(mod["floor_pcie_s"]),
-              f"host families ({ncores} cores here, {f_host * 1e6:.1f} us/pattern/core)": ncores / (f_host + c_host)}
+              f"host column enumeration ({ncores} cores here)": ncores / host["columns"]}
     med_floor = {"FP64 issue (kernels)": 1 / mod["floor_fp64_s"][med], "HBM3": 1 / mod["floor_hbm_s"][med],
-                 "L2 FP64 atomics (estimated rate)": 1 / mod["floor_l2_atomics_s"][med],
+                 "L2 (sort exchanges + profile atomics; estimated rates)": 1 / mod["floor_l2_s"][med],
                  "PCIe Gen5 (one direction)": 1 / mod["floor_pcie_s"][med]}
     for k, v in floors.items():
         extra = f"  [{med_floor[k]:,.0f}]" if k in med_floor else ""

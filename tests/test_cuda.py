@@ -105,6 +105,37 @@ def test_kernels_call_the_shared_physics():
         assert getattr(ck, name) is getattr(physics, name), name
 
 
+@pytest.mark.skipif(SIMULATING, reason="compiled host code; the simulator test covers it end to end")
+def test_canonical_l_interval_matches_the_cpu_test():
+    """The CUDA path's per-column interval of canonical l equals cpu.canonical_stabiliser's
+    per-reflection answer, for the Laue group of every Hall setting in spglib's database."""
+    import spglib
+
+    from xtalhpc.crystal import laue_rotations
+    from xtalhpc_kernels.cpu import canonical_stabiliser
+    from xtalhpc_kernels.cuda_launch import canonical_l_interval
+
+    groups = {}
+    for hall in range(1, 531):
+        d = spglib.get_symmetry_from_database(hall)
+        ops = np.concatenate([d["rotations"].astype(float), d["translations"][:, :, None]], axis=2)
+        r = np.ascontiguousarray(laue_rotations(ops), dtype=np.int64)
+        groups[r.tobytes()] = r
+    assert len(groups) >= 11  # every Laue class, in several settings
+    checked = 0
+    for r in groups.values():
+        for h in range(0, 6):
+            for k in range(-6 if h else 0, 7):
+                lo, hi = canonical_l_interval(h, k, r, 0, len(r))
+                for l in range(-8, 9):
+                    if h == 0 and k == 0 and l <= 0:
+                        continue
+                    canon = canonical_stabiliser(h, k, l, r, 0, len(r))[0]
+                    assert canon == (lo <= l <= hi), (r.tolist(), h, k, l, lo, hi)
+                    checked += 1
+    assert checked > 10_000
+
+
 @pytest.mark.skipif(HAS_GPU or SIMULATING, reason="a CUDA device (or the simulator) is visible")
 def test_cuda_without_gpu_is_a_clear_error(capsys):
     with pytest.raises(DeviceError, match="no CUDA GPU is visible"):
