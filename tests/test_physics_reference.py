@@ -305,6 +305,94 @@ def test_reader_matches_pymatgen_on_cif_sample(cif_sample, bt1):
     assert not failures, "\n".join(failures)
 
 
+# ---- 1c. the symmetry-unique path (Crystal.symmetry) vs the full sum, on the same atoms ------
+#: With operators attached, |F|^2 is computed once per Laue orbit; on a Crystal whose cell fits
+#: the operators exactly this is the same float64 sum reordered (measured 1e-13).
+SYM_REL_TOL = 1e-9
+SYM_POSITION_TOL_DEG = 1e-9
+#: Presence floor for this comparison: both are our own code, so weak peaks are compared too.
+SYM_PRESENCE_FLOOR = 1e-6
+#: A cell "fits its operators exactly" when max |R^T G R - G| <= this times max |G|.
+EXACT_METRIC = 1e-12
+
+
+def _metric_misfit(c: Crystal) -> float:
+    from xtalhpc.crystal import cell_metric
+
+    g = cell_metric(c.cell)
+    rot = np.round(c.symmetry[:, :, :3])
+    return float(max(np.abs(r.T @ g @ r - g).max() for r in rot) / np.abs(g).max())
+
+
+def _symmetrised_sample(cif_sample):
+    """(name, Crystal with spglib's operators attached) for every CIF of the sample that has some."""
+    from xtalhpc.crystal import find_symmetry
+
+    out = []
+    for path, s, lengths in cif_sample[0]:
+        c = find_symmetry(rh.crystal_from_structure(s, rh.element_b_values(lengths), None, source=str(path)))
+        if c.symmetry is not None and len(c.symmetry) > 1:
+            out.append((path.name, c))
+    return out
+
+
+@pytest.fixture(scope="module")
+def symmetrised(cif_sample):
+    return _symmetrised_sample(cif_sample)
+
+
+def _sym_vs_full(c: Crystal, inst, tol_deg: float = rh.PYMATGEN_TWO_THETA_TOL):
+    lo, hi = inst.two_theta_min, inst.two_theta_max
+    a = simulate(c, inst)
+    b = simulate(c.replace(symmetry=None), inst)
+    return rh.compare_peaks(*rh.our_peaks(a, lo, hi, tol_deg), *rh.our_peaks(b, lo, hi, tol_deg), top=TOP_PEAKS,
+                            floor=SYM_PRESENCE_FLOOR, match_tol=MATCH_TOL_DEG)
+
+
+def test_symmetry_path_equals_full_sum(symmetrised, bt1):
+    """spglib's operators attached (find_symmetry): every peak as without them, on cells that fit exactly.
+
+    Together with the full-sum path matching pymatgen above, this checks the Laue-orbit
+    machinery (canonical members, orbit multiplicities) against pymatgen by transitivity.
+    """
+    failures, worst, worst_pos, n = [], 0.0, 0.0, 0
+    for name, c in symmetrised:
+        if _metric_misfit(c) > EXACT_METRIC:
+            continue
+        n += 1
+        cmp = _sym_vs_full(c, bt1)
+        worst = max(worst, cmp.max_rel_all, cmp.max_rel_intensity)
+        worst_pos = max(worst_pos, cmp.max_position)
+        if (cmp.max_rel_all > SYM_REL_TOL or cmp.max_rel_intensity > SYM_REL_TOL
+                or cmp.max_position > SYM_POSITION_TOL_DEG or cmp.missing or cmp.extra):
+            failures.append(f"{name} ({len(c.symmetry)} ops): {cmp.summary()}")
+    print(f"symmetry-unique path vs full sum, {n} CIFs with operators that fit the cell exactly: "
+          f"max rel intensity {worst:.2e}, max position {worst_pos:.2e} deg")
+    assert n >= 100
+    assert not failures, "\n".join(failures)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "symmetrize()/find_symmetry() average the positions over the operators but keep the cell, and "
+    "operators are accepted when they preserve the metric to METRIC_TOL = 1e-4; on such a cell the "
+    "Laue-orbit path computes each orbit at its representative's d, so reflections the full sum "
+    "splits (distinct d) come out merged at one position. On the CIF sample: ZrO2_137.cif "
+    "(gamma 89.999992, misfit 3e-7), tests__inputs__4117533.cif (6e-6), JVASP-36885.cif (7e-5): "
+    "peaks up to 2e-3 deg apart merged, i.e. positions off by that much vs the same Crystal without "
+    "operators (and vs pymatgen). Fix: symmetrise the metric too (G <- mean over R of R^T G R) when "
+    "operators are attached, so the Crystal is exactly what the fast path assumes."))
+def test_symmetry_path_on_cells_that_fit_only_approximately(symmetrised, bt1):
+    failures = []
+    near = [(name, c) for name, c in symmetrised if _metric_misfit(c) > EXACT_METRIC]
+    for name, c in near:
+        cmp = _sym_vs_full(c, bt1)
+        if (cmp.max_rel_intensity > REL_INTENSITY_TOL or cmp.max_position > POSITION_TOL_DEG
+                or [m for m in cmp.missing if m[1] > PRESENCE_FLOOR] or [m for m in cmp.extra if m[1] > PRESENCE_FLOOR]):
+            failures.append(f"{name} (metric misfit {_metric_misfit(c):.1e}): {cmp.summary()}")
+    print(f"{len(near)} symmetrised CIFs whose cell fits the operators only approximately, {len(failures)} differ")
+    assert not failures, "\n".join(failures)
+
+
 # ---- 2. NCrystal hklObjects -----------------------------------------------------------------
 def test_ncrystal_hkl_families(ncrystal_cases, bt1):
     """d-spacings, |F|^2 (1 barn = 100 fm^2) and multiplicities per family, alpha = beta = gamma = 90 only."""
