@@ -218,6 +218,25 @@ def test_cli_writes_cifs_and_settings(tmp_path, capsys):
     assert all((out / f).read_text() == (out2 / f).read_text() for f in files)
 
 
+def test_cli_elements_from_real_structures(tmp_path):
+    src = tmp_path / "real"
+    src.mkdir()
+    pool = ElementPool.from_weights({"Ba": 1.0, "Ti": 1.0, "O": 2.0})
+    for i, sg in enumerate((221, 99)):
+        write_cif(generate_crystal(sg, 1, i, pool=pool, max_species=3), src / f"real{i}.cif")
+    out = tmp_path / "syn"
+    assert main(["synthesize", "--space-groups", "14,62", "--per-group", "3", "--output", str(out),
+                 "--elements-from", str(src)]) == 0
+    meta = json.loads((out / "synthesize.json").read_text())
+    assert meta["element_pool"]["n_structures"] == 2
+    assert set(meta["element_pool"]["weights"]) <= {"Ba", "Ti", "O"}
+    for f in out.glob("*.cif"):
+        st = gemmi.read_small_structure(str(f))
+        assert {s.element.name for s in st.sites} <= {"Ba", "Ti", "O"}
+    assert main(["synthesize", "--per-group", "1", "--output", str(out), "--elements-from",
+                 str(tmp_path / "nothing-here")]) == 2
+
+
 @pytest.mark.parametrize("argv, field", [
     (["--space-groups", "0", "--per-group", "1"], "--space-groups"),
     (["--space-groups", "231", "--per-group", "1"], "--space-groups"),

@@ -47,6 +47,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="root seed (>= 0; default 0)")
     p.add_argument("--max-atoms", type=int, default=None, metavar="N",
                    help="most atoms per conventional cell (default 160)")
+    p.add_argument("--elements-from", nargs="+", metavar="PATH",
+                   help="draw elements with the frequencies found in these structure files, folders or globs "
+                        "(fraction of structures containing each element) instead of the default pool")
     p.add_argument("--verify", action="store_true",
                    help="check every crystal with spglib (symprec 1e-3 A) and redraw the rare one whose "
                         "space group comes out different")
@@ -76,6 +79,10 @@ def run(args) -> int:
         kw["max_atoms"] = args.max_atoms
     if args.verify:
         kw["symprec"] = 1e-3
+    pool_info: object = "default (xtalhpc.synth.elements.DEFAULT_WEIGHTS)"
+    if args.elements_from:
+        pool, pool_info = _pool_from(args.elements_from)
+        kw["pool"] = pool
     config = SynthConfig(**kw)
     too_small = [g for g in groups if min_atoms(g) > config.max_atoms]
     if too_small:
@@ -107,10 +114,37 @@ def run(args) -> int:
         "n_space_groups": len(groups), "per_group": args.per_group, "seed": args.seed, "n_crystals": n,
         "item_rule": "item i: space group = groups[i // per_group], crystal = generate_crystal(sg, seed, i)",
         "config": {f: getattr(config, f) for f in config.__dataclass_fields__ if f != "pool"},
-        "element_pool": "default (xtalhpc.synth.elements.DEFAULT_WEIGHTS)",
+        "element_pool": pool_info,
         "seconds_total": round(elapsed, 3), "seconds_generating": round(t_gen, 3),
     }
     (out / "synthesize.json").write_text(json.dumps(settings, indent=2) + "\n")
     print(f"xtalhpc synthesize: wrote {n} CIF files for {len(groups)} space groups to {out} "
           f"in {elapsed:.1f} s ({n / max(t_gen, 1e-9):.0f} crystals/s generating)", file=sys.stdout)
     return 0
+
+
+def _pool_from(sources):
+    """ElementPool learned from structure files; returns ``(pool, description for synthesize.json)``."""
+    import sys
+
+    from ..errors import InputError, StructureError
+    from ..io import iter_structure_files, read_blocks
+    from ..synth import ElementPool
+
+    crystals = []
+    bad = 0
+    for path in iter_structure_files(sources):
+        for item in read_blocks(path):
+            if isinstance(item, StructureError):
+                bad += 1
+            else:
+                crystals.append(item)
+    if not crystals:
+        raise InputError(f"no readable structure in {list(sources)} ({bad} unreadable)", None, "--elements-from")
+    if bad:
+        print(f"xtalhpc synthesize: skipped {bad} unreadable structure(s) in --elements-from", file=sys.stderr)
+    pool = ElementPool.from_crystals(crystals)
+    info = {"from": [str(s) for s in sources], "n_structures": len(crystals), "n_unreadable": bad,
+            "weights": {e: round(float(w), 6) for e, w in zip(pool.elements, pool.weights)}}
+    return pool, info
+
