@@ -311,6 +311,10 @@ def _sort_slots(counts: np.ndarray) -> np.ndarray:
 def run_packed(p, counts, inst, timings: dict) -> tuple:
     """One packed chunk on the GPU; returns what ``xtalhpc.simulate._run_cpu`` returns.
 
+    Runs on numba's current device (a multi-GPU rank selects its own with
+    ``cuda.select_device`` first). Calls from several threads at once on one device share the
+    pinned buffers and must be serialised by the caller.
+
     Parameters
     ----------
     p : xtalhpc.simulate.PackedBatch
@@ -386,8 +390,10 @@ def run_packed(p, counts, inst, timings: dict) -> tuple:
     d_wl = cuda.to_device(np.asarray(inst.wavelengths, dtype=np.float64), stream=st)
     d_ww = cuda.to_device(np.asarray(inst.wavelength_weights, dtype=np.float64), stream=st)
     st.synchronize()  # the other stream reads these too
-    min_fwhm = MIN_FWHM_STEPS * inst.two_theta_step
-    xray = inst.radiation == "xray"
+    # Scalars as float64 / bool, the types of the compiled (and PTX-tested) signature.
+    prof = tuple(float(v) for v in (inst.two_theta_min, inst.two_theta_step, inst.U, inst.V, inst.W, inst.X, inst.Y,
+                                    inst.zero, inst.profile_cutoff, MIN_FWHM_STEPS * inst.two_theta_step))
+    xray = bool(inst.radiation == "xray")
 
     batches = _split(counts, npts)
     kernel_events: list[tuple[str, object, object]] = []
@@ -445,8 +451,9 @@ def run_packed(p, counts, inst, timings: dict) -> tuple:
 
         def families():
             family_sort_kernel[min(nb, sb), st_, stream](d_loc_off, d_key_off, d_q, d_sq, d_si)
-            family_scan_kernel[scb, sct, stream](d_loc_off, d_key_off, d_hkl, d_q, d_f2, d_mult, d_si, d_used, D_TOL,
-                                                 F2_TOL, ABSENT_TOL, f_hkl, f_q, f_f2, f_mult, f_count)
+            family_scan_kernel[scb, sct, stream](d_loc_off, d_key_off, d_hkl, d_q, d_f2, d_mult, d_si, d_used,
+                                                 float(D_TOL), float(F2_TOL), float(ABSENT_TOL), f_hkl, f_q, f_f2,
+                                                 f_mult, f_count)
             family_offsets_kernel[1, 1, stream](f_count, d_doff)
         timed("families", stream, families)
         d_doff.copy_to_host(pin_doff[s0 + b:s1 + b + 1], stream=stream)
@@ -484,8 +491,7 @@ def run_packed(p, counts, inst, timings: dict) -> tuple:
                                                   g_f2, g_mult)
             rb, rt = _grid(nd, RENDER_BLOCK)
             timed("profiles", stream, lambda: render_kernel[rb, rt, stream](
-                d_doff, g_q, g_f2, g_mult, d_wl, d_ww, inst.two_theta_min, inst.two_theta_step, inst.U, inst.V,
-                inst.W, inst.X, inst.Y, inst.zero, inst.profile_cutoff, min_fwhm, xray, d_pat, g_tt, g_int))
+                d_doff, g_q, g_f2, g_mult, d_wl, d_ww, *prof, xray, d_pat, g_tt, g_int))
             g_hkl.copy_to_host(pin_hkl[r0:r0 + nd], stream=stream)
             g_q.copy_to_host(pin_q[r0:r0 + nd], stream=stream)
             g_f2.copy_to_host(pin_f2[r0:r0 + nd], stream=stream)

@@ -188,6 +188,16 @@ def main(argv=None) -> int:
                 rep["fails"].append("the pipelined run used one batch")
             ok &= not rep["fails"]
             report["cases"].append(rep)
+    if args.scale == "gpu":
+        # The launcher must call each kernel with the signature the PTX test compiles.
+        from xtalhpc_kernels import cuda as ck
+
+        for name, (_, sig) in ck.SIGNATURES.items():
+            kern = getattr(ck, f"{name}_kernel")
+            used = [tuple(k) for k in kern.overloads]
+            if any(u != tuple(sig) for u in used):
+                ok = False
+                report.setdefault("signature_mismatch", {})[name] = [str(u) for u in used]
     report["ok"] = bool(ok)
     print(json.dumps(report))
     return 0 if ok else 1

@@ -37,12 +37,26 @@ def resolve_device(device: str, *, announce: bool = False) -> str:
                           "(numba-cuda installed? driver loaded? CUDA_VISIBLE_DEVICES?); use --device cpu or auto")
     chosen = "cuda" if has else "cpu"
     if announce:
-        print(f"xtalhpc: device auto -> {chosen}", file=sys.stderr)
+        what = f" ({gpu_name()})" if chosen == "cuda" else " (no CUDA GPU visible)"
+        print(f"xtalhpc: device auto -> {chosen}{what}", file=sys.stderr)
     return chosen
 
 
+def gpu_name() -> str:
+    """Name of numba's current CUDA device ("CUDA simulator" under NUMBA_ENABLE_CUDASIM)."""
+    from numba import config, cuda
+
+    if config.ENABLE_CUDASIM:
+        return "CUDA simulator"
+    try:
+        name = cuda.get_current_device().name
+    except Exception:  # a driver that lists a GPU but will not open it: still say what we can
+        return "CUDA device"
+    return name.decode() if isinstance(name, bytes) else str(name)
+
+
 def run_cuda(packed, counts, instrument, timings):
-    """Run one packed chunk on the GPU (see ``kernels/cuda.py``)."""
+    """Run one packed chunk on the GPU (``xtalhpc_kernels.cuda_launch.run_packed``, docs/gpu.md)."""
     try:
         from xtalhpc_kernels.cuda_launch import run_packed
     except ImportError as exc:  # pragma: no cover - present once the CUDA kernels land
