@@ -4,13 +4,14 @@ How the work is cut and shared (DESIGN.md section 5):
 
 * **Items.** The inputs are enumerated deterministically before any work:
   the structure files (sorted by path) and, inside each file, its structure
-  blocks in file order; then the synthetic crystals, if asked for. Each block
-  is one *item* with a global index; a file that cannot be read at all is one
+  blocks in file order (CSV structure lists name files and may give labels);
+  then the synthetic crystals, if asked for. Each block is one *item* with a
+  global index; a file that cannot be read at all is one
   item (rejected). Anything random about item i derives from ``(seed, i)``.
 * **Shards.** Shard s holds items ``[s*K, (s+1)*K)``: shard count and content
   depend on the inputs and the shard size K only, never on the number of ranks.
 * **Scheduling.** Dynamic: rank 0 keeps the queue of shards still to do and
-  answers requests from the other ranks between its own items, so one slow
+  answers requests from the other ranks between its own sub-batches, so one slow
   shard (structure costs differ 1000x) never holds up the rest. Each worker
   asks for its next shard as soon as it starts one, so the answer is waiting
   when it finishes. With one rank it is a plain loop.
@@ -49,9 +50,10 @@ from . import __version__
 from .dataset import schema
 from .errors import InputError, XtalhpcError
 
-#: Default shard size. 256 BT-1 patterns are ~1-3 MB compressed per shard file:
-#: few enough files for parallel file systems, fine-grained enough for dynamic
-#: scheduling of 100k items over tens of ranks.
+#: Default shard size. 256 BT-1 patterns are ~3.5 MB per shard file: few enough
+#: files for parallel file systems (and for the master's Virtual Datasets, which
+#: open every shard), fine-grained enough for dynamic scheduling of 100k items
+#: over tens of ranks.
 DEFAULT_SHARD_SIZE = 256
 #: Environment variable: seconds to sleep after each shard (a test hook to make
 #: runs slow enough to be killed mid-way; never set it in production).
@@ -412,9 +414,10 @@ def get_comm(ranks: int | None):
         comm = MPI.COMM_WORLD
         if n_slurm > 1 and comm.Get_size() == 1:
             raise MPIEnvironmentError(
-                f"Slurm started {n_slurm} tasks (SLURM_PROCID={os.environ.get('SLURM_PROCID')}) but MPI sees a "
-                "world of 1 rank: srun started independent singletons that would all write the same shards. "
-                "Launch with `srun --mpi=pmi2 xtalhpc generate ...` (check `srun --mpi=list`), or run one task.")
+                f"Slurm says this step has {n_slurm} tasks (SLURM_PROCID={os.environ.get('SLURM_PROCID')}) but MPI "
+                "sees a world of 1 rank: srun started independent singletons that would all write the same shards "
+                "(or the command ran inside a multi-task allocation without srun). Launch with "
+                "`srun --mpi=pmi2 xtalhpc generate ...` (`srun --mpi=list` shows the plugins), or use one task.")
         if comm.Get_size() == 1:
             return SerialComm()
         return _MPIComm(comm)
@@ -869,6 +872,12 @@ def run_generate(cfg: GenerateConfig, comm=None, *, log_stream=None, quiet: bool
         try:
             if n_items == 0:
                 raise InputError(f"the sources {list(cfg.sources)} hold no structure file", field="sources")
+            if cfg.synthetic:
+                try:
+                    from .synth import generate_crystal  # noqa: F401
+                except ImportError as exc:
+                    raise InputError(f"--synthetic needs xtalhpc.synth.generate_crystal, not available here ({exc})",
+                                     field="--synthetic") from None
             todo, done = _prepare_output(cfg, digest, record, n_shards, log)
             decision = ("ok", todo)
         except XtalhpcError as exc:

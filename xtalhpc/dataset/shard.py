@@ -83,7 +83,7 @@ def compression_kwargs(compression: str, level: int | None) -> dict:
 
 
 def write_shard(directory: str | Path, data: ShardData, *, config_digest: str,
-                compression: str = "gzip", compression_level: int | None = None) -> Path:
+                compression: str = "none", compression_level: int | None = None) -> Path:
     """Write ``data`` as ``DIR/shards/part-XXXXX.h5`` (via ``.tmp`` and an atomic rename).
 
     Returns the final path. The root attributes ``complete`` (True) and the item
