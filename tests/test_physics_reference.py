@@ -305,6 +305,57 @@ def test_reader_matches_pymatgen_on_cif_sample(cif_sample, bt1):
     assert not failures, "\n".join(failures)
 
 
+#: NCrystal .ncmat files: the reader derives B from the Debye temperature / VDOS itself; NCrystal's
+#: msd gives B within 2.8e-4 relative (GaSe's Se; mass tables and integration grids differ).
+READER_NCMAT_B_TOL = 1e-3
+#: Positions (fractional): the reader symmetrises positions written with 4 digits onto the
+#: operators (beta-quartz O z = .8333 -> 5/6, 3.3e-5); NCrystal keeps the file's numbers.
+READER_NCMAT_POS_TOL = 1e-4
+
+
+def _positions_by_label(labels, frac) -> dict[str, np.ndarray]:
+    out: dict[str, list] = {}
+    for lab, x in zip(labels, np.asarray(frac) % 1.0):
+        out.setdefault(lab, []).append(np.round(x, 6) % 1.0)
+    return {k: np.array(sorted(map(tuple, v))) for k, v in out.items()}
+
+
+def test_ncmat_reader_matches_ncrystal(ncrystal_cases, shared_data):
+    """xtalhpc.io on every crystalline .ncmat vs NCrystal's own Info: cell, atoms per nuclide, positions, B."""
+    io = pytest.importorskip("xtalhpc.io")
+    directory = shared_data / "structures" / "ncrystal" / "data"
+    failures, worst, worst_pos = [], (0.0, ""), (0.0, "")
+    for case in ncrystal_cases:
+        try:
+            c = io.load_structure(directory / f"{case.name}.ncmat")
+        except Exception as exc:  # noqa: BLE001 -- reported as a failure
+            failures.append(f"{case.name}: reader failed: {exc}")
+            continue
+        if np.abs(c.cell - case.cell).max() > READER_CELL_TOL * 1e3:
+            failures.append(f"{case.name}: cell {c.cell.tolist()} vs NCrystal {case.cell.tolist()}")
+            continue
+        ours, theirs = _positions_by_label(c.species, c.frac), _positions_by_label(case.labels, case.frac)
+        if ours.keys() != theirs.keys() or any(ours[k].shape != theirs[k].shape for k in ours):
+            failures.append(f"{case.name}: atoms {({k: len(v) for k, v in ours.items()})} vs NCrystal "
+                            f"{({k: len(v) for k, v in theirs.items()})}")
+            continue
+        shift = max(float(np.abs((ours[k] - theirs[k] + 0.5) % 1.0 - 0.5).max()) for k in ours)
+        worst_pos = max(worst_pos, (shift, case.name))
+        if shift > READER_NCMAT_POS_TOL:
+            failures.append(f"{case.name}: positions differ by up to {shift:.2g} (fractional)")
+            continue
+        for lab in theirs:
+            b_nc = case.b_iso[case.labels.index(lab)]
+            b_io = c.b_iso[list(c.species).index(lab)]
+            rel = abs(b_io - b_nc) / b_nc
+            worst = max(worst, (rel, f"{case.name} {lab}"))
+            if rel > READER_NCMAT_B_TOL:
+                failures.append(f"{case.name} {lab}: B {b_io:.6g} vs NCrystal 8 pi^2 msd {b_nc:.6g} A^2")
+    print(f"xtalhpc.io vs NCrystal on {len(ncrystal_cases)} .ncmat crystals: max rel B difference {worst[0]:.2e} "
+          f"({worst[1]}), max position shift {worst_pos[0]:.2e} ({worst_pos[1]}), {len(failures)} disagreements")
+    assert not failures, "\n".join(failures)
+
+
 # ---- 1c. the symmetry-unique path (Crystal.symmetry) vs the full sum, on the same atoms ------
 #: With operators attached, |F|^2 is computed once per Laue orbit; on a Crystal whose cell fits
 #: the operators exactly this is the same float64 sum reordered (measured 1e-13).
