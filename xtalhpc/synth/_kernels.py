@@ -12,6 +12,25 @@ import numpy as np
 #: Draws of free parameters per try until one is generic (see SynthConfig.generic_tol).
 _GENERIC_DRAWS = 200
 
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+
+
+@numba.njit(cache=True, nogil=True)
+def _uniform(state):
+    """Uniform double in [0, 1) from SplitMix64 (Steele, Lea & Flood 2014); ``state`` is a uint64[1].
+
+    A 64-bit seed per crystal (numba's np.random.seed takes 32 bits, and 2^32
+    seeds would repeat within a few hundred thousand crystals).
+    """
+    state[0] += _GOLDEN
+    z = state[0]
+    z = (z ^ (z >> np.uint64(30))) * _MIX1
+    z = (z ^ (z >> np.uint64(27))) * _MIX2
+    z = z ^ (z >> np.uint64(31))
+    return float(z >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+
 
 @numba.njit(cache=True, nogil=True)
 def fits(frac, n_old, m, rad, r_new, lat, spacing, factor):
@@ -155,7 +174,8 @@ def place(ops, offset, dof, wps, rads, cell, factor, tries, seed, combos, cross,
     ``max_grow`` growth steps in all. Returns the atom count (``cell`` then holds
     the cell used, ``frac`` the coordinates), or -1.
     """
-    np.random.seed(seed)
+    state = np.empty(1, dtype=np.uint64)
+    state[0] = np.uint64(seed)
     f = grow ** (1.0 / 3.0)
     nc = combos.shape[0]
     lat = np.zeros((3, 3))
@@ -195,9 +215,9 @@ def place(ops, offset, dof, wps, rads, cell, factor, tries, seed, combos, cross,
                 # Redraws for genericity do not count as tries: a rejection here says
                 # nothing about the cell being too small.
                 for _ in range(_GENERIC_DRAWS):
-                    p[0] = np.random.random()
-                    p[1] = np.random.random()
-                    p[2] = np.random.random()
+                    p[0] = _uniform(state)
+                    p[1] = _uniform(state)
+                    p[2] = _uniform(state)
                     if dof[w] == 0 or generic(ops, o0, p, combos, active, climit, cross, generic_tol, gstar,
                                               frac, starts, j):
                         break

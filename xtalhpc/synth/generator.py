@@ -196,19 +196,19 @@ def _lattice_matrix(cell: np.ndarray) -> np.ndarray:
 _LOG_HALF = math.log(0.5)
 
 
-def _sample_cell(system: str, volume: float, rng: np.random.Generator) -> np.ndarray:
+def _sample_cell(system: str, volume: float, rng: "_Uniforms") -> np.ndarray:
     """Lattice parameters of ``system`` (standard setting) with the given volume (angstrom^3).
 
     Axis ratios b/a and c/a are log-uniform in [1/2, 2] (c/a in [1/2, 2.5] for
     hexagonal axes); monoclinic beta is uniform in 90-120 degrees; triclinic
     angles are uniform in 60-120 degrees, redrawn while the cell is too flat.
     """
-    u = rng.random(3)
+    u = (rng.u(), rng.u(), rng.u())
     al = be = ga = 90.0
     rb = rc = 1.0
     if system == "triclinic":
         while True:
-            al, be, ga = (60.0 + 60.0 * x for x in rng.random(3))
+            al, be, ga = (rng.between(60.0, 120.0) for _ in range(3))
             ca, cb, cg = math.cos(math.radians(al)), math.cos(math.radians(be)), math.cos(math.radians(ga))
             if 1 - ca * ca - cb * cb - cg * cg + 2 * ca * cb * cg > 0.35:  # away from flat, degenerate shapes
                 break
@@ -232,6 +232,51 @@ def _sample_cell(system: str, volume: float, rng: np.random.Generator) -> np.nda
 # occupation
 
 
+class _Uniforms:
+    """Uniform draws from a NumPy Generator, fetched 32 at a time.
+
+    The occupation takes a few dozen scalar draws; one NumPy call per draw would
+    cost more than everything else it does.
+    """
+
+    __slots__ = ("rng", "buf", "pos")
+
+    def __init__(self, rng: np.random.Generator):
+        self.rng = rng
+        self.buf: list[float] = []
+        self.pos = 0
+
+    def u(self) -> float:
+        if self.pos == len(self.buf):
+            self.buf = self.rng.random(32).tolist()
+            self.pos = 0
+        self.pos += 1
+        return self.buf[self.pos - 1]
+
+    def between(self, lo: float, hi: float) -> float:
+        return lo + (hi - lo) * self.u()
+
+    def below(self, n: int) -> int:
+        return min(int(self.u() * n), n - 1)
+
+    def permutation(self, n: int) -> list[int]:
+        out = list(range(n))
+        for i in range(n - 1, 0, -1):  # Fisher-Yates
+            j = self.below(i + 1)
+            out[i], out[j] = out[j], out[i]
+        return out
+
+    def geometric_half(self) -> int:
+        """Trials until the first success with p = 1/2 (1, 2, ...)."""
+        k = 1
+        while self.u() < 0.5:
+            k += 1
+        return k
+
+    def seed64(self) -> np.uint64:
+        return self.rng.integers(2**63, dtype=np.uint64)
+
+
 def _pick(weights: list[float], u: float) -> int:
     """Index drawn with probability proportional to ``weights`` for a uniform ``u`` in [0, 1)."""
     target = u * sum(weights)
@@ -250,7 +295,7 @@ def _table_lists(space_group: int) -> tuple[list[int], list[int]]:
     return t.multiplicity.tolist(), t.dof.tolist()
 
 
-def _choose_orbits(table: WyckoffTable, max_atoms: int, n_target: int, rng: np.random.Generator) -> list[int]:
+def _choose_orbits(table: WyckoffTable, max_atoms: int, n_target: int, rng: "_Uniforms") -> list[int]:
     """Wyckoff positions (indices into ``table``) to occupy; see the module docstring.
 
     Besides the multiplicity budget and the once-only rule for fixed positions,
@@ -278,13 +323,13 @@ def _choose_orbits(table: WyckoffTable, max_atoms: int, n_target: int, rng: np.r
             if common:
                 # spend the last orbits (or, by chance, earlier ones) on breaking extra translations
                 breaking = [i for i in cand if not common <= extra[i]]
-                if breaking and (k >= n_target - 2 or rng.random() < 0.5):
+                if breaking and (k >= n_target - 2 or rng.u() < 0.5):
                     cand = breaking
             if not cand:
                 break
             # the general position with probability ~1/3 when it is a candidate, else a special one uniformly
             w = [0.5 * (len(cand) - 1) if (i == 0 and len(cand) > 1) else 1.0 for i in cand]
-            i = cand[_pick(w, float(rng.random()))]
+            i = cand[_pick(w, rng.u())]
             chosen.append(i)
             common = extra[i] if common is None else common & extra[i]
             atoms += mult[i]
@@ -363,16 +408,16 @@ def generate_crystal(space_group: int, seed: int, index: int, config: SynthConfi
         raise InputError(f"max_atoms {cfg.max_atoms} is too small for space group {sg}: its smallest Wyckoff "
                          f"occupation with free parameters and exactly the group's translations has {need} atoms",
                          "synthetic crystal", "max_atoms")
-    rng = np.random.default_rng(np.random.SeedSequence([seed, index, sg]))
+    rng = _Uniforms(np.random.default_rng(np.random.SeedSequence([seed, index, sg])))
     place = _compile()
     system = crystal_system(sg)
     for _ in range(cfg.max_attempts):
         wps, sp, volume = _occupation(table, cfg, pool, rng)
-        volume *= rng.uniform(*cfg.volume_factor)
+        volume *= rng.between(*cfg.volume_factor)
         out = _place(table, system, cfg, pool, rng, place, wps, sp, volume)
         if out is None:
             continue
-        b = rng.uniform(*cfg.b_iso_range, size=wps.size)
+        b = [rng.between(*cfg.b_iso_range) for _ in range(wps.size)]
         crystal = _to_crystal(sg, seed, index, table, pool, out, wps, sp, b)
         if cfg.symprec is not None and spglib_number(crystal, cfg.symprec) != sg:
             continue
@@ -434,8 +479,8 @@ def _default_pool() -> ElementPool:
 def _occupation(table, cfg, pool, rng):
     """Orbits (placement order), element index per orbit and the sum of atomic volumes."""
     mult, dof = _table_lists(table.space_group)
-    n_el = min(_pick(_N_SPECIES_P, float(rng.random())) + 1, cfg.max_species, len(pool.elements))
-    n_orb = min(max(2, n_el + int(rng.geometric(0.5)) - 1), _MAX_ORBITS)
+    n_el = min(_pick(_N_SPECIES_P, rng.u()) + 1, cfg.max_species, len(pool.elements))
+    n_orb = min(max(2, n_el + rng.geometric_half() - 1), _MAX_ORBITS)
     orbits = _choose_orbits(table, cfg.max_atoms, n_orb, rng)
     n_orb = len(orbits)
     if n_el == 1 and sum(mult[w] for w in orbits) == 2 and len(pool.elements) > 1:
@@ -447,19 +492,17 @@ def _occupation(table, cfg, pool, rng):
     cum = pool.cumulative_list
     els: list[int] = []
     while len(els) < n_el:
-        e = min(bisect.bisect_right(cum, float(rng.random()) * cum[-1]), len(cum) - 1)
+        e = min(bisect.bisect_right(cum, rng.u() * cum[-1]), len(cum) - 1)
         if e not in els:
             els.append(e)
     # Every element on at least one orbit (when there are enough orbits) ...
-    perm = rng.permutation(n_orb).tolist()
-    extra_el = rng.integers(n_el, size=n_orb).tolist()
     sp = [0] * n_orb
-    for k, j in enumerate(perm):
-        sp[j] = els[k] if k < n_el else els[extra_el[k]]
+    for k, j in enumerate(rng.permutation(n_orb)):
+        sp[j] = els[k] if k < n_el else els[rng.below(n_el)]
     # ... and fixed orbits on distinct elements where possible.
     fixed = [j for j in range(n_orb) if dof[orbits[j]] == 0]
     if 1 < len(fixed) <= n_el:
-        for j, e in zip(fixed, rng.permutation(n_el).tolist()):
+        for j, e in zip(fixed, rng.permutation(n_el)):
             sp[j] = els[e]
     # fixed orbits first (no freedom to adjust), then the largest orbits
     order = sorted(range(n_orb), key=lambda j: (dof[orbits[j]] != 0, -mult[orbits[j]]))
@@ -472,28 +515,28 @@ def _occupation(table, cfg, pool, rng):
 def _place(table, system, cfg, pool, rng, place, wps, sp, volume):
     """Draw a cell of ``volume`` and place the orbits, growing the cell until they fit; None if they never do."""
     cell = _sample_cell(system, volume, rng)
-    n_total = int(table.multiplicity[wps].sum())
+    mult, _ = _table_lists(table.space_group)
+    n_total = sum(mult[w] for w in wps.tolist())
     frac = np.empty((n_total, 3))
     radii = np.empty(n_total)
     n = place(table.ops, table.offset, table.dof, wps, pool.radius[sp], cell, float(cfg.distance_factor),
-              _ORBIT_TRIES, int(rng.integers(2**31 - 1)), *_relations(system), float(cfg.generic_tol), frac,
+              _ORBIT_TRIES, rng.seed64(), *_relations(system), float(cfg.generic_tol), frac,
               radii, _MAX_GROW, _GROW)
     return None if n < 0 else (cell, frac)
 
 
 def _to_crystal(sg, seed, index, table, pool, out, wps, sp, b) -> Crystal:
     cell, frac = out
+    mult, _ = _table_lists(sg)
     species: list[str] = []
-    b_iso = np.empty(frac.shape[0])
-    n = 0
+    b_iso: list[float] = []
     sites = []
-    for w, e, bj in zip(wps.tolist(), sp.tolist(), b.tolist()):
-        m = int(table.multiplicity[w])
+    for w, e, bj in zip(wps.tolist(), sp.tolist(), b):
+        m = mult[w]
         el = pool.elements[e]
-        species.extend([el] * m)
-        b_iso[n:n + m] = bj
-        n += m
-        sites.append(f"{el}:{table.label(w)}")
-    return Crystal(cell=cell, frac=frac, species=tuple(species), occupancy=np.ones(n), b_iso=b_iso,
-                   space_group=sg, source=f"synthetic seed={seed} index={index}", name=f"syn-sg{sg}-{index}",
-                   notes=("wyckoff " + " ".join(sites),))
+        species += [el] * m
+        b_iso += [bj] * m
+        sites.append(f"{el}:{m}{table.letters[w]}")
+    return Crystal(cell=cell, frac=frac, species=tuple(species), occupancy=np.ones(len(species)),
+                   b_iso=np.array(b_iso), space_group=sg, source=f"synthetic seed={seed} index={index}",
+                   name=f"syn-sg{sg}-{index}", notes=("wyckoff " + " ".join(sites),))
