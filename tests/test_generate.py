@@ -358,3 +358,37 @@ def test_csv_structure_list_with_labels(inputs, tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("name,sg\nx.cif,12\n")
     assert cli.main(["generate", str(bad), "--output", str(tmp_path / "ds2")]) == 2
+
+
+MULTI_BLOCK_COD = ("cif_molecule__various-sg-number-sources", "cif2cod__various-sg-number-sources", "Cottone",
+                   "bs5069-estimated-sg", "cif_fillcell__platon-squeeze-void", "aiida_exported", "polymers__1523050",
+                   "1000054")
+
+
+def test_cheap_item_count_agrees_with_the_reader(inputs, shared_data):
+    """Enumeration counts blocks from gemmi's parse only; it must match what the reader returns."""
+    from xtalhpc.generate import count_items, read_file_items
+
+    paths = [str(p) for p in sorted(inputs.iterdir())]
+    paths += [str(shared_data / "structures/cod/cifs" / f"tests__inputs__{n}.cif") for n in MULTI_BLOCK_COD]
+    counts = {p: (count_items(p), len(read_file_items(p))) for p in paths}
+    assert all(a == b for a, b in counts.values()), {p: c for p, c in counts.items() if c[0] != c[1]}
+    assert max(a for a, _ in counts.values()) >= 5  # multi-block files were really exercised
+
+
+def test_block_count_mismatch_rejects_the_whole_file(inputs, tmp_path, monkeypatch):
+    """If the cheap count and the reader ever disagree, the file's items become rejects, never vanish."""
+    import xtalhpc.generate as gen
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("Aluminium.cif", "multi.cif"):
+        shutil.copy(inputs / name, src)
+    real = gen.count_items
+    monkeypatch.setattr(gen, "count_items", lambda p: 3 if p.endswith("multi.cif") else real(p))
+    out = tmp_path / "ds"
+    assert cli.main(["generate", str(src), "--output", str(out), "--quiet"]) == 1
+    with open_dataset(out) as ds:
+        rej = ds.rejects()
+        assert len(ds) == 1 and list(rej["item_index"]) == [1, 2, 3]
+        assert all("enumeration counted 3" in r for r in rej["reason"])
