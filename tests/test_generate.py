@@ -392,3 +392,15 @@ def test_block_count_mismatch_rejects_the_whole_file(inputs, tmp_path, monkeypat
         rej = ds.rejects()
         assert len(ds) == 1 and list(rej["item_index"]) == [1, 2, 3]
         assert all("enumeration counted 3" in r for r in rej["reason"])
+
+
+def test_a_second_run_on_the_same_output_is_refused_while_one_runs(reference, tmp_path, inputs, capsys):
+    import fcntl
+
+    copy = tmp_path / "copy"
+    shutil.copytree(reference, copy)
+    with open(copy / "generate.lock", "a+") as fh:  # stands in for a running generate
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert cli.main(_generate_cmd(inputs, copy)) == 2
+        assert "another `xtalhpc generate` is writing" in capsys.readouterr().err
+    assert cli.main(_generate_cmd(inputs, copy, "--quiet")) == 1  # lock released: resumes (nothing to do)

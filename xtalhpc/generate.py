@@ -65,6 +65,8 @@ POLL_INTERVAL_S = 0.1
 FILE_CACHE = 256
 #: Base items whose labels and group key are remembered per process (see _item_meta).
 META_MEMO = 65536
+#: Lock file held by rank 0 while a run writes the dataset.
+LOCK_NAME = "generate.lock"
 #: Per-run statistics (timings and peak RSS per rank) written beside the dataset.
 RUN_STATS_NAME = "last-run.json"
 #: Environment variables by which MPI launchers announce a world to their ranks.
@@ -809,8 +811,8 @@ def _size(path: str) -> int:
         return -1
 
 
-def _prepare_output(cfg: GenerateConfig, digest: str, record: dict, n_shards: int, log) -> tuple[list[int], list]:
-    """Rank 0: check an existing output against this config, clean leftovers, list shards still to do."""
+def _prepare_output(cfg: GenerateConfig, digest: str, record: dict, n_shards: int, log) -> tuple[list[int], object]:
+    """Rank 0: check an existing output against this config, lock it, clean leftovers, list shards still to do."""
     from .dataset import ShardError, shard_info
 
     out = Path(cfg.output)
@@ -831,6 +833,7 @@ def _prepare_output(cfg: GenerateConfig, digest: str, record: dict, n_shards: in
         raise InputError(f"{out} exists, is not empty and is not an xtalhpc dataset; choose a new --output",
                          str(out))
     (out / schema.SHARD_DIR).mkdir(parents=True, exist_ok=True)
+    lock = _lock_output(out)
     tmp = cfg_path.with_name(cfg_path.name + schema.TMP_SUFFIX)
     tmp.write_text(json.dumps(record, indent=2, default=schema._json_default) + "\n")
     os.replace(tmp, cfg_path)
@@ -851,7 +854,34 @@ def _prepare_output(cfg: GenerateConfig, digest: str, record: dict, n_shards: in
             log(f"recomputing {p.name}: {exc}")
             p.unlink()
             todo.append(s)
-    return todo, done
+    return todo, lock
+
+
+def _lock_output(out: Path):
+    """Hold an exclusive lock on ``OUT/generate.lock`` for the run (rank 0), or refuse.
+
+    Two runs writing the same shards would waste the machine and race on the
+    master file. Returns the open lock file (kept open until the run ends), or
+    None where the file system does not support locks (some network mounts).
+    """
+    import fcntl
+
+    fh = open(out / LOCK_NAME, "a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        who = fh.read().strip()
+        fh.close()
+        raise InputError(f"another `xtalhpc generate` is writing to {out} ({who or 'pid unknown'}); wait for it "
+                         "or choose another --output", str(out / LOCK_NAME)) from None
+    except OSError:
+        return fh  # no lock support here: run without the guard
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"pid {os.getpid()} on {platform.node()}\n")
+    fh.flush()
+    return fh
 
 
 def _diff(a: dict, b: dict) -> list[str]:
@@ -895,6 +925,7 @@ def run_generate(cfg: GenerateConfig, comm=None, *, log_stream=None, quiet: bool
     record["config_digest"] = digest
     record["device"] = cfg.device
     decision = None
+    lock = None
     if comm.rank == 0:
         try:
             if n_items == 0:
@@ -905,7 +936,7 @@ def run_generate(cfg: GenerateConfig, comm=None, *, log_stream=None, quiet: bool
                 except ImportError as exc:
                     raise InputError(f"--synthetic needs xtalhpc.synth.generate_crystal, not available here ({exc})",
                                      field="--synthetic") from None
-            todo, done = _prepare_output(cfg, digest, record, n_shards, log)
+            todo, lock = _prepare_output(cfg, digest, record, n_shards, log)
             decision = ("ok", todo)
         except XtalhpcError as exc:
             decision = ("error", exc)
@@ -1025,6 +1056,8 @@ def run_generate(cfg: GenerateConfig, comm=None, *, log_stream=None, quiet: bool
     # Where the time and memory of this run went (per rank), for benchmarks and post-mortems.
     run_path = Path(cfg.output) / RUN_STATS_NAME
     run_path.write_text(json.dumps(dataclasses.asdict(summary), indent=1, default=schema._json_default) + "\n")
+    if lock is not None:
+        lock.close()  # releases the flock
     return summary
 
 
