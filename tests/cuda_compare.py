@@ -22,12 +22,22 @@ FAMILY_RTOL = 1e-9
 
 
 def _expand(frac: np.ndarray, ops) -> np.ndarray:
-    """Images of the asymmetric unit under (R, t) operators, wrapped into [0, 1)."""
-    return np.concatenate([(frac @ np.asarray(r, float).T + np.asarray(t, float)) % 1.0 for r, t in ops])
+    """Images of the asymmetric unit under (R, t) operators, wrapped into [0, 1), each image
+    of one atom kept once (an atom on a special position has fewer images than operators)."""
+    out = []
+    for x in frac:
+        imgs = np.array([(np.asarray(r, float) @ x + np.asarray(t, float)) % 1.0 for r, t in ops])
+        # Coincident images found on rounded values; the kept ones are exact (rounding them
+        # would break the symmetry at 1e-9 and split families between the backends).
+        key = np.round(imgs, 9) % 1.0
+        _, first = np.unique(key, axis=0, return_index=True)
+        out.append(imgs[np.sort(first)])
+    return out
 
 
 def random_crystals(rng: np.random.Generator, scale: str):
-    """Mixed batch: triclinic (oblique), monoclinic 2-fold, hexagonal 3-fold, cubic F with a 3-fold."""
+    """Mixed batch: triclinic (oblique), monoclinic 2_1, hexagonal 3-fold, cubic F with a 3-fold,
+    cubic Pm-3m."""
     from xtalhpc.crystal import Crystal
 
     elems = ("Fe", "O", "Si", "Mn", "La", "Li", "D", "Ca", "Al", "Ti")
@@ -39,16 +49,17 @@ def random_crystals(rng: np.random.Generator, scale: str):
         species = list(rng.choice(elems, n0))
         occ = np.where(rng.random(n0) < 0.4, rng.uniform(0.2, 1.0, n0), 1.0)  # partial occupancy
         b = rng.uniform(0.0, 1.5, n0)
-        frac = _expand(asym, ops)
-        k = len(ops)
+        images = _expand(asym, ops)
+        k = np.array([len(x) for x in images])
+        frac = np.concatenate(images)
         charge = [int(rng.choice([0, 0, 2, -2])) if s in ("O", "Fe", "Mn", "Ca") else 0 for s in species]
         charge = [(-2 if s == "O" and c else abs(c)) for s, c in zip(species, charge)]
         # With ``attach`` the operations go with the crystal, and both backends compute one
         # reflection per Laue orbit; without, every half-sphere reflection.
         sym = np.array([np.concatenate([np.asarray(r, float), np.asarray(t, float)[:, None]], axis=1)
                         for r, t in ops]) if attach else None
-        return Crystal(cell=cell, frac=frac, species=tuple(species * k), occupancy=np.tile(occ, k),
-                       b_iso=np.tile(b, k), charge=np.tile(charge, k), name=kind + ("+sym" if attach else ""),
+        return Crystal(cell=cell, frac=frac, species=tuple(np.repeat(species, k)), occupancy=np.repeat(occ, k),
+                       b_iso=np.repeat(b, k), charge=np.repeat(charge, k), name=kind + ("+sym" if attach else ""),
                        source=f"random {kind}", symmetry=sym)
 
     ident = (np.eye(3), (0, 0, 0))
@@ -73,6 +84,15 @@ def random_crystals(rng: np.random.Generator, scale: str):
     a = rng.uniform(4.0, 8.0 if big else 4.4)
     out.append(make((a, a, a, 90.0, 90.0, 90.0), rng.random((int(rng.integers(1, 4 if big else 4)), 3)), ops,
                     "cubic-F", attach=True))
+    # Pm-3m (Laue order 48): one atom at the origin (a special position: 1 image), one at a
+    # random general position (48 images); orbits of 6, 8, 12, 24 and 48 reflections.
+    import spglib
+
+    d = spglib.get_symmetry_from_database(517)
+    ops = list(zip(d["rotations"], d["translations"]))
+    a = rng.uniform(3.0, 5.0 if big else 3.4)
+    out.append(make((a, a, a, 90.0, 90.0, 90.0), np.vstack([[0.0, 0.0, 0.0], rng.random((1, 3))]), ops,
+                    "cubic-Pm-3m", attach=True))
     order = rng.permutation(len(out))  # mixed sizes in mixed order
     return [out[i] for i in order]
 

@@ -136,6 +136,38 @@ def test_canonical_l_interval_matches_the_cpu_test():
     assert checked > 10_000
 
 
+def test_device_batches_cover_the_chunk_within_the_memory_budget(monkeypatch, rng):
+    from xtalhpc_kernels import cuda_launch as cl
+
+    free = 8e6
+    monkeypatch.setattr(cl, "_free_device_bytes", lambda: free)
+    budget = cl.MEMORY_FRACTION * free / cl.LIVE_BATCHES
+    npts = 300
+    counts = rng.integers(0, 4000, 200)
+    batches = cl._split(counts, npts)
+    assert batches[0][0] == 0 and batches[-1][1] == len(counts)
+    assert all(a[1] == b[0] and a[0] < a[1] for a, b in zip(batches, batches[1:]))
+    for s0, s1 in batches:
+        need = counts[s0:s1].sum() * cl.BYTES_PER_REFLECTION + (s1 - s0) * (8 * npts + 64)
+        assert need <= budget
+    with pytest.raises(MemoryError, match="MiB"):
+        cl._split(np.array([10, int(budget // cl.BYTES_PER_REFLECTION) + 1]), npts)
+    # A chunk big enough for the pipeline is cut into several batches even with memory to spare.
+    monkeypatch.setattr(cl, "_free_device_bytes", lambda: 80e9)
+    many = np.full(1000, 2000)
+    assert len(cl._split(many, npts)) >= cl.PIPELINE_BATCHES
+
+
+def test_sort_slots_are_powers_of_two():
+    from xtalhpc_kernels.cuda_launch import _sort_slots
+
+    counts = np.array([0, 1, 2, 3, 4, 5, 1023, 1024, 1025, 70000])
+    size = np.diff(_sort_slots(counts))
+    assert size[0] == 0
+    assert np.all(size[1:] >= counts[1:]) and np.all(size[1:] < 2 * np.maximum(counts[1:], 1))
+    assert np.all((size[1:] & (size[1:] - 1)) == 0)
+
+
 @pytest.mark.skipif(HAS_GPU or SIMULATING, reason="a CUDA device (or the simulator) is visible")
 def test_cuda_without_gpu_is_a_clear_error(capsys):
     with pytest.raises(DeviceError, match="no CUDA GPU is visible"):
