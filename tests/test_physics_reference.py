@@ -435,7 +435,7 @@ def test_symmetry_path_equals_full_sum(symmetrised, bt1):
     "operators (and vs pymatgen). Fix: symmetrise the metric too (G <- mean over R of R^T G R) when "
     "operators are attached, so the Crystal is exactly what the fast path assumes. The readers hit "
     "this too: of 906 CIF structures under ../shared/data, xtalhpc.io attaches such operators to 5, "
-    "e.g. tests__inputs__4300056.cif (a = 13.012, b = 13.0115 in P4-type symmetry): peaks shift by up "
+    "e.g. tests__inputs__4300056.cif (a = 13.012, b = 13.0115 with I-42m operators, sg 121): peaks shift by up "
     "to 0.034 deg vs the full sum."))
 def test_symmetry_path_on_cells_that_fit_only_approximately(symmetrised, bt1):
     failures = []
