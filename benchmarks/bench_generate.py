@@ -65,10 +65,11 @@ def select_structures(dest: Path) -> list[dict]:
     return out
 
 
-def run_generate(inputs: Path, out: Path, n: int, ranks: int, shard_size: int, extra=()) -> dict:
+def run_generate(inputs: Path, out: Path, n: int, ranks: int, shard_size: int, extra=(), cycle: bool = True) -> dict:
     env = dict(os.environ, NUMBA_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "xtalhpc.cli", "generate", str(inputs), "--output", str(out),
-           "--cycle-to", str(n), "--shard-size", str(shard_size), "--ranks", str(ranks), "--quiet", *extra]
+           *(["--cycle-to", str(n)] if cycle else []), "--shard-size", str(shard_size), "--ranks", str(ranks),
+           "--quiet", *extra]
     load0 = os.getloadavg()[0]
     t = time.perf_counter()
     r = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -81,7 +82,7 @@ def run_generate(inputs: Path, out: Path, n: int, ranks: int, shard_size: int, e
     sums = stats["times"]["sum"]
     busy = sum(x["compute_wall"] for x in per)
     return {
-        "n": n, "ranks": ranks, "wall_s": wall, "generate_wall_s": stats["wall_s"],
+        "n": stats["n_items"], "ranks": ranks, "wall_s": wall, "generate_wall_s": stats["wall_s"],
         "patterns": stats["n_patterns"], "rejected": stats["n_rejected"],
         "patterns_per_s": stats["n_patterns"] / wall,
         "peak_rss_mb_per_rank": [round(x["peak_rss_kb"] / 1024, 1) for x in per],
@@ -171,7 +172,12 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "bench_generate.json")
     ap.add_argument("--formats-only", action="store_true", help="only the storage-format study (on --n[0])")
     ap.add_argument("--format-patterns", type=int, default=4096)
+    ap.add_argument("--all-real", action="store_true",
+                    help="instead: every structure file under ../shared/data/structures once (distinct files, "
+                         "parse cost included, costs 1000x apart), shard size 32")
     args = ap.parse_args(argv)
+    if args.all_real and args.json == ap.get_default("json"):
+        args.json = args.json.with_name("bench_generate_all_real.json")
 
     if not SHARED.is_dir():
         print(f"shared data {SHARED} absent (set XTALHPC_SHARED_DATA)", file=sys.stderr)
@@ -184,7 +190,18 @@ def main(argv=None) -> int:
     # Warm the Numba cache (not timed).
     run_generate(inputs, args.workdir / "warm", 64, 1, 64)
     results = {"structures": chosen, "runs": [], "formats": [], "cpu_count": os.cpu_count()}
-    if args.formats_only:
+    if args.all_real:
+        results["runs"] = []
+        for r in args.ranks:
+            out = args.workdir / f"all-real-r{r}"
+            res = run_generate(SHARED / "structures", out, 0, r, 32, cycle=False)
+            results["runs"].append(res)
+            print(json.dumps(res), flush=True)
+            print(f"all real structures, {r} rank(s): {res['n']} items = {res['patterns']} patterns + "
+                  f"{res['rejected']} rejected; read {res['read_s']:.1f} s, kernels {res['kernel_s']:.1f} s, "
+                  f"simulate_batch {res['simulate_s']:.1f} s, write {res['write_s']:.1f} s (summed over ranks)")
+            shutil.rmtree(out)
+    elif args.formats_only:
         out = args.workdir / "fmt"
         run_generate(inputs, out, args.n[0], max(args.ranks), args.shard_size)
         results["formats"] = format_study(out, min(args.format_patterns, args.n[0]))
