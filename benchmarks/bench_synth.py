@@ -55,7 +55,9 @@ def bench_synth(per_group: int, seed: int):
     for sg, cs in crystals.items():
         agree[sg] = sum(spglib_number(c, 1e-3) == sg for c in cs) / len(cs)
     t_spglib = time.process_time() - t
-    return rate, atoms, crystals, agree, setup, t_spglib
+    # a looser tolerance finds accidental near-symmetry more easily: reported for information
+    agree_loose = {sg: sum(spglib_number(c, 1e-2) == sg for c in cs) / len(cs) for sg, cs in crystals.items()}
+    return rate, atoms, crystals, agree, agree_loose, setup, t_spglib
 
 
 def bench_pyxtal(crystals, per_group: int, seed: int):
@@ -97,15 +99,15 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="write the raw numbers here")
     a = ap.parse_args(argv)
 
-    import pyxtal
     import spglib
 
     import xtalhpc
 
     wall = time.perf_counter()
-    s_rate, s_atoms, crystals, agree, s_setup, t_spglib = bench_synth(a.per_group, a.seed)
+    s_rate, s_atoms, crystals, agree, agree_loose, s_setup, t_spglib = bench_synth(a.per_group, a.seed)
     p_rate, p_atoms, p_fails, p_setup = bench_pyxtal(crystals, a.pyxtal_per_group, a.seed)
     wall = time.perf_counter() - wall
+    import pyxtal
 
     sub = PYXTAL_GROUPS
     s_sub = np.array([s_rate[g] for g in sub])
@@ -117,6 +119,8 @@ def main(argv=None) -> int:
     n_total = 230 * a.per_group
     frac_all = sum(agree[g] * a.per_group for g in agree) / n_total
     worst = sorted(agree, key=agree.get)[:3]
+    frac_loose = sum(agree_loose[g] * a.per_group for g in agree_loose) / n_total
+    worst_loose = sorted(agree_loose, key=agree_loose.get)[:3]
 
     print(f"# synthetic crystals: xtalhpc.synth vs pyxtal {pyxtal.__version__} "
           f"(CPU s per process, 1 thread; {platform.processor() or platform.machine()}, "
@@ -135,7 +139,10 @@ def main(argv=None) -> int:
     print()
     print(f"xtalhpc.synth: {n_total} crystals ({a.per_group} per group); spglib finds the intended group for "
           f"{frac_all:.2%}; worst groups {[(g, round(agree[g], 3)) for g in worst]}; spglib check "
-          f"{t_spglib / n_total * 1e3:.2f} ms per crystal (not included above)")
+          f"{t_spglib / n_total * 1e3:.2f} ms per crystal (not included above); groups below 99 %: "
+          f"{sum(v < 0.99 for v in agree.values())}")
+    print(f"  at symprec 1e-2: {frac_loose:.2%}; worst groups {[(g, round(agree_loose[g], 3)) for g in worst_loose]}; "
+          f"groups below 99 %: {sum(v < 0.99 for v in agree_loose.values())}")
     print(f"pyxtal: {len(sub)} groups x {a.pyxtal_per_group}; failed calls {sum(p_fails.values())} "
           f"({ {g: f for g, f in p_fails.items() if f} })")
     print(f"one-time costs: xtalhpc tables + kernel {s_setup:.2f} s for 230 groups; pyxtal import {p_setup:.2f} s; "
@@ -147,7 +154,7 @@ def main(argv=None) -> int:
             json.dump({"versions": {"xtalhpc": xtalhpc.__version__, "pyxtal": pyxtal.__version__,
                                     "spglib": spglib.__version__, "numpy": np.__version__},
                        "per_group": a.per_group, "pyxtal_per_group": a.pyxtal_per_group, "seed": a.seed,
-                       "synth_rate": s_rate, "synth_atoms": s_atoms, "spglib_agree": agree,
+                       "synth_rate": s_rate, "synth_atoms": s_atoms, "spglib_agree": agree, "spglib_agree_1e-2": agree_loose,
                        "pyxtal_rate": p_rate, "pyxtal_atoms": p_atoms, "pyxtal_failures": p_fails}, fh, indent=1)
     return 0
 

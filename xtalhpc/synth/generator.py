@@ -66,8 +66,8 @@ class SynthConfig:
     Attributes
     ----------
     max_atoms : int
-        Most atoms in the conventional cell (>= 1). A space group whose
-        smallest orbit with free parameters is larger cannot be generated.
+        Most atoms in the conventional cell (>= 1). Each group needs at least
+        :func:`min_atoms` (1 for P1, 96 for Fm-3c); below that InputError.
     distance_factor : float
         Minimum distance between atoms i and j, as a multiple of the sum of
         their covalent radii (0 < f <= 1.5). 0.75 keeps bonds plausible
