@@ -404,3 +404,29 @@ def test_a_second_run_on_the_same_output_is_refused_while_one_runs(reference, tm
         assert cli.main(_generate_cmd(inputs, copy)) == 2
         assert "another `xtalhpc generate` is writing" in capsys.readouterr().err
     assert cli.main(_generate_cmd(inputs, copy, "--quiet")) == 1  # lock released: resumes (nothing to do)
+
+
+def test_cli_flags_are_frozen():
+    """Changing a flag of generate/info/verify breaks users' sbatch scripts: do it on purpose, here."""
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    flags = {name: sorted(o for a in p._actions for o in a.option_strings)
+             for name, p in sub.choices.items() if name in ("generate", "info", "verify")}
+    assert flags == {
+        "generate": sorted(["-h", "--help", "-o", "--output", "-i", "--instrument", "-n", "--ranks", "-k",
+                            "--shard-size", "--seed", "--device", "--compression", "--compression-level", "--peaks",
+                            "--no-peaks", "--split", "--synthetic", "--per-space-group", "--cycle-to", "-q",
+                            "--quiet"]),
+        "info": sorted(["-h", "--help", "--json", "--top"]),
+        "verify": sorted(["-h", "--help", "--no-checksums"]),
+    }
+
+
+def test_info_json(reference, capsys):
+    import json
+
+    assert cli.main(["info", str(reference), "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["n_items"] == N_ITEMS and s["n_patterns"] == N_GOOD and s["complete"]
+    assert sum(s["crystal_system"].values()) == N_GOOD
+    assert s["instrument"]["name"] == "bt1-cu311" and s["provenance"]["ranks"] == 1
