@@ -52,6 +52,7 @@ class Dataset:
                 a[k] = json.loads(a[k])
         self.attrs = a
         self.two_theta = self._f["entry/data/two_theta"][()]
+        self._offsets = None
         if check:
             problems = self.shard_problems()
             if problems:
@@ -117,10 +118,10 @@ class Dataset:
         """The peak list of pattern ``i`` (two_theta, intensity, d, F2, hkl, multiplicity)."""
         if not self.has_peaks:
             raise ShardError(f"{self.path} stores no peak lists (generated with --no-peaks)")
+        if self._offsets is None:  # read once: n int32 values
+            self._offsets = self.peak_offsets()
         g = self._f["entry/peaks"]
-        counts = g["peak_count"]
-        start = int(np.sum(counts[:i], dtype=np.int64))
-        stop = start + int(counts[i])
+        start, stop = int(self._offsets[i]), int(self._offsets[i + 1])
         return {k: g[k][start:stop] for k in schema.PER_PEAK}
 
     def rejects(self) -> dict[str, np.ndarray]:
