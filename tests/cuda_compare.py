@@ -97,6 +97,21 @@ def random_crystals(rng: np.random.Generator, scale: str):
     return [out[i] for i in order]
 
 
+def bundled_crystals():
+    """The demo structures shipped in xtalhpc/data/structures (real CIFs with their symmetry)."""
+    import warnings
+    from pathlib import Path
+
+    from xtalhpc.io import read_structures
+
+    out = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for f in sorted((Path(__file__).resolve().parents[1] / "xtalhpc" / "data" / "structures").glob("*.cif")):
+            out += read_structures(f)
+    return out
+
+
 def instruments(scale: str):
     from xtalhpc.instruments import Instrument, get_instrument
 
@@ -183,8 +198,11 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(args.seed)
     report = {"seed": args.seed, "scale": args.scale, "cases": []}
     ok = True
-    for inst in instruments(args.scale):
-        crystals = random_crystals(rng, args.scale)
+    # Random batches on each instrument, then the bundled real structures (CIF symmetry,
+    # up to 192 operators) on the first.
+    insts = instruments(args.scale)
+    cases = [(inst, random_crystals(rng, args.scale)) for inst in insts] + [(insts[0], bundled_crystals())]
+    for inst, crystals in cases:
         cpu = simulate_batch(crystals, inst, device="cpu")
         laue_path = sum(c.symmetry is not None and len(laue_rotations(c.symmetry)) >= MIN_LAUE_ORDER
                         for c in crystals)
