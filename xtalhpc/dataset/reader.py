@@ -120,6 +120,8 @@ class Dataset:
             raise ShardError(f"{self.path} stores no peak lists (generated with --no-peaks)")
         if self._offsets is None:  # read once: n int32 values
             self._offsets = self.peak_offsets()
+        if not 0 <= i < len(self._offsets) - 1:
+            raise IndexError(f"pattern {i} out of range 0..{len(self._offsets) - 2}")
         g = self._f["entry/peaks"]
         start, stop = int(self._offsets[i]), int(self._offsets[i + 1])
         return {k: g[k][start:stop] for k in schema.PER_PEAK}
