@@ -1,31 +1,36 @@
-"""CUDA kernels: |F|^2 over reflections x atoms and profile rendering, for a ragged batch.
+"""CUDA kernels: |F|^2 over reflections x atoms, reflection families and profile rendering,
+for a ragged batch of structures.
 
 The kernels call the scalar functions of ``kernels/physics.py`` (``inv_d2``,
 ``scattering_amplitude``, ``debye_waller``, ``bragg_theta``, ``lorentz_factor``,
-``peak_fwhm``, ``pseudo_voigt_parts``, ``window_area``, ``cpu.canonical_stabiliser``): numba-cuda compiles an ``njit`` function
-for the device when a kernel calls it, so each formula has one definition for
-both targets. Host-side work (column enumeration, families, batching, streams)
-lives in ``cuda_launch.py``; nothing here allocates on the host, reads files or logs.
+``peak_fwhm``, ``pseudo_voigt_parts``, ``window_area``) and ``cpu.canonical_stabiliser``:
+numba-cuda compiles an ``njit`` function for the device when a kernel calls it, so each
+formula has one definition for both targets. Host-side work (column enumeration,
+batching, streams, pinned buffers) lives in ``cuda_launch.py``; nothing here allocates
+on the host, reads files or logs. docs/gpu.md has the design and the throughput model.
 
 Work decomposition
 ------------------
 |F|^2: the CPU enumerates the reflections of a structure column by column, an
-(h, k) column being the run of l with 0 < Q <= Q_max, and walks the phase
+(h, k) column being the run of l it computes, and walks the phase
 exp(2 pi i l z) along l by one complex multiply per step. On the GPU a *work
 item* is a block of ``L_BLOCK`` consecutive l of one column: the thread takes
 one sincos per atom for the first l of its block and the recurrence for the
 rest, so sincos is amortised over ``L_BLOCK`` reflections while every thread
 stays independent (no dynamic per-thread arrays). Columns are enumerated on
-the host (``cuda_launch.enumerate_columns``): a few hundred per structure,
-24 bytes each, and they fix each reflection's output row, which is the same
-row the CPU writes (same h, k, l order), so the CPU's family code reads
-either backend's output alike.
+the host (``cuda_launch.enumerate_columns``: tens to hundreds per structure,
+28 bytes each); they fix each reflection's output row, the row the CPU writes.
 
-Profiles: one thread per reflection family (the first family of each group
-of equal d renders the summed peak, as the CPU does), a serial walk over the
-on-grid part of its window, scaled by the profile's analytic area over the
-window (``physics.window_area``), and ``atomic.add`` into the pattern row:
-neighbouring peaks overlap only over a few points, so contention is low.
+Families: per structure a bitonic sort by Q (one block per structure), then one
+thread per structure groups the sorted reflections by the rules of
+``cpu.reflection_families``; dense offsets and a compaction pass make the dense
+family rows the renderer and the copy back read.
+
+Profiles: one thread per family (the first family of each group of equal d
+renders the summed peak, as the CPU does), a serial walk over the on-grid part
+of its window, scaled by the profile's analytic area over the window
+(``physics.window_area``), and ``atomic.add`` into the pattern row: neighbouring
+peaks overlap only over a few points, so contention is low.
 
 Everything is float64 (see docs/gpu.md): families are formed by comparing
 |F|^2 to a relative 1e-6, which float32 sums over hundreds of atoms do not
@@ -35,9 +40,7 @@ from __future__ import annotations
 
 import math
 
-from numba import cuda, float64, int8, int32, int64, njit, types
-
-from numba import config
+from numba import config, cuda, float64, int8, int32, int64, njit, types
 
 from . import cpu, physics
 from .cpu import MIN_LAUE_ORDER
@@ -68,8 +71,9 @@ canonical_stabiliser = _device_fn(cpu.canonical_stabiliser)
 TWO_PI = 2.0 * math.pi
 RAD2DEG = 180.0 / math.pi
 #: Reflections along l handled by one thread: one sincos per atom per block, then the
-#: phase recurrence (one complex multiply per reflection per atom). 8 keeps the four
-#: per-thread accumulator arrays (64 doubles) in registers on sm_80/sm_90.
+#: phase recurrence (one complex multiply per reflection per atom). With 8, the sm_90 PTX
+#: keeps the running sums in registers through the atom loop (the four 8-double arrays
+#: touch local memory only once per scattering type).
 L_BLOCK = 8
 
 

@@ -50,7 +50,8 @@ LIVE_BATCHES = 3
 #: table (<= 28); rounded up.
 BYTES_PER_REFLECTION = 170
 #: A chunk is split into at least this many batches (when big enough) so that the host's
-#: family grouping of one batch overlaps the device's |F|^2 of the next.
+#: wait for one batch's family offsets, and that batch's copy back, overlap the device's
+#: work on the next.
 PIPELINE_BATCHES = 4
 #: ... but a batch below this many reflections is not worth a launch of its own.
 MIN_BATCH_REFLECTIONS = 1 << 17
