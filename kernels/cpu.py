@@ -348,6 +348,7 @@ def _families_one(s, e, hkl, q, f2, mult, d_tol, f2_tol, absent_tol, fam_hkl, fa
             ja = s + order[a]
             fa = f2[ja]
             m = 0
+            f2sum = 0.0
             bh, bk, bl = hkl[ja, 0], hkl[ja, 1], hkl[ja, 2]
             for b in range(a, g1):
                 if used[b]:
@@ -356,6 +357,7 @@ def _families_one(s, e, hkl, q, f2, mult, d_tol, f2_tol, absent_tol, fam_hkl, fa
                 if abs(f2[jb] - fa) <= f2_tol * max(fa, f2[jb]) + 1e-300 + floor * 1e-3:
                     used[b] = True
                     m += mult[jb]
+                    f2sum += mult[jb] * f2[jb]
                     h2, k2, l2 = hkl[jb, 0], hkl[jb, 1], hkl[jb, 2]
                     # Representative: the member with the fewest negative indices, then largest h, k, l.
                     nb = (h2 < 0) + (k2 < 0) + (l2 < 0)
@@ -368,7 +370,8 @@ def _families_one(s, e, hkl, q, f2, mult, d_tol, f2_tol, absent_tol, fam_hkl, fa
                 fam_hkl[o, 1] = bk
                 fam_hkl[o, 2] = bl
                 fam_q[o] = qg
-                fam_f2[o] = fa
+                # the members' mean |F|^2, so m * F2 is their exact sum whatever F2_TOL merged
+                fam_f2[o] = f2sum / m
                 fam_mult[o] = m
                 nf += 1
         g0 = g1

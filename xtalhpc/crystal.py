@@ -351,7 +351,15 @@ def symmetrize(c: "Crystal", symmetry, tol: float = 1e-3) -> "Crystal":
         delta = c.frac[k] - x
         delta -= np.round(delta)
         acc += delta @ np.linalg.inv(r).T
-    return c.replace(frac=c.frac + acc / len(ops), symmetry=ops)
+    # The metric too: G <- mean of R^T G R, so symmetry-equivalent reflections have exactly
+    # equal d (a CIF cell rounded to 1e-4 would otherwise split them by ~1e-3 deg).
+    g = cell_metric(c.cell)
+    rot = ops[:, :, :3]
+    gs = np.einsum("mji,jk,mkl->il", rot, g, rot) / len(ops)
+    ln = np.sqrt(np.diag(gs))
+    cosines = (gs[1, 2] / (ln[1] * ln[2]), gs[0, 2] / (ln[0] * ln[2]), gs[0, 1] / (ln[0] * ln[1]))
+    cell = np.concatenate([ln, np.degrees(np.arccos(np.clip(cosines, -1.0, 1.0)))])
+    return c.replace(cell=cell, frac=c.frac + acc / len(ops), symmetry=ops)
 
 
 def with_symmetry(c: "Crystal", symmetry, tol_angstrom: float = 0.1, what: str = "operators") -> "Crystal":
