@@ -199,6 +199,28 @@ def test_cif_rereads_to_the_same_cell_and_atoms(tmp_path, sg):
     assert f"_symmetry_Int_Tables_number {sg}" in path.read_text()
 
 
+def test_cif_reads_back_with_the_project_reader(tmp_path):
+    from xtalhpc.io import read_structures
+
+    for sg in (14, 166, 227):
+        c = generate_crystal(sg, 3, 1)
+        r = read_structures(write_cif(c, tmp_path / f"{c.name}.cif"))[0]
+        assert r.space_group == sg and r.n_atoms == c.n_atoms
+        assert np.allclose(r.cell, c.cell) and sorted(r.species) == sorted(c.species)
+        d = r.frac[:, None, :] - c.frac[None, :, :]
+        d -= np.round(d)
+        assert np.abs(d).max(-1).min(1).max() < 1e-7
+
+
+def test_missing_pyxtal_tables_is_a_clear_error(monkeypatch):
+    import xtalhpc.synth.wyckoff as w
+    from xtalhpc.errors import XtalhpcError
+
+    monkeypatch.setattr(w.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(XtalhpcError, match="pyxtal"):
+        w._table_path()
+
+
 # ---- CLI --------------------------------------------------------------------------
 
 def test_cli_writes_cifs_and_settings(tmp_path, capsys):
