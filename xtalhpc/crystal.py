@@ -14,7 +14,7 @@ import math
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from functools import reduce
+from functools import lru_cache, reduce
 
 import numpy as np
 
@@ -398,12 +398,38 @@ def find_symmetry(c: "Crystal", symprec: float = 1e-3) -> "Crystal":
     return out
 
 
+_POW3 = 3 ** np.arange(9)
+
+
 def laue_rotations(symmetry: np.ndarray) -> np.ndarray:
+    """See :func:`_laue_rotations`; cached by the operators' bytes, since a dataset repeats
+    the same few hundred space-group settings over millions of structures."""
+    ops = np.ascontiguousarray(symmetry, dtype=np.float64)
+    return _laue_cached(ops.tobytes(), ops.shape[0])
+
+
+@lru_cache(maxsize=4096)
+def _laue_cached(key: bytes, m: int) -> np.ndarray:
+    out = _laue_rotations(np.frombuffer(key, dtype=np.float64).reshape(m, 3, 4))
+    out.flags.writeable = False
+    return out
+
+
+def _laue_rotations(symmetry: np.ndarray) -> np.ndarray:
     """Distinct rotations of the Laue group (point group plus inversion) acting on row
-    vectors of Miller indices: h' = h R, with R the transposed-free form of x' = R x."""
-    rot = np.round(np.asarray(symmetry)[:, :, :3]).astype(np.int64)
+    vectors of Miller indices: h' = h R, with R the rotation of x' = R x + t.
+
+    Rotations of a conventional cell have entries in {-1, 0, 1} (hexagonal ones too), so
+    each is a 9-digit base-3 number and the distinct ones are found by a 1-D unique (fast:
+    this runs for every structure a batch packs). Other entries fall back to a 2-D unique.
+    """
+    rot = np.round(np.asarray(symmetry)[:, :, :3]).astype(np.int64).reshape(-1, 9)
     allr = np.concatenate([rot, -rot])
-    return np.unique(allr.reshape(len(allr), 9), axis=0).reshape(-1, 3, 3)
+    if np.abs(allr).max() <= 1:
+        codes = np.unique((allr + 1) @ _POW3)
+        digits = (codes[:, None] // _POW3) % 3 - 1
+        return digits.reshape(-1, 3, 3)
+    return np.unique(allr, axis=0).reshape(-1, 3, 3)
 
 
 def reduced_formula(counts: dict[str, float]) -> str:
