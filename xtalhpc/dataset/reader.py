@@ -53,6 +53,7 @@ class Dataset:
         self.attrs = a
         self.two_theta = self._f["entry/data/two_theta"][()]
         self._offsets = None
+        self._bounds: dict[str, np.ndarray] = {}
         if check:
             problems = self.shard_problems()
             if problems:
@@ -88,18 +89,68 @@ class Dataset:
 
     @property
     def patterns(self):
-        """The (n, n_points) float32 pattern dataset (an h5py Dataset; slice it)."""
+        """The (n, n_points) float32 pattern dataset (an h5py Dataset; slice it).
+
+        A slice spanning more shards than the process can open files reads fill
+        values (NaN) silently, and the object keeps every shard it touched open;
+        :meth:`read` splits, re-opens and checks for you.
+        """
         return self._f["entry/data/pattern"]
 
     def __getitem__(self, name: str):
         return self._f[_where(name)]
 
-    def read(self, name: str) -> np.ndarray:
-        """A whole per-pattern array by name (strings decoded to str)."""
-        arr = self._f[_where(name)][()]
+    def read(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Rows ``[start, stop)`` of a per-pattern (or ``peaks/*``) array by name; strings decoded.
+
+        Reads through the Virtual Dataset at most :data:`MAX_SHARDS_PER_READ`
+        shards at a time, each block through a freshly opened dataset, and
+        raises :class:`ShardError` on any fill value: when HDF5 cannot open a
+        source file (e.g. one h5py read spanning 2000 shards under ``ulimit -n
+        1024``, measured) it returns fill values *without an error*, and an h5py
+        Dataset object keeps every shard it has read from open until it is closed.
+        """
+        path = _where(name)
+        # No handle may stay open across the blocks: HDF5 shares one list of open
+        # source files among all open handles of a VDS and closes it with the last.
+        n = self._f[path].shape[0]
+        stop = n if stop is None else min(stop, n)
+        per_peak = name.startswith("peaks/")
+        bounds = self._row_bounds(per_peak)
+        span = _shards_per_read()
+        parts = []
+        a = start
+        while a < stop:
+            j = int(np.searchsorted(bounds, a, side="right"))  # first shard boundary after a
+            b = min(stop, int(bounds[min(len(bounds) - 1, j - 1 + span)]))
+            b = max(b, a + 1)
+            # A fresh handle per block, dropped right after: HDF5 keeps every source
+            # file a VDS has touched open until its last handle closes.
+            parts.append(self._f[path][a:b])
+            a = b
+        arr = np.concatenate(parts) if parts else self._f[path][start:stop]
+        short = name.split("/", 1)[1] if per_peak else name
+        fill = (schema.PER_PEAK if per_peak else {"pattern": (np.float32, (), np.nan), **schema.PER_PATTERN})[short][2]
         if arr.dtype == object:
             arr = np.array([s.decode("utf-8") for s in arr], dtype=object)
+            bad = np.flatnonzero(arr == "")
+        elif fill is not None and isinstance(fill, float) and np.isnan(fill):
+            bad = np.flatnonzero(np.isnan(arr.reshape(len(arr), -1)).any(axis=1))
+        else:
+            bad = np.flatnonzero((arr.reshape(len(arr), -1) == fill).any(axis=1))
+        if bad.size:
+            raise ShardError(f"{self.path}: {name} rows {start + int(bad[0])}.. read as the VDS fill value: a shard "
+                             "is missing or could not be opened (too many open files? see `ulimit -n`)")
         return arr
+
+    def _row_bounds(self, per_peak: bool) -> np.ndarray:
+        """Row offsets where each shard's rows begin (and the end), for patterns or peak rows."""
+        key = "peaks" if per_peak else "patterns"
+        if key not in self._bounds:
+            t = self._f["entry/shards"]
+            counts = t["n_peaks" if per_peak else "n_patterns"][()]
+            self._bounds[key] = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        return self._bounds[key]
 
     def labels(self, name: str) -> np.ndarray:
         """String labels for ``crystal_system``, ``bravais_lattice`` or ``split``."""
@@ -135,12 +186,12 @@ class Dataset:
 
     def read_all(self) -> dict[str, np.ndarray]:
         """Every per-pattern array plus ``pattern`` (and ``peaks/*``) in memory: small datasets and tests only."""
-        out = {"pattern": self.patterns[()]}
+        out = {"pattern": self.read("pattern")}
         for name in schema.PER_PATTERN:
             out[name] = self.read(name)
         if self.has_peaks:
             for name in schema.PER_PEAK:
-                out[f"peaks/{name}"] = self._f[f"entry/peaks/{name}"][()]
+                out[f"peaks/{name}"] = self.read(f"peaks/{name}")
         return out
 
     def close(self) -> None:
@@ -151,6 +202,21 @@ class Dataset:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+#: Most shards one h5py read through a Virtual Dataset may span (see Dataset.read).
+MAX_SHARDS_PER_READ = 64
+
+
+def _shards_per_read() -> int:
+    """Shards per VDS read: :data:`MAX_SHARDS_PER_READ`, fewer under a low open-file limit."""
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return MAX_SHARDS_PER_READ
+    # keep half of what is left after the interpreter's own files (~40) for HDF5
+    return max(1, min(MAX_SHARDS_PER_READ, (soft - 40) // 2))
 
 
 def _where(name: str) -> str:
