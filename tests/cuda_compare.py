@@ -71,7 +71,8 @@ def random_crystals(rng: np.random.Generator, scale: str):
     two_b = (np.diag([-1.0, 1.0, -1.0]), (0, 0.5, 0))  # 2_1 along b: equal |F|^2 for (h k l), (-h k -l)
     lim = (4.0, 8.0) if big else (3.0, 4.0)
     cell = (*rng.uniform(*lim, 3), 90.0, rng.uniform(95, 118), 90.0)
-    out.append(make(cell, rng.random((int(rng.integers(1, 8 if big else 3)), 3)), [ident, two_b], "monoclinic", attach=True))
+    out.append(make(cell, rng.random((int(rng.integers(1, 8 if big else 3)), 3)), [ident, two_b], "monoclinic",
+                    attach=True))
     r3 = np.array([[0, -1, 0], [1, -1, 0], [0, 0, 1]], float)
     a = rng.uniform(3.0, 6.0 if big else 3.6)
     cell = (a, a, rng.uniform(3.0, 7.0 if big else 4.0), 90.0, 90.0, 120.0)
