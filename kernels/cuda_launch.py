@@ -21,13 +21,14 @@ on one of two streams:
 5. host: places them in the CPU path's layout (families of structure i at
    refl_off[i]:refl_off[i] + fam_count[i]).
 
-Why families on the device: on the host, ``cpu.reflection_families`` costs ~0.2 us per
-reflection per core (~0.5 ms for the median structure, measured), which would bound a
-16-core host at ~30,000 patterns/s, and it needs every reflection copied down (32 bytes
-each, 70% of the PCIe bytes). On the device it is a per-structure sort plus a serial scan
-that many structures run side by side. The scan repeats the CPU's rules line by line (it
-is logic, not a physics formula: there is nothing in physics.py to share); the tests
-check that both backends give the same families.
+Why families on the device: on the host, ``cpu.reflection_families`` costs ~75-140 us per
+pattern per core (mean over spglib's test set, measured; 0.1-0.2 us per reflection), more
+than all the other host work of this path together, and it needs every reflection copied
+down (32 bytes each: 29 kB for the mean pattern, more than the pattern itself). On the
+device it is a per-structure sort plus a serial scan that many structures run side by
+side. The scan repeats the CPU's rules line by line (logic, not a physics formula: there
+is nothing in physics.py to share); the tests check that both backends give the same
+families.
 """
 from __future__ import annotations
 
