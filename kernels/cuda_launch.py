@@ -23,7 +23,7 @@ on one of two streams:
 
 Why families on the device: on the host, ``cpu.reflection_families`` costs ~75-140 us per
 pattern per core (mean over spglib's test set, measured; 0.1-0.2 us per reflection), more
-than all the other host work of this path together, and it needs every reflection copied
+as much as all the other host work of this path together, and it needs every reflection copied
 down (32 bytes each: 29 kB for the mean pattern, more than the pattern itself). On the
 device it is a per-structure sort plus a serial scan that many structures run side by
 side. The scan repeats the CPU's rules line by line (logic, not a physics formula: there
