@@ -212,13 +212,26 @@ def test_cif_reads_back_with_the_project_reader(tmp_path):
         assert np.abs(d).max(-1).min(1).max() < 1e-7
 
 
-def test_missing_pyxtal_tables_is_a_clear_error(monkeypatch):
-    import xtalhpc.synth.wyckoff as w
-    from xtalhpc.errors import XtalhpcError
+def test_bundled_table_matches_pyxtal_and_needs_no_pyxtal():
+    """The shipped gzip of pyxtal's wyckoff_list.csv is the file pyxtal installs (when it is
+    installed), and reading it does not import pyxtal."""
+    import gzip
+    import importlib.util
+    import sys
 
-    monkeypatch.setattr(w.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(XtalhpcError, match="pyxtal"):
-        w._table_path()
+    import xtalhpc.synth.wyckoff as w
+
+    assert w._table_path().name == "wyckoff_list.csv.gz"
+    spec = importlib.util.find_spec("pyxtal")
+    if spec is not None:
+        from pathlib import Path
+
+        src = Path(list(spec.submodule_search_locations)[0]) / "database" / "wyckoff_list.csv"
+        assert gzip.open(w._table_path(), "rt").read() == src.read_text()
+    w._raw_tables.cache_clear()
+    before = "pyxtal" in sys.modules
+    assert len(w._raw_tables()) == 230
+    assert ("pyxtal" in sys.modules) == before
 
 
 # ---- CLI --------------------------------------------------------------------------

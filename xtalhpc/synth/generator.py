@@ -539,4 +539,7 @@ def _to_crystal(sg, seed, index, table, pool, out, wps, sp, b) -> Crystal:
         sites.append(f"{el}:{m}{table.letters[w]}")
     return Crystal(cell=cell, frac=frac, species=tuple(species), occupancy=np.ones(len(species)),
                    b_iso=np.array(b_iso), space_group=sg, source=f"synthetic seed={seed} index={index}",
-                   name=f"syn-sg{sg}-{index}", notes=("wyckoff " + " ".join(sites),))
+                   name=f"syn-sg{sg}-{index}", notes=("wyckoff " + " ".join(sites),),
+                   # the general position's maps are the group's operations; every atom was
+                   # placed as an image under them, so the simulator may use Laue orbits
+                   symmetry=table.ops[:int(mult[0])])

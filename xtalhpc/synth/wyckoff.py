@@ -1,6 +1,7 @@
 """Wyckoff-position tables of the 230 space groups as NumPy arrays.
 
-The tables come from pyxtal's ``database/wyckoff_list.csv`` (MIT licence): for
+The tables come from pyxtal's ``database/wyckoff_list.csv`` (MIT licence), bundled as
+``xtalhpc/data/wyckoff_list.csv.gz``: for
 every space group in its standard setting (International Tables, unique axis b
 for monoclinic groups, origin choice 2 where there are two, hexagonal axes for
 the rhombohedral groups) the list of Wyckoff positions, general position first,
@@ -11,12 +12,11 @@ Each triplet is parsed once into a 3x4 affine matrix ``[A | t]``; the points of
 a Wyckoff orbit are then ``A @ p + t`` for a parameter vector ``p`` (only the
 free components of ``p`` matter). Tables are built on first use per space group
 and cached; nothing is read at import time. The file is located without
-importing pyxtal itself (its import costs seconds).
+importing pyxtal, which is not needed at all.
 """
 from __future__ import annotations
 
 import ast
-import importlib.util
 import re
 from dataclasses import dataclass
 from fractions import Fraction
@@ -105,14 +105,12 @@ def parse_triplet(triplet: str) -> np.ndarray:
 
 
 def _table_path() -> Path:
-    spec = importlib.util.find_spec("pyxtal")
-    if spec is None or not spec.submodule_search_locations:
-        raise XtalhpcError(
-            "synthetic crystals need pyxtal's Wyckoff tables (pyxtal/database/wyckoff_list.csv); "
-            "install pyxtal>=1.0 (pip install 'xtalhpc[test]' or pip install pyxtal)")
-    path = Path(list(spec.submodule_search_locations)[0]) / "database" / "wyckoff_list.csv"
+    """The bundled copy of pyxtal's Wyckoff table (xtalhpc/data/PROVENANCE.txt)."""
+    from importlib import resources
+
+    path = Path(str(resources.files("xtalhpc") / "data" / "wyckoff_list.csv.gz"))
     if not path.is_file():
-        raise XtalhpcError(f"pyxtal is installed but its Wyckoff table {path} is missing")
+        raise XtalhpcError(f"the bundled Wyckoff table {path} is missing (broken install?)")
     return path
 
 
@@ -122,7 +120,9 @@ def _raw_tables() -> dict[int, list[list[str]]]:
     import csv
 
     out: dict[int, list[list[str]]] = {}
-    with open(_table_path(), newline="") as fh:
+    import gzip
+
+    with gzip.open(_table_path(), "rt", newline="") as fh:
         for row in csv.reader(fh):
             if len(row) < 2 or not row[0].strip().isdigit() or not row[1].strip():
                 continue
