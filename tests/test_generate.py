@@ -416,7 +416,7 @@ def test_cli_flags_are_frozen():
         "generate": sorted(["-h", "--help", "-o", "--output", "-i", "--instrument", "-n", "--ranks", "-k",
                             "--shard-size", "--seed", "--device", "--compression", "--compression-level", "--peaks",
                             "--no-peaks", "--split", "--synthetic", "--per-space-group", "--cycle-to", "-q",
-                            "--quiet"]),
+                            "--quiet", "--radiation"]),
         "info": sorted(["-h", "--help", "--json", "--top"]),
         "verify": sorted(["-h", "--help", "--no-checksums"]),
     }
@@ -430,3 +430,17 @@ def test_info_json(reference, capsys):
     assert s["n_items"] == N_ITEMS and s["n_patterns"] == N_GOOD and s["complete"]
     assert sum(s["crystal_system"].values()) == N_GOOD
     assert s["instrument"]["name"] == "bt1-cu311" and s["provenance"]["ranks"] == 1
+
+
+def test_radiation_override_is_recorded_and_changes_the_patterns(inputs, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(inputs / "Aluminium.cif", src)
+    outs = {}
+    for rad in ("neutron", "xray"):
+        outs[rad] = tmp_path / rad
+        assert cli.main(["generate", str(src), "--output", str(outs[rad]), "--radiation", rad, "--quiet"]) == 0
+    with open_dataset(outs["neutron"]) as n, open_dataset(outs["xray"]) as x:
+        assert (n.attrs["radiation"], x.attrs["radiation"]) == ("neutron", "xray")
+        assert x.attrs["instrument"]["radiation"] == "xray"
+        assert not np.array_equal(n.patterns[0], x.patterns[0])

@@ -116,6 +116,8 @@ class GenerateConfig:
     cycle_to : int or None
         Reuse the enumerated inputs cyclically until there are this many items
         (benchmarks; every repeat is a separate item with its own index).
+    radiation : {"neutron", "xray"} or None
+        Override the instrument's radiation (None keeps it).
     """
 
     sources: tuple[str, ...]
@@ -131,6 +133,7 @@ class GenerateConfig:
     synthetic: int = 0
     per_space_group: bool = False
     cycle_to: int | None = None
+    radiation: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sources", tuple(str(s) for s in self.sources))
@@ -155,6 +158,10 @@ class GenerateConfig:
             object.__setattr__(self, "split", fr)
         if self.synthetic < 0:
             raise InputError(f"--synthetic {self.synthetic} must be >= 0", field="--synthetic")
+        if self.radiation is not None:
+            from .scattering import check_radiation
+
+            object.__setattr__(self, "radiation", check_radiation(self.radiation, "--radiation"))
         if self.cycle_to is not None and self.cycle_to < 1:
             raise InputError(f"--cycle-to {self.cycle_to} must be >= 1", field="--cycle-to")
 
@@ -895,7 +902,6 @@ def run_generate(cfg: GenerateConfig, comm=None, *, log_stream=None, quiet: bool
     Every rank calls this; rank 0 returns the :class:`RunSummary`, the others None.
     """
     from .dataset import build_master, shard_info, write_shard
-    from .instruments import get_instrument
 
     comm = comm or SerialComm()
     stream = log_stream or sys.stderr
@@ -906,7 +912,7 @@ def run_generate(cfg: GenerateConfig, comm=None, *, log_stream=None, quiet: bool
             stream.flush()
 
     t_start = time.perf_counter()
-    instrument = get_instrument(cfg.instrument)
+    instrument = resolve_instrument(cfg)
     throttle = float(os.environ.get(THROTTLE_ENV, "0") or 0)
 
     # Enumerate inputs, then decide (rank 0) what is left to do; errors are broadcast so all ranks stop.
@@ -1061,6 +1067,16 @@ def run_generate(cfg: GenerateConfig, comm=None, *, log_stream=None, quiet: bool
     return summary
 
 
+def resolve_instrument(cfg: GenerateConfig):
+    """The instrument of ``cfg``, with ``--radiation`` applied."""
+    from .instruments import Instrument, get_instrument
+
+    inst = get_instrument(cfg.instrument)
+    if cfg.radiation is not None and cfg.radiation != inst.radiation:
+        inst = Instrument(**{**inst.to_dict(), "radiation": cfg.radiation}, source=inst.source)
+    return inst
+
+
 def _version(mod: str) -> str:
     try:
         from importlib.metadata import version
@@ -1100,6 +1116,8 @@ def config_to_argv(cfg: GenerateConfig, ranks: int | None = None) -> list[str]:
             argv.append("--per-space-group")
     if cfg.cycle_to is not None:
         argv += ["--cycle-to", str(cfg.cycle_to)]
+    if cfg.radiation is not None:
+        argv += ["--radiation", cfg.radiation]
     if ranks is not None:
         argv += ["--ranks", str(ranks)]
     return argv

@@ -36,6 +36,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="dataset directory (created)")
     p.add_argument("-i", "--instrument", default="bt1-cu311",
                    help="instrument preset, TOML file or file.toml:name (default: bt1-cu311)")
+    p.add_argument("--radiation", default=None, choices=("neutron", "xray"),
+                   help="override the instrument's radiation (default: the instrument's)")
     p.add_argument("-n", "--ranks", type=int, default=None, metavar="N",
                    help="MPI ranks; outside an MPI world N > 1 re-launches under mpiexec (default: the world found, "
                         "else 1)")
@@ -71,7 +73,7 @@ def config_from_args(args):
         shard_size=DEFAULT_SHARD_SIZE if args.shard_size is None else args.shard_size, seed=args.seed,
         device=args.device, compression=args.compression, compression_level=args.compression_level,
         peaks=args.peaks, split=args.split, synthetic=args.synthetic, per_space_group=args.per_space_group,
-        cycle_to=args.cycle_to)
+        cycle_to=args.cycle_to, radiation=args.radiation)
 
 
 def run(args) -> int:
