@@ -192,6 +192,7 @@ def main(argv=None) -> int:
     ap.add_argument("--scale", choices=("small", "gpu"), default="small")
     args = ap.parse_args(argv)
     from xtalhpc.crystal import laue_rotations
+    from xtalhpc import simulate
     from xtalhpc.simulate import simulate_batch
     from xtalhpc_kernels import cuda_launch
     from xtalhpc_kernels.cpu import MIN_LAUE_ORDER
@@ -210,12 +211,15 @@ def main(argv=None) -> int:
         # Default batching (one device batch here), then forced small batches so the two-stream
         # pipeline (families of batch b on the host while batch b + 1 runs) is exercised too.
         runs = {"one_batch": simulate_batch(crystals, inst, device="cuda")}
-        saved = cuda_launch.MIN_BATCH_REFLECTIONS, cuda_launch.PIPELINE_BATCHES
+        # simulate_batch's own chunks (several run_packed calls reusing the pinned buffers,
+        # which grow between calls) are exercised by a chunk size of about half the batch.
+        saved = cuda_launch.MIN_BATCH_REFLECTIONS, cuda_launch.PIPELINE_BATCHES, simulate.CHUNK_REFLECTIONS
         cuda_launch.MIN_BATCH_REFLECTIONS, cuda_launch.PIPELINE_BATCHES = 1, len(crystals) - 1
+        simulate.CHUNK_REFLECTIONS = max(1, int(cpu.peak_multiplicity.size))
         try:
             runs["pipelined"] = simulate_batch(crystals, inst, device="cuda")
         finally:
-            cuda_launch.MIN_BATCH_REFLECTIONS, cuda_launch.PIPELINE_BATCHES = saved
+            cuda_launch.MIN_BATCH_REFLECTIONS, cuda_launch.PIPELINE_BATCHES, simulate.CHUNK_REFLECTIONS = saved
         for name, gpu in runs.items():
             rep = compare(cpu, gpu)
             rep.update(instrument=inst.name, run=name, device=gpu.device, laue_path=laue_path,
