@@ -710,15 +710,18 @@ def compute_shard(index: int, cfg: GenerateConfig, man: Manifest, instrument, *,
 
     t = time.perf_counter()
     pats, per, pk = [], {n: [] for n in schema.PER_PATTERN}, {n: [] for n in schema.PER_PEAK}
+    kept: list[tuple[object, list[int], list[float]]] = []  # per sub-batch: result, rows kept, their scales
     for sel, res in results:
+        rows, scales = [], []
+        kept.append((res, rows, scales))
+        row_max = res.patterns.max(axis=1) if res.patterns.size else np.zeros(len(sel))
         for r, j in enumerate(sel):
             i, c = items[j], crystals[j]
             sid, fname = item_source_id(man, i, cfg.seed)
             if not res.ok[r]:
                 rejects.append((i, fname, res.errors.get(r, "simulation failed")))
                 continue
-            p = res.patterns[r]
-            scale = float(np.max(p)) if p.size else 0.0
+            scale = float(row_max[r])
             if not (math.isfinite(scale) and scale > 0):
                 rejects.append((i, fname, f"{sid}: no reflection on the 2theta grid "
                                           f"({instrument.two_theta_min}-{instrument.two_theta_max} deg)"))
@@ -729,7 +732,8 @@ def compute_shard(index: int, cfg: GenerateConfig, man: Manifest, instrument, *,
                 rejects.append((i, fname, f"{sid}: no structure-type key: {meta}"))
                 continue
             sg, cs, bl, formula, key, split = meta
-            pats.append((p / scale).astype(np.float32))
+            rows.append(r)
+            scales.append(scale)
             s0, s1 = int(res.peak_offsets[r]), int(res.peak_offsets[r + 1])
             per["item_index"].append(i)
             per["space_group"].append(sg)
@@ -750,7 +754,9 @@ def compute_shard(index: int, cfg: GenerateConfig, man: Manifest, instrument, *,
                 pk["F2"].append(res.peak_F2[s0:s1])
                 pk["hkl"].append(res.peak_hkl[s0:s1])
                 pk["multiplicity"].append(res.peak_multiplicity[s0:s1])
-    n = len(pats)
+    # Normalise each sub-batch in one go (same IEEE division per element as row by row).
+    pats = [(res.patterns[rows] / np.asarray(sc)[:, None]).astype(np.float32) for res, rows, sc in kept if rows]
+    n = sum(len(rows) for _, rows, _ in kept)
     per_arr = {}
     for name, (dtype, tail, _) in schema.PER_PATTERN.items():
         if dtype == schema.STR:
@@ -765,7 +771,7 @@ def compute_shard(index: int, cfg: GenerateConfig, man: Manifest, instrument, *,
     rejects.sort()
     data = ShardData(
         index=index, item_start=start, item_stop=stop,
-        patterns=np.stack(pats) if n else np.zeros((0, n_points), dtype=np.float32),
+        patterns=np.concatenate(pats) if n else np.zeros((0, n_points), dtype=np.float32),
         per_pattern=per_arr, peaks=peaks,
         rejects={"item_index": np.array([r[0] for r in rejects], dtype=np.int64),
                  "source": np.array([r[1] for r in rejects], dtype=object),
