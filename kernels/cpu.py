@@ -75,6 +75,90 @@ def canonical_stabiliser(h, k, l, rot, r0, r1):
     return True, stab
 
 
+#: "Unbounded" end of an l interval (Miller indices stay far below it).
+_BIG = 1 << 40
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _tail_allowed(l, b_, bb, c_, cc):
+    """(B + b l < 0) or (B + b l == 0 and C + c l <= 0), the tie-break part of the test."""
+    v = b_ + bb * l
+    return v < 0 or (v == 0 and c_ + cc * l <= 0)
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _not_larger_interval(a_, aa, b_, bb, c_, cc):
+    """Integer l with (A + a l, B + b l, C + c l) <=lex (0, 0, 0), as an interval (lo, hi).
+
+    For one rotation these are h' - h, k' - k, l' - l of (h, k, l) R, each linear in l, so the
+    set is a half-line (or everything, or nothing).
+    """
+    if aa != 0:
+        if aa > 0:  # A + a l < 0  <=>  l <= floor((-1 - A) / a); l0 = -A / a is the tie point
+            hi = (-1 - a_) // aa
+            if (-a_) % aa == 0 and _tail_allowed(hi + 1, b_, bb, c_, cc):
+                hi += 1
+            return -_BIG, hi
+        lo = -((1 + a_) // aa)  # ceil((-1 - A) / a) for a < 0
+        if (-a_) % aa == 0 and _tail_allowed(lo - 1, b_, bb, c_, cc):
+            lo -= 1
+        return lo, _BIG
+    if a_ < 0:
+        return -_BIG, _BIG
+    if a_ > 0:
+        return 1, 0
+    if bb != 0:
+        if bb > 0:
+            hi = (-1 - b_) // bb
+            if (-b_) % bb == 0 and c_ + cc * (hi + 1) <= 0:
+                hi += 1
+            return -_BIG, hi
+        lo = -((1 + b_) // bb)
+        if (-b_) % bb == 0 and c_ + cc * (lo - 1) <= 0:
+            lo -= 1
+        return lo, _BIG
+    if b_ < 0:
+        return -_BIG, _BIG
+    if b_ > 0:
+        return 1, 0
+    if cc > 0:
+        return -_BIG, (-c_) // cc
+    if cc < 0:
+        return -((c_) // cc), _BIG  # ceil(-C / c) for c < 0
+    return (-_BIG, _BIG) if c_ <= 0 else (1, 0)
+
+
+@njit(cache=True, error_model="numpy")
+def canonical_l_interval(h, k, rot, r0, r1):
+    """The l for which (h, k, l) is the canonical member of its Laue orbit (the test of
+    ``cpu.canonical_stabiliser``): the intersection over the rotations of one half-line each,
+    in O(group order) per (h, k) column instead of O(order) per reflection."""
+    lo = -_BIG
+    hi = _BIG
+    for r in range(r0, r1):
+        a_ = h * rot[r, 0, 0] + k * rot[r, 1, 0] - h
+        b_ = h * rot[r, 0, 1] + k * rot[r, 1, 1] - k
+        c_ = h * rot[r, 0, 2] + k * rot[r, 1, 2]
+        rlo, rhi = _not_larger_interval(a_, rot[r, 2, 0], b_, rot[r, 2, 1], c_, rot[r, 2, 2] - 1)
+        lo = max(lo, rlo)
+        hi = min(hi, rhi)
+    return lo, hi
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def column_may_hold_canonical(h, k, rot, r0, r1):
+    """False when no (h, k, l) of the column can be canonical: some Laue rotation whose h' and
+    k' do not depend on l maps (h, k) to a lexicographically larger (h', k'). Prunes most
+    columns of high-symmetry groups before any per-reflection test."""
+    for r in range(r0, r1):
+        if rot[r, 2, 0] == 0 and rot[r, 2, 1] == 0:
+            h2 = h * rot[r, 0, 0] + k * rot[r, 1, 0]
+            k2 = h * rot[r, 0, 1] + k * rot[r, 1, 1]
+            if h2 > h or (h2 == h and k2 > k):
+                return False
+    return True
+
+
 @njit(cache=True, error_model="numpy")
 def _count_one(recip, cell_len, i, qmax, laue_off, laue_rot):
     g11, g22, g33, g12, g13, g23 = recip[i, 0], recip[i, 1], recip[i, 2], recip[i, 3], recip[i, 4], recip[i, 5]
@@ -85,14 +169,16 @@ def _count_one(recip, cell_len, i, qmax, laue_off, laue_rot):
     for h in range(0, hmax + 1):
         k0 = 0 if h == 0 else -kmax
         for k in range(k0, kmax + 1):
+            if sym and not column_may_hold_canonical(h, k, laue_rot, r0, r1):
+                continue
             lo, hi = l_range(h, k, g11, g22, g33, g12, g13, g23, qmax)
+            if sym:
+                clo, chi = canonical_l_interval(h, k, laue_rot, r0, r1)
+                lo = max(lo, clo)
+                hi = min(hi, chi)
             for l in range(lo, hi + 1):
                 q = inv_d2(h, k, l, g11, g22, g33, g12, g13, g23)
                 if q > 0.0 and q <= qmax:
-                    if sym:
-                        canon, _ = canonical_stabiliser(h, k, l, laue_rot, r0, r1)
-                        if not canon:
-                            continue
                     n += 1
     return n
 
@@ -107,8 +193,12 @@ def count_reflections(recip, cell_len, qmax, laue_off, laue_rot, counts):
 
 @njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract"})
 def _sf_one(i, recip, cell_len, qmax, refl_off, type_off, type_atom_off, type_coef, type_b, frac, occ,
-            out_hkl, out_q, out_f2):
-    """All half-sphere reflections of structure ``i`` in (h, k) columns of consecutive l.
+            laue_off, laue_rot, out_hkl, out_q, out_f2, out_mult):
+    """The reflections of structure ``i`` in (h, k) columns of consecutive l: every half-sphere
+    reflection (multiplicity 2, itself and its Friedel mate) or, when its Laue group has order
+    >= MIN_LAUE_ORDER, the canonical member of each Laue orbit (multiplicity = orbit size).
+    Canonical members of a column form one l interval (canonical_l_interval), so both cases
+    run the same recurrences over a contiguous range of l.
 
     Evaluates F = sum_t w_t(s) sum_{j in t} occ_j exp(2 pi i h.x_j) with
     w_t = scattering_amplitude * debye_waller (physics.py), cheaply:
@@ -133,19 +223,32 @@ def _sf_one(i, recip, cell_len, qmax, refl_off, type_off, type_atom_off, type_co
     ezr = np.empty((2 * lmax + 2, na))
     ezi = np.empty((2 * lmax + 2, na))
     for j in range(na):
-        x = frac[a0 + j, 0]
-        y = frac[a0 + j, 1]
-        z = frac[a0 + j, 2]
+        # exp(2 pi i n x) for n = 0, 1, ... by powers of exp(2 pi i x) (one sincos per axis
+        # per atom; rounding grows ~n eps, ~1e-14 at the largest index), negative n by conjugates.
         o = occ[a0 + j]
+        cx, sx = math.cos(TWO_PI * frac[a0 + j, 0]), math.sin(TWO_PI * frac[a0 + j, 0])
+        cy, sy = math.cos(TWO_PI * frac[a0 + j, 1]), math.sin(TWO_PI * frac[a0 + j, 1])
+        cz, sz = math.cos(TWO_PI * frac[a0 + j, 2]), math.sin(TWO_PI * frac[a0 + j, 2])
+        pr, pi = o, 0.0
         for h in range(hmax + 1):
-            exr[h, j] = o * math.cos(TWO_PI * h * x)
-            exi[h, j] = o * math.sin(TWO_PI * h * x)
-        for k in range(-kmax, kmax + 1):
-            eyr[k + kmax, j] = math.cos(TWO_PI * k * y)
-            eyi[k + kmax, j] = math.sin(TWO_PI * k * y)
-        for l in range(-lmax, lmax + 2):
-            ezr[l + lmax, j] = math.cos(TWO_PI * l * z)
-            ezi[l + lmax, j] = math.sin(TWO_PI * l * z)
+            exr[h, j] = pr
+            exi[h, j] = pi
+            pr, pi = pr * cx - pi * sx, pr * sx + pi * cx
+        pr, pi = 1.0, 0.0
+        for k in range(kmax + 1):
+            eyr[kmax + k, j] = pr
+            eyi[kmax + k, j] = pi
+            eyr[kmax - k, j] = pr
+            eyi[kmax - k, j] = -pi
+            pr, pi = pr * cy - pi * sy, pr * sy + pi * cy
+        pr, pi = 1.0, 0.0
+        for l in range(lmax + 2):
+            ezr[lmax + l, j] = pr
+            ezi[lmax + l, j] = pi
+            if l <= lmax:
+                ezr[lmax - l, j] = pr
+                ezi[lmax - l, j] = -pi
+            pr, pi = pr * cz - pi * sz, pr * sz + pi * cz
     stc = ezr[lmax + 1]
     sts = ezi[lmax + 1]
     # Gaussian terms of w_t(s) = sum_m amp_m exp(-beta_m s^2), s^2 = Q / 4.
@@ -171,11 +274,20 @@ def _sf_one(i, recip, cell_len, qmax, refl_off, type_off, type_atom_off, type_co
     rat = np.empty((nt, 6))
     re = np.empty(na)
     im = np.empty(na)
+    r0, r1 = laue_off[i], laue_off[i + 1]
+    sym = r1 - r0 >= MIN_LAUE_ORDER
+    order = r1 - r0
     pos = refl_off[i]
     for h in range(0, hmax + 1):
         k0 = 0 if h == 0 else -kmax
         for k in range(k0, kmax + 1):
+            if sym and not column_may_hold_canonical(h, k, laue_rot, r0, r1):
+                continue
             lo, hi = l_range(h, k, g11, g22, g33, g12, g13, g23, qmax)
+            if sym:
+                clo, chi = canonical_l_interval(h, k, laue_rot, r0, r1)
+                lo = max(lo, clo)
+                hi = min(hi, chi)
             if lo > hi:
                 continue
             bq = 2.0 * (g13 * h + g23 * k)
@@ -213,6 +325,11 @@ def _sf_one(i, recip, cell_len, qmax, refl_off, type_off, type_atom_off, type_co
                     out_hkl[pos, 2] = l
                     out_q[pos] = q
                     out_f2[pos] = fr * fr + fi * fi
+                    if sym:
+                        _, stab = canonical_stabiliser(h, k, l, laue_rot, r0, r1)
+                        out_mult[pos] = order // stab
+                    else:
+                        out_mult[pos] = 2
                     pos += 1
                 if l < hi:
                     for tt in range(nt):
@@ -225,82 +342,6 @@ def _sf_one(i, recip, cell_len, qmax, refl_off, type_off, type_atom_off, type_co
                         re[j] = r
 
 
-@njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract"})
-def _sf_sym_one(i, recip, cell_len, qmax, refl_off, type_off, type_atom_off, type_coef, type_b, frac, occ,
-                laue_off, laue_rot, out_hkl, out_q, out_f2, out_mult):
-    """|F|^2 of one reflection per Laue orbit (the canonical member), with its multiplicity."""
-    g11, g22, g33, g12, g13, g23 = recip[i, 0], recip[i, 1], recip[i, 2], recip[i, 3], recip[i, 4], recip[i, 5]
-    hmax, kmax, lmax = index_bounds(cell_len[i, 0], cell_len[i, 1], cell_len[i, 2], qmax)
-    r0, r1 = laue_off[i], laue_off[i + 1]
-    order = r1 - r0
-    t0 = type_off[i]
-    nt = type_off[i + 1] - t0
-    a0 = type_atom_off[t0]
-    na = type_atom_off[t0 + nt] - a0
-    exr = np.empty((hmax + 1, na))
-    exi = np.empty((hmax + 1, na))
-    eyr = np.empty((2 * kmax + 1, na))
-    eyi = np.empty((2 * kmax + 1, na))
-    ezr = np.empty((2 * lmax + 1, na))
-    ezi = np.empty((2 * lmax + 1, na))
-    for j in range(na):
-        x = frac[a0 + j, 0]
-        y = frac[a0 + j, 1]
-        z = frac[a0 + j, 2]
-        o = occ[a0 + j]
-        for h in range(hmax + 1):
-            exr[h, j] = o * math.cos(TWO_PI * h * x)
-            exi[h, j] = o * math.sin(TWO_PI * h * x)
-        for k in range(-kmax, kmax + 1):
-            eyr[k + kmax, j] = math.cos(TWO_PI * k * y)
-            eyi[k + kmax, j] = math.sin(TWO_PI * k * y)
-        for l in range(-lmax, lmax + 1):
-            ezr[l + lmax, j] = math.cos(TWO_PI * l * z)
-            ezi[l + lmax, j] = math.sin(TWO_PI * l * z)
-    xyr = np.empty(na)
-    xyi = np.empty(na)
-    pos = refl_off[i]
-    for h in range(0, hmax + 1):
-        k0 = 0 if h == 0 else -kmax
-        for k in range(k0, kmax + 1):
-            lo, hi = l_range(h, k, g11, g22, g33, g12, g13, g23, qmax)
-            column_ready = False
-            for l in range(lo, hi + 1):
-                q = inv_d2(h, k, l, g11, g22, g33, g12, g13, g23)
-                if not (q > 0.0 and q <= qmax):
-                    continue
-                canon, stab = canonical_stabiliser(h, k, l, laue_rot, r0, r1)
-                if not canon:
-                    continue
-                if not column_ready:
-                    ky = k + kmax
-                    for j in range(na):
-                        xyr[j] = exr[h, j] * eyr[ky, j] - exi[h, j] * eyi[ky, j]
-                        xyi[j] = exr[h, j] * eyi[ky, j] + exi[h, j] * eyr[ky, j]
-                    column_ready = True
-                lz = l + lmax
-                s2 = 0.25 * q
-                fr = 0.0
-                fi = 0.0
-                for tt in range(nt):
-                    t = t0 + tt
-                    sr = 0.0
-                    si = 0.0
-                    for j in range(type_atom_off[t] - a0, type_atom_off[t + 1] - a0):
-                        sr += xyr[j] * ezr[lz, j] - xyi[j] * ezi[lz, j]
-                        si += xyr[j] * ezi[lz, j] + xyi[j] * ezr[lz, j]
-                    wgt = scattering_amplitude(type_coef, t, s2) * debye_waller(type_b[t], s2)
-                    fr += wgt * sr
-                    fi += wgt * si
-                out_hkl[pos, 0] = h
-                out_hkl[pos, 1] = k
-                out_hkl[pos, 2] = l
-                out_q[pos] = q
-                out_f2[pos] = fr * fr + fi * fi
-                out_mult[pos] = order // stab
-                pos += 1
-
-
 @njit(parallel=True, cache=True, error_model="numpy")
 def structure_factors(recip, cell_len, qmax, refl_off, type_off, type_atom_off, type_coef, type_b, frac, occ,
                       laue_off, laue_rot, out_hkl, out_q, out_f2, out_mult):
@@ -311,14 +352,8 @@ def structure_factors(recip, cell_len, qmax, refl_off, type_off, type_atom_off, 
     multiplicity 2 (itself and its Friedel mate).
     """
     for i in prange(recip.shape[0]):
-        if laue_off[i + 1] - laue_off[i] >= MIN_LAUE_ORDER:
-            _sf_sym_one(i, recip, cell_len, qmax, refl_off, type_off, type_atom_off, type_coef, type_b, frac, occ,
-                        laue_off, laue_rot, out_hkl, out_q, out_f2, out_mult)
-        else:
-            _sf_one(i, recip, cell_len, qmax, refl_off, type_off, type_atom_off, type_coef, type_b, frac, occ,
-                    out_hkl, out_q, out_f2)
-            for j in range(refl_off[i], refl_off[i + 1]):
-                out_mult[j] = 2
+        _sf_one(i, recip, cell_len, qmax, refl_off, type_off, type_atom_off, type_coef, type_b, frac, occ,
+                laue_off, laue_rot, out_hkl, out_q, out_f2, out_mult)
 
 
 @njit(cache=True, error_model="numpy")

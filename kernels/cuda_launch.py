@@ -39,7 +39,7 @@ import time
 import numpy as np
 from numba import njit
 
-from .cpu import MIN_LAUE_ORDER, index_bounds, l_range
+from .cpu import MIN_LAUE_ORDER, canonical_l_interval, index_bounds, l_range
 from .physics import inv_d2
 
 #: Fraction of the free device memory one run may hold; up to three batches are alive at
@@ -63,76 +63,6 @@ RENDER_BLOCK = 128
 #: family scan (one thread per structure).
 SORT_BLOCK = 256
 SCAN_BLOCK = 32
-
-
-#: "Unbounded" end of an l interval (Miller indices stay far below it).
-_BIG = 1 << 40
-
-
-@njit(cache=True, inline="always")
-def _tail_allowed(l, b_, bb, c_, cc):
-    """(B + b l < 0) or (B + b l == 0 and C + c l <= 0), the tie-break part of the test."""
-    v = b_ + bb * l
-    return v < 0 or (v == 0 and c_ + cc * l <= 0)
-
-
-@njit(cache=True, inline="always")
-def _not_larger_interval(a_, aa, b_, bb, c_, cc):
-    """Integer l with (A + a l, B + b l, C + c l) <=lex (0, 0, 0), as an interval (lo, hi).
-
-    For one rotation these are h' - h, k' - k, l' - l of (h, k, l) R, each linear in l, so the
-    set is a half-line (or everything, or nothing).
-    """
-    if aa != 0:
-        if aa > 0:  # A + a l < 0  <=>  l <= floor((-1 - A) / a); l0 = -A / a is the tie point
-            hi = (-1 - a_) // aa
-            if (-a_) % aa == 0 and _tail_allowed(hi + 1, b_, bb, c_, cc):
-                hi += 1
-            return -_BIG, hi
-        lo = -((1 + a_) // aa)  # ceil((-1 - A) / a) for a < 0
-        if (-a_) % aa == 0 and _tail_allowed(lo - 1, b_, bb, c_, cc):
-            lo -= 1
-        return lo, _BIG
-    if a_ < 0:
-        return -_BIG, _BIG
-    if a_ > 0:
-        return 1, 0
-    if bb != 0:
-        if bb > 0:
-            hi = (-1 - b_) // bb
-            if (-b_) % bb == 0 and c_ + cc * (hi + 1) <= 0:
-                hi += 1
-            return -_BIG, hi
-        lo = -((1 + b_) // bb)
-        if (-b_) % bb == 0 and c_ + cc * (lo - 1) <= 0:
-            lo -= 1
-        return lo, _BIG
-    if b_ < 0:
-        return -_BIG, _BIG
-    if b_ > 0:
-        return 1, 0
-    if cc > 0:
-        return -_BIG, (-c_) // cc
-    if cc < 0:
-        return -((c_) // cc), _BIG  # ceil(-C / c) for c < 0
-    return (-_BIG, _BIG) if c_ <= 0 else (1, 0)
-
-
-@njit(cache=True)
-def canonical_l_interval(h, k, rot, r0, r1):
-    """The l for which (h, k, l) is the canonical member of its Laue orbit (the test of
-    ``cpu.canonical_stabiliser``): the intersection over the rotations of one half-line each,
-    in O(group order) per (h, k) column instead of O(order) per reflection."""
-    lo = -_BIG
-    hi = _BIG
-    for r in range(r0, r1):
-        a_ = h * rot[r, 0, 0] + k * rot[r, 1, 0] - h
-        b_ = h * rot[r, 0, 1] + k * rot[r, 1, 1] - k
-        c_ = h * rot[r, 0, 2] + k * rot[r, 1, 2]
-        rlo, rhi = _not_larger_interval(a_, rot[r, 2, 0], b_, rot[r, 2, 1], c_, rot[r, 2, 2] - 1)
-        lo = max(lo, rlo)
-        hi = min(hi, rhi)
-    return lo, hi
 
 
 @njit(cache=True)

@@ -427,9 +427,13 @@ def _laue_rotations(symmetry: np.ndarray) -> np.ndarray:
     allr = np.concatenate([rot, -rot])
     if np.abs(allr).max() <= 1:
         codes = np.unique((allr + 1) @ _POW3)
-        digits = (codes[:, None] // _POW3) % 3 - 1
-        return digits.reshape(-1, 3, 3)
-    return np.unique(allr, axis=0).reshape(-1, 3, 3)
+        uniq = (codes[:, None] // _POW3) % 3 - 1
+    else:
+        uniq = np.unique(allr, axis=0)
+    # Rotations closest to the identity first (one sign flip, one swap, ...): they are the ones
+    # that show a reflection is not its orbit's canonical member, so the kernels' test exits early.
+    dist = np.abs(uniq - np.eye(3, dtype=np.int64).reshape(9)).sum(axis=1)
+    return uniq[np.lexsort((np.arange(len(uniq)), dist))].reshape(-1, 3, 3)
 
 
 def reduced_formula(counts: dict[str, float]) -> str:
