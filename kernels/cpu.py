@@ -21,7 +21,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .physics import (GAUSS_HALF_WIDTH, bragg_theta, debye_waller, inv_d2, lorentz_factor, peak_fwhm,
+from .physics import (GAUSS_HALF_WIDTH, bragg_theta, debye_waller, inv_d2, lorentz_factor_sc, peak_fwhm_sc,
                       pseudo_voigt_parts, scattering_amplitude, window_area)
 
 TWO_PI = 2.0 * math.pi
@@ -361,7 +361,7 @@ def _families_one(s, e, hkl, q, f2, mult, d_tol, f2_tol, absent_tol, fam_hkl, fa
     n = e - s
     if n == 0:
         return 0
-    order = np.argsort(q[s:e])
+    order = np.argsort(q[s:e], kind="mergesort")  # stable: the same order as the GPU sort
     f2max = 0.0
     for j in range(s, e):
         if f2[j] > f2max:
@@ -499,7 +499,8 @@ def _render_one(i, s, nfam, fam_q, fam_f2, fam_mult, wavelengths, wweights, tt_m
             jj += 1
         th0 = bragg_theta(wavelengths[0], qg)
         if th0 > 0.0:
-            lf0 = lorentz_factor(th0, xray)
+            s0 = 0.5 * wavelengths[0] * math.sqrt(qg)
+            lf0 = lorentz_factor_sc(s0, math.sqrt(1.0 - s0 * s0), xray)
             for f in range(j, jj):
                 fam_tt[s + f] = 2.0 * th0 * RAD2DEG + zero
                 fam_int[s + f] = fam_mult[s + f] * fam_f2[s + f] * lf0
@@ -508,12 +509,15 @@ def _render_one(i, s, nfam, fam_q, fam_f2, fam_mult, wavelengths, wweights, tt_m
                 fam_tt[s + f] = np.nan
                 fam_int[s + f] = 0.0
         for wl in range(wavelengths.shape[0]):
-            th = bragg_theta(wavelengths[wl], qg)
+            th = th0 if wl == 0 else bragg_theta(wavelengths[wl], qg)
             if th <= 0.0:
                 continue
-            fwhm, eta = peak_fwhm(th, u, v, w, x, y, min_fwhm)
+            # sin th = lambda sqrt(Q) / 2 exactly; cos and tan from it, one asin per peak
+            sn = 0.5 * wavelengths[wl] * math.sqrt(qg)
+            cs = math.sqrt(1.0 - sn * sn)
+            fwhm, eta = peak_fwhm_sc(cs, sn / cs, u, v, w, x, y, min_fwhm)
             _add_peak(row, grid, tt_min, step, 2.0 * th * RAD2DEG + zero,
-                      wweights[wl] * msum * lorentz_factor(th, xray), fwhm, eta, cutoff)
+                      wweights[wl] * msum * lorentz_factor_sc(sn, cs, xray), fwhm, eta, cutoff)
         j = jj
 
 

@@ -59,31 +59,36 @@ def bragg_theta(wavelength, q):
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def lorentz_factor(theta, xray):
-    """Powder Lorentz factor 1/(sin^2 th cos th); X-ray adds polarisation (1 + cos^2 2th)/2."""
-    s = math.sin(theta)
-    lf = 1.0 / (s * s * math.cos(theta))
+def lorentz_factor_sc(s, c, xray):
+    """Powder Lorentz factor 1/(sin^2 th cos th) from s = sin th, c = cos th; X-ray adds the
+    polarisation factor (1 + cos^2 2th)/2 (cos 2th = 1 - 2 s^2)."""
+    lf = 1.0 / (s * s * c)
     if xray:
-        c2 = math.cos(2.0 * theta)
+        c2 = 1.0 - 2.0 * s * s
         lf *= 0.5 * (1.0 + c2 * c2)
     return lf
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def peak_fwhm(theta, u, v, w, x, y, min_fwhm):
-    """TCH pseudo-Voigt (FWHM in degrees, Lorentzian fraction eta) at Bragg angle ``theta``.
+def lorentz_factor(theta, xray):
+    """:func:`lorentz_factor_sc` at Bragg angle ``theta`` (radians)."""
+    return lorentz_factor_sc(math.sin(theta), math.cos(theta), xray)
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def peak_fwhm_sc(c, t, u, v, w, x, y, min_fwhm):
+    """TCH pseudo-Voigt (FWHM in degrees, Lorentzian fraction eta) from c = cos th, t = tan th.
 
     Gaussian: sigma^2 = U tan^2 + V tan + W (centideg^2), FWHM_G = sqrt(8 ln2 sigma^2).
     Lorentzian: FWHM_L = X / cos + Y tan (centideg). Combined by Thompson, Cox &
     Hastings (1987): the FWHM polynomial and eta(q = FWHM_L / FWHM).
     ``min_fwhm`` (degrees) keeps a peak resolvable on the grid where U, V, W dip to zero.
     """
-    t = math.tan(theta)
     sig2 = (u * t * t + v * t + w) * CENTI2
     if sig2 < 0.0:
         sig2 = 0.0
     fg = math.sqrt(EIGHT_LN2 * sig2)
-    fl = (x / math.cos(theta) + y * t) * CENTI
+    fl = (x / c + y * t) * CENTI
     fg2 = fg * fg
     fl2 = fl * fl
     f5 = (fg2 * fg2 * fg + 2.69269 * fg2 * fg2 * fl + 2.42843 * fg2 * fg * fl2
@@ -99,6 +104,12 @@ def peak_fwhm(theta, u, v, w, x, y, min_fwhm):
     if eta > 1.0:
         eta = 1.0
     return fwhm, eta
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def peak_fwhm(theta, u, v, w, x, y, min_fwhm):
+    """:func:`peak_fwhm_sc` at Bragg angle ``theta`` (radians)."""
+    return peak_fwhm_sc(math.cos(theta), math.tan(theta), u, v, w, x, y, min_fwhm)
 
 
 #: Gaussian part of a peak is rendered out to this many FWHM either side
