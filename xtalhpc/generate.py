@@ -99,8 +99,9 @@ class GenerateConfig:
         Simulation backend: cpu, cuda or auto. Not part of the digest.
     compression : {"none", "gzip", "lzf"}
         Filter of the pattern and peak datasets (with byte shuffle). Default none:
-        BT-1 patterns are float32 with few exact zeros, gzip saves ~26% at a cost of
-        12% (level 1) to 26% (level 4) of the kernel time (docs/dataset.md).
+        BT-1 patterns are float32 with few exact zeros, gzip saves ~26-28% of the
+        bytes at 0.16-0.24 ms per pattern, a quarter to a third of the kernel time
+        (docs/dataset.md, BENCHMARKS.md).
     compression_level : int or None
         gzip level 1-9 (default 4).
     peaks : bool
