@@ -7,6 +7,11 @@ same atoms, the same scattering lengths (NCrystal's, or periodictable's for pyxt
 the same B. pymatgen computes the reflection list only (no profiles); xtalhpc computes
 reflections, |F|^2 and the pseudo-Voigt profile on the whole NIST BT-1 grid (3296 points).
 
+Every structure is first given its space-group operations (``find_symmetry``: spglib,
+positions symmetrised to rounding), as the readers and the synthetic generator attach them,
+so xtalhpc computes |F|^2 once per Laue orbit; both codes then get these same positions.
+This preparation is not timed, like the file reading neither code's time includes.
+
 xtalhpc time per pattern = wall time of one ``simulate_batch`` over R copies of the structure
 divided by R (the way ``xtalhpc generate`` runs it), packing included, NUMBA_NUM_THREADS=1.
 pymatgen time = best of ``--repeat`` calls of ``get_pattern`` (2theta 3-167.75 deg).
@@ -80,7 +85,8 @@ def pyxtal_structures(n: int, seed: int):
         s = x.to_pymatgen()
         labels = [site.specie.symbol for site in s]
         bl = np.array([neutron_b(e) for e in labels])
-        biso = rng.uniform(0.3, 1.5, len(labels))
+        b_el = {e: rng.uniform(0.3, 1.5) for e in set(labels)}
+        biso = np.array([b_el[e] for e in labels])
         lat = s.lattice
         out.append((f"pyxtal-sg{sg}-{len(s)}", [lat.a, lat.b, lat.c, lat.alpha, lat.beta, lat.gamma],
                     s.frac_coords, labels, bl, biso))
@@ -101,7 +107,7 @@ def main(argv=None) -> int:
     from pymatgen.core import Lattice, Structure
 
     from xtalhpc import Crystal
-    from xtalhpc.crystal import element_of
+    from xtalhpc.crystal import element_of, find_symmetry, laue_rotations
     from xtalhpc.instruments import get_instrument
     from xtalhpc.simulate import simulate_batch
 
@@ -119,7 +125,8 @@ def main(argv=None) -> int:
     rows = []
     orig_table = dict(pmg_neutron.ATOMIC_SCATTERING_LEN)
     for name, cell, frac, lab, bl, biso in items:
-        c = Crystal(cell, frac, lab, np.ones(len(lab)), biso, scattering_length=bl, name=name)
+        c = find_symmetry(Crystal(cell, frac, lab, np.ones(len(lab)), biso, scattering_length=bl, name=name))
+        frac = c.frac
         # pymatgen with the same lengths and B (per element; every structure here has one per element)
         els = [element_of(x) for x in lab]
         table = dict(zip(els, bl))
@@ -143,10 +150,14 @@ def main(argv=None) -> int:
         res = simulate_batch([c], inst)
         t1 = time.perf_counter() - t
         reps = max(1, min(2000, int(args.min_time / max(t1, 1e-6))))
-        t = time.perf_counter()
-        res = simulate_batch([c] * reps, inst)
-        t_x = (time.perf_counter() - t) / reps
-        tm = {k: v / reps for k, v in res.timings.items()}
+        t_x = math.inf
+        for _ in range(3):  # best of three batches: the machines are shared
+            t = time.perf_counter()
+            res = simulate_batch([c] * reps, inst)
+            dt = (time.perf_counter() - t) / reps
+            if dt < t_x:
+                t_x = dt
+                tm = {k: v / reps for k, v in res.timings.items()}
 
         # physics spot check: 20 strongest merged peaks, normalised
         r = res.reflections(0)
@@ -161,7 +172,7 @@ def main(argv=None) -> int:
         top = sorted(theirs, key=theirs.get, reverse=True)[:20]
         mo, mt = max(ours.values()), max(theirs.values())
         dev = max(abs(ours.get(k, 0.0) / mo - theirs[k] / mt) / (theirs[k] / mt) for k in top)
-        rows.append(dict(name=name, atoms=c.n_atoms, volume=c.volume, families=int(len(r)), t_pymatgen=t_pmg,
+        rows.append(dict(name=name, atoms=c.n_atoms, laue_order=len(laue_rotations(c.symmetry)) if c.symmetry is not None else 2, volume=c.volume, families=int(len(r)), t_pymatgen=t_pmg,
                          t_xtalhpc=t_x, speedup=t_pmg / t_x, max_rel_dev_top20=dev,
                          **{f"t_{k}": v for k, v in tm.items()}))
         print(f"{name:42s} {c.n_atoms:4d} atoms {len(r):6d} fam  pymatgen {t_pmg*1e3:8.2f} ms  "
