@@ -292,7 +292,8 @@ def resolve_device(device: str) -> str:
     return _resolve(device)
 
 
-def _run_cpu(p: PackedBatch, counts: np.ndarray, inst: Instrument, timings: dict) -> tuple:
+def _run_cpu(p: PackedBatch, counts: np.ndarray, inst: Instrument, timings: dict,
+             out: np.ndarray | None = None) -> tuple:
     from xtalhpc_kernels import cpu
 
     n = p.recip.shape[0]
@@ -318,7 +319,8 @@ def _run_cpu(p: PackedBatch, counts: np.ndarray, inst: Instrument, timings: dict
                             fam_count)
     t3 = time.perf_counter()
     timings["families"] = timings.get("families", 0.0) + t3 - t2
-    patterns = np.zeros((n, inst.n_points))
+    # Render straight into the caller's rows when it hands them over (zeroed, C-contiguous).
+    patterns = np.zeros((n, inst.n_points)) if out is None else out
     fam_tt = np.empty(m)
     fam_int = np.empty(m)
     cpu.render_patterns(refl_off[:-1], fam_count, fam_q, fam_f2, fam_mult,
@@ -401,16 +403,21 @@ def simulate_batch(crystals: Sequence[Crystal], instrument: "str | Instrument" =
             stop += 1
         sel = keep[start:stop]
         sub = subset(p, sel) if len(sel) != p.recip.shape[0] else p
+        rows = None
         if dev == "cuda":
             from .backend import run_cuda
 
             out = run_cuda(sub, counts[sel], inst, timings)
         else:
-            out = _run_cpu(sub, counts[sel], inst, timings)
+            first = ok_idx[sel[0]]
+            if ok_idx[sel[-1]] - first == len(sel) - 1:  # contiguous items: no copy afterwards
+                rows = patterns[first:first + len(sel)]
+            out = _run_cpu(sub, counts[sel], inst, timings, out=rows)
         refl_off, fam_count, fam_hkl, fam_q, fam_f2, fam_mult, fam_tt, fam_int, pats = out
         idx, _ = _gather(refl_off, fam_count)
         items = np.asarray([ok_idx[j] for j in sel], dtype=np.int64)
-        patterns[items] = pats
+        if rows is None:
+            patterns[items] = pats
         ok[items] = True
         per_item_counts[items] = fam_count
         fam_parts.append((items, fam_count, fam_hkl[idx], fam_q[idx], fam_f2[idx], fam_mult[idx], fam_tt[idx],
