@@ -59,8 +59,9 @@ DEFAULT_SHARD_SIZE = 256
 #: runs slow enough to be killed mid-way; never set it in production).
 THROTTLE_ENV = "XTALHPC_GENERATE_SHARD_DELAY"
 #: Rank 0 computes its own shards in sub-batches of about this many seconds and
-#: answers other ranks' requests in between (the latency a worker can see).
-POLL_INTERVAL_S = 0.1
+#: answers other ranks' requests in between (the latency a worker can see; workers
+#: ask one shard ahead, so it is hidden when a shard takes longer than this).
+POLL_INTERVAL_S = 0.05
 #: Structure files parsed and kept per process (consecutive items share files).
 FILE_CACHE = 256
 #: Base items whose labels and group key are remembered per process (see _item_meta).
@@ -672,7 +673,11 @@ def compute_shard(index: int, cfg: GenerateConfig, man: Manifest, instrument, *,
     times = ShardTimes()
     t = time.perf_counter()
     crystals, items, rejects = [], [], []
+    last_poll = t
     for i in range(start, stop):
+        if between is not None and time.perf_counter() - last_poll > (sub_batch_s or POLL_INTERVAL_S):
+            between()  # reading structures can take as long as simulating them: keep answering
+            last_poll = time.perf_counter()
         obj = load_item(man, i, cfg.seed)
         if isinstance(obj, str):
             rejects.append((i, item_source_id(man, i, cfg.seed)[1], obj))
