@@ -101,7 +101,7 @@ class GenerateConfig:
     compression : {"none", "gzip", "lzf"}
         Filter of the pattern and peak datasets (with byte shuffle). Default none:
         BT-1 patterns are float32 with few exact zeros, gzip saves ~26-28% of the
-        bytes at 0.16-0.24 ms per pattern, a quarter to a third of the kernel time
+        bytes at 0.16-0.24 ms per pattern, a third to a half of the kernel time
         (docs/dataset.md, BENCHMARKS.md).
     compression_level : int or None
         gzip level 1-9 (default 4).

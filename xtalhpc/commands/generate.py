@@ -47,7 +47,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"), help="simulation backend")
     p.add_argument("--compression", default="none", choices=("none", "gzip", "lzf"),
                    help="filter for patterns and peak lists, with byte shuffle (default none: gzip saves ~27%% "
-                        "of the bytes for 25-35%% more time; see docs/dataset.md)")
+                        "of the bytes for 35-50%% more time; see docs/dataset.md)")
     p.add_argument("--compression-level", type=int, default=None, metavar="L", help="gzip level 1-9 (default 4)")
     p.add_argument("--peaks", action=argparse.BooleanOptionalAction, default=False,
                    help="store ragged reflection lists so patterns can be re-rendered (default: no; they "
