@@ -845,8 +845,11 @@ def _prepare_output(cfg: GenerateConfig, digest: str, record: dict, n_shards: in
             changed = _diff(old.get("config", {}), record["config"])
             if old.get("manifest_digest") != record["manifest_digest"]:
                 changed.append("the input files (list, sizes or block counts)")
+            for k in ("instrument", "group_key_method", "xtalhpc_version", "schema_version"):
+                if schema.canonical_json(old.get(k)) != schema.canonical_json(record[k]):
+                    changed.append(k if k == "instrument" else f"{k} {old.get(k)!r} -> {record[k]!r}")
             raise InputError(
-                f"{out} holds a dataset generated with another config (changed: {', '.join(changed) or 'schema or version'}); "
+                f"{out} holds a dataset generated with another config (changed: {', '.join(changed) or 'unknown'}); "
                 "rerun the same command to resume, or choose a new --output", str(cfg_path))
     elif out.exists() and any(out.iterdir()):
         raise InputError(f"{out} exists, is not empty and is not an xtalhpc dataset; choose a new --output",
