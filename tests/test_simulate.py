@@ -329,3 +329,15 @@ def test_batch_collect_lists_failures_and_computes_the_rest(rng):
     with pytest.raises(InputError) as ei:
         simulate_batch(batch, inst, on_error="ignore")
     assert ei.value.field == "on_error"
+
+
+def test_patterns_only_batch_equals_full(rng):
+    """peaks=False (what `xtalhpc generate` uses without --peaks) gives the same patterns
+    bit for bit and no reflection lists."""
+    crystals = _mixed(rng)
+    inst = get_instrument("bt1-cu311")
+    full = simulate_batch(crystals, inst)
+    bare = simulate_batch(crystals, inst, peaks=False)
+    assert np.array_equal(full.patterns, bare.patterns)
+    assert np.array_equal(full.ok, bare.ok)
+    assert not bare.peak_offsets.any() and len(bare.peak_d) == 0

@@ -699,7 +699,8 @@ def compute_shard(index: int, cfg: GenerateConfig, man: Manifest, instrument, *,
         sel = list(range(pos, min(len(crystals), pos + step)))
         t = time.perf_counter()
         try:
-            res = simulate_batch([crystals[j] for j in sel], instrument, device=cfg.device, on_error="collect")
+            res = simulate_batch([crystals[j] for j in sel], instrument, device=cfg.device, on_error="collect",
+                                 peaks=cfg.peaks)
         except XtalhpcError:
             raise
         dt = time.perf_counter() - t

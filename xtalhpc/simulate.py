@@ -342,7 +342,7 @@ def _gather(refl_off: np.ndarray, fam_count: np.ndarray) -> tuple[np.ndarray, np
 
 def simulate_batch(crystals: Sequence[Crystal], instrument: "str | Instrument" = "bt1-cu311", *,
                    device: str = "cpu", on_error: str = "raise",
-                   max_reflections: int = MAX_REFLECTIONS) -> BatchResult:
+                   max_reflections: int = MAX_REFLECTIONS, peaks: bool = True) -> BatchResult:
     """Simulate the powder pattern of every crystal on the instrument's grid.
 
     Parameters
@@ -355,6 +355,10 @@ def simulate_batch(crystals: Sequence[Crystal], instrument: "str | Instrument" =
         ``collect`` records a failing structure in ``errors`` (zero pattern) and goes on.
     max_reflections : int
         Cap on half-sphere reflections per structure (:data:`MAX_REFLECTIONS`).
+    peaks : bool
+        Return the reflection families (``peak_*``). Without them (patterns only, as
+        ``xtalhpc generate`` stores by default) ``peak_offsets`` is all zeros and the
+        gathering of the families is skipped.
     """
     if on_error not in ("raise", "collect"):
         raise InputError(f"on_error {on_error!r} is not 'raise' or 'collect'", field="on_error")
@@ -414,14 +418,16 @@ def simulate_batch(crystals: Sequence[Crystal], instrument: "str | Instrument" =
                 rows = patterns[first:first + len(sel)]
             out = _run_cpu(sub, counts[sel], inst, timings, out=rows)
         refl_off, fam_count, fam_hkl, fam_q, fam_f2, fam_mult, fam_tt, fam_int, pats = out
-        idx, _ = _gather(refl_off, fam_count)
-        items = np.asarray([ok_idx[j] for j in sel], dtype=np.int64)
+        items = np.asarray(ok_idx, dtype=np.int64)[sel]
+        if peaks:
+            idx, _ = _gather(refl_off, fam_count)
         if rows is None:
             patterns[items] = pats
         ok[items] = True
-        per_item_counts[items] = fam_count
-        fam_parts.append((items, fam_count, fam_hkl[idx], fam_q[idx], fam_f2[idx], fam_mult[idx], fam_tt[idx],
-                          fam_int[idx]))
+        if peaks:
+            per_item_counts[items] = fam_count
+            fam_parts.append((items, fam_count, fam_hkl[idx], fam_q[idx], fam_f2[idx], fam_mult[idx], fam_tt[idx],
+                              fam_int[idx]))
         start = stop
 
     # Reassemble the families in input order.
