@@ -237,6 +237,11 @@ class Crystal:
         set_(self, "notes", tuple(self.notes))
         if self.symmetry is not None:
             set_(self, "symmetry", check_symmetry_metric(self.symmetry, cell, src))
+            # The Laue group is a property of the crystal: found once here, read by every
+            # simulation of it (xtalhpc.simulate.pack).
+            set_(self, "_laue", laue_rotations(self.symmetry))
+        else:
+            set_(self, "_laue", None)
 
     # ---- derived quantities -------------------------------------------------
     @property

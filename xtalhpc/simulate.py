@@ -149,6 +149,11 @@ class PackedBatch:
     occ: np.ndarray
     laue_off: np.ndarray
     laue_rot: np.ndarray
+    #: Column plan filled by count_reflections (canonical l interval per (h, k) column of the
+    #: structures with a Laue group of order >= 4); empty slots elsewhere.
+    col_off: np.ndarray | None = None
+    col_lo: np.ndarray | None = None
+    col_hi: np.ndarray | None = None
 
 
 def _species_keys(c: Crystal, radiation: str) -> list:
@@ -177,7 +182,8 @@ def _laue(c: Crystal) -> np.ndarray:
     """Laue rotations of a crystal (just 1 and -1 when it carries no symmetry operations)."""
     if c.symmetry is None:
         return _IDENTITY_LAUE
-    return laue_rotations(c.symmetry)
+    laue = getattr(c, "_laue", None)
+    return laue if laue is not None else laue_rotations(c.symmetry)
 
 
 def pack(crystals: Sequence[Crystal], radiation: str) -> tuple[PackedBatch, dict[int, InputError]]:
@@ -276,8 +282,29 @@ def subset(p: PackedBatch, idx: np.ndarray) -> PackedBatch:
     ta_off = np.zeros(len(cnt) + 1, dtype=np.int64)
     np.cumsum(cnt, out=ta_off[1:])
     r, laue_off = ragged(p.laue_off, idx)
-    return PackedBatch(p.recip[idx], p.cell_len[idx], type_off, ta_off, p.type_coef[t], p.type_b[t],
-                       np.ascontiguousarray(p.frac[a]), p.occ[a], laue_off, p.laue_rot[r])
+    out = PackedBatch(p.recip[idx], p.cell_len[idx], type_off, ta_off, p.type_coef[t], p.type_b[t],
+                      np.ascontiguousarray(p.frac[a]), p.occ[a], laue_off, p.laue_rot[r])
+    if p.col_off is not None:
+        cols, out.col_off = ragged(p.col_off, idx)
+        out.col_lo, out.col_hi = p.col_lo[cols], p.col_hi[cols]
+    return out
+
+
+def plan_columns(p: PackedBatch, qmax: float) -> None:
+    """Give every structure with a Laue group of order >= 4 a slot of (hmax + 1)(2 kmax + 1)
+    columns in ``p.col_*``, where the count pass leaves each column's canonical l interval
+    for the |F|^2 pass (so the interval is found once)."""
+    from xtalhpc_kernels.cpu import MIN_LAUE_ORDER
+
+    s = np.sqrt(qmax)
+    hmax = (p.cell_len[:, 0] * s + 1e-9).astype(np.int64)
+    kmax = (p.cell_len[:, 1] * s + 1e-9).astype(np.int64)
+    sym = np.diff(p.laue_off) >= MIN_LAUE_ORDER
+    ncol = np.where(sym, (hmax + 1) * (2 * kmax + 1), 0)
+    p.col_off = np.zeros(len(ncol) + 1, dtype=np.int64)
+    np.cumsum(ncol, out=p.col_off[1:])
+    p.col_lo = np.empty(int(p.col_off[-1]), dtype=np.int64)
+    p.col_hi = np.empty(int(p.col_off[-1]), dtype=np.int64)
 
 
 def qmax_of(instrument: Instrument) -> float:
@@ -306,8 +333,11 @@ def _run_cpu(p: PackedBatch, counts: np.ndarray, inst: Instrument, timings: dict
     q = np.empty(m)
     f2 = np.empty(m)
     mult = np.empty(m, dtype=np.int32)
+    if p.col_off is None:
+        plan_columns(p, qmax)  # empty plan: the |F|^2 pass finds the intervals itself
+        p.col_off[:] = 0
     cpu.structure_factors(p.recip, p.cell_len, qmax, refl_off, p.type_off, p.type_atom_off, p.type_coef, p.type_b,
-                          p.frac, p.occ, p.laue_off, p.laue_rot, hkl, q, f2, mult)
+                          p.frac, p.occ, p.laue_off, p.laue_rot, p.col_off, p.col_lo, p.col_hi, hkl, q, f2, mult)
     t2 = time.perf_counter()
     timings["structure_factors"] = timings.get("structure_factors", 0.0) + t2 - t
     fam_hkl = np.empty((m, 3), dtype=np.int32)
@@ -380,7 +410,9 @@ def simulate_batch(crystals: Sequence[Crystal], instrument: "str | Instrument" =
 
     counts = np.zeros(len(ok_idx), dtype=np.int64)
     t1 = time.perf_counter()
-    cpu.count_reflections(p.recip, p.cell_len, qmax_of(inst), p.laue_off, p.laue_rot, counts)
+    plan_columns(p, qmax_of(inst))
+    cpu.count_reflections(p.recip, p.cell_len, qmax_of(inst), p.laue_off, p.laue_rot, p.col_off, p.col_lo, p.col_hi,
+                          counts)
     timings["count"] = time.perf_counter() - t1
     too_many = np.flatnonzero(counts > max_reflections)
     for j in too_many:
