@@ -100,15 +100,15 @@ def load_crystals(shared: Path, limit: int):
 
 
 def _packed(crystals, inst):
-    from xtalhpc.simulate import pack, plan_columns, qmax_of
+    from xtalhpc.simulate import column_tables, pack, qmax_of
     from xtalhpc_kernels import cpu
 
     p, errors = pack(crystals, inst.radiation)
     if errors:
         raise SystemExit(f"{len(errors)} structures could not be packed: {next(iter(errors.values()))}")
     counts = np.zeros(p.recip.shape[0], np.int64)
-    plan_columns(p, qmax_of(inst))
-    cpu.count_reflections(p.recip, p.cell_len, qmax_of(inst), p.laue_off, p.laue_rot, p.col_off, p.col_lo, p.col_hi,
+    column_tables(p, qmax_of(inst))
+    cpu.count_reflections(p.recip, p.cell_len, qmax_of(inst), p.laue_off, p.laue_rot, p.tab_off, p.tab_k, p.table,
                           counts)
     refl_off = np.zeros(len(counts) + 1, np.int64)
     np.cumsum(counts, out=refl_off[1:])
@@ -206,7 +206,7 @@ def host_seconds(crystals, inst, repeat: int = 3) -> dict:
     qmax = qmax_of(inst)
     hkl, q, f2, mult = np.empty((m, 3), np.int32), np.empty(m), np.empty(m), np.empty(m, np.int32)
     cpu.structure_factors(p.recip, p.cell_len, qmax, refl_off, p.type_off, p.type_atom_off, p.type_coef, p.type_b,
-                          p.frac, p.occ, p.laue_off, p.laue_rot, p.col_off, p.col_lo, p.col_hi, hkl, q, f2, mult)
+                          p.frac, p.occ, p.laue_off, p.laue_rot, p.tab_off, p.tab_k, p.table, hkl, q, f2, mult)
     outs = (np.empty((m, 3), np.int32), np.empty(m), np.empty(m), np.empty(m, np.int32), np.zeros(n, np.int64))
     set_num_threads(1)
     best_f = best_c = np.inf

@@ -160,28 +160,59 @@ def column_may_hold_canonical(h, k, rot, r0, r1):
 
 
 @njit(cache=True, error_model="numpy")
-def _count_one(recip, cell_len, i, qmax, laue_off, laue_rot, col_off, col_lo, col_hi):
+def canonical_table(rot, r0, r1, hmax, kmax, out):
+    """Canonical l interval of every (h, k) column, h = 0..hmax, k = -kmax..kmax, under the
+    Laue rotations rot[r0:r1]: out[h * (2 kmax + 1) + k + kmax] = (lo, hi), lo > hi where the
+    column holds no canonical member. Depends on the Laue group alone, not on the cell, so
+    it is computed once per group and shared by every structure of that group."""
+    w = 2 * kmax + 1
+    for h in range(hmax + 1):
+        for k in range(-kmax, kmax + 1):
+            c = h * w + k + kmax
+            if (h == 0 and k < 0) or not column_may_hold_canonical(h, k, rot, r0, r1):
+                out[c, 0] = 1
+                out[c, 1] = 0
+            else:
+                lo, hi = canonical_l_interval(h, k, rot, r0, r1)
+                out[c, 0] = lo
+                out[c, 1] = hi
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def column_interval(i, h, k, g11, g22, g33, g12, g13, g23, qmax, sym, kmax, laue_rot, r0, r1, tab_off, tab_k,
+                    table):
+    """The l interval a column contributes: l_range, cut to the canonical interval when the
+    structure's Laue group has order >= MIN_LAUE_ORDER (from its group's table where it has
+    one large enough, else computed)."""
+    lo, hi = l_range(h, k, g11, g22, g33, g12, g13, g23, qmax)
+    if sym and lo <= hi:
+        kt = tab_k[i]
+        if kt >= kmax:
+            c = tab_off[i] + h * (2 * kt + 1) + k + kt
+            clo, chi = table[c, 0], table[c, 1]
+        elif column_may_hold_canonical(h, k, laue_rot, r0, r1):
+            clo, chi = canonical_l_interval(h, k, laue_rot, r0, r1)
+        else:
+            return 1, 0
+        if clo > lo:
+            lo = clo
+        if chi < hi:
+            hi = chi
+    return lo, hi
+
+
+@njit(cache=True, error_model="numpy")
+def _count_one(recip, cell_len, i, qmax, laue_off, laue_rot, tab_off, tab_k, table):
     g11, g22, g33, g12, g13, g23 = recip[i, 0], recip[i, 1], recip[i, 2], recip[i, 3], recip[i, 4], recip[i, 5]
     hmax, kmax, _ = index_bounds(cell_len[i, 0], cell_len[i, 1], cell_len[i, 2], qmax)
     r0, r1 = laue_off[i], laue_off[i + 1]
     sym = r1 - r0 >= MIN_LAUE_ORDER
-    plan = col_off[i + 1] - col_off[i] == (hmax + 1) * (2 * kmax + 1)
     n = 0
     for h in range(0, hmax + 1):
         k0 = 0 if h == 0 else -kmax
         for k in range(k0, kmax + 1):
-            lo, hi = l_range(h, k, g11, g22, g33, g12, g13, g23, qmax)
-            if sym:
-                if column_may_hold_canonical(h, k, laue_rot, r0, r1):
-                    clo, chi = canonical_l_interval(h, k, laue_rot, r0, r1)
-                    lo = max(lo, clo)
-                    hi = min(hi, chi)
-                else:
-                    lo, hi = 1, 0
-                if plan:  # keep the column's canonical interval for the |F|^2 pass
-                    c = col_off[i] + h * (2 * kmax + 1) + k + kmax
-                    col_lo[c] = lo
-                    col_hi[c] = hi
+            lo, hi = column_interval(i, h, k, g11, g22, g33, g12, g13, g23, qmax, sym, kmax, laue_rot, r0, r1,
+                                     tab_off, tab_k, table)
             for l in range(lo, hi + 1):
                 q = inv_d2(h, k, l, g11, g22, g33, g12, g13, g23)
                 if q > 0.0 and q <= qmax:
@@ -190,20 +221,20 @@ def _count_one(recip, cell_len, i, qmax, laue_off, laue_rot, col_off, col_lo, co
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def count_reflections(recip, cell_len, qmax, laue_off, laue_rot, col_off, col_lo, col_hi, counts):
+def count_reflections(recip, cell_len, qmax, laue_off, laue_rot, tab_off, tab_k, table, counts):
     """Reflections with 0 < Q <= qmax each structure will compute: one per Laue orbit where
     its Laue group has order >= MIN_LAUE_ORDER, else every half-sphere reflection.
 
-    Where ``col_off`` gives structure i a slot of (hmax + 1)(2 kmax + 1) columns, each
-    column's l interval (canonical and in range) is stored there for structure_factors.
+    ``table`` holds canonical_table() of the batch's Laue groups; structure i's starts at
+    row ``tab_off[i]`` with half-width ``tab_k[i]`` (-1: none, intervals computed here).
     """
     for i in prange(recip.shape[0]):
-        counts[i] = _count_one(recip, cell_len, i, qmax, laue_off, laue_rot, col_off, col_lo, col_hi)
+        counts[i] = _count_one(recip, cell_len, i, qmax, laue_off, laue_rot, tab_off, tab_k, table)
 
 
 @njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract"})
 def _sf_one(i, recip, cell_len, qmax, refl_off, type_off, type_atom_off, type_coef, type_b, frac, occ,
-            laue_off, laue_rot, col_off, col_lo, col_hi, out_hkl, out_q, out_f2, out_mult):
+            laue_off, laue_rot, tab_off, tab_k, table, out_hkl, out_q, out_f2, out_mult):
     """The reflections of structure ``i`` in (h, k) columns of consecutive l: every half-sphere
     reflection (multiplicity 2, itself and its Friedel mate) or, when its Laue group has order
     >= MIN_LAUE_ORDER, the canonical member of each Laue orbit (multiplicity = orbit size).
@@ -287,22 +318,12 @@ def _sf_one(i, recip, cell_len, qmax, refl_off, type_off, type_atom_off, type_co
     r0, r1 = laue_off[i], laue_off[i + 1]
     sym = r1 - r0 >= MIN_LAUE_ORDER
     order = r1 - r0
-    plan = col_off[i + 1] - col_off[i] == (hmax + 1) * (2 * kmax + 1)
     pos = refl_off[i]
     for h in range(0, hmax + 1):
         k0 = 0 if h == 0 else -kmax
         for k in range(k0, kmax + 1):
-            if sym and plan:  # the interval the count pass found
-                c = col_off[i] + h * (2 * kmax + 1) + k + kmax
-                lo, hi = col_lo[c], col_hi[c]
-            else:
-                lo, hi = l_range(h, k, g11, g22, g33, g12, g13, g23, qmax)
-                if sym:
-                    if not column_may_hold_canonical(h, k, laue_rot, r0, r1):
-                        continue
-                    clo, chi = canonical_l_interval(h, k, laue_rot, r0, r1)
-                    lo = max(lo, clo)
-                    hi = min(hi, chi)
+            lo, hi = column_interval(i, h, k, g11, g22, g33, g12, g13, g23, qmax, sym, kmax, laue_rot, r0, r1,
+                                     tab_off, tab_k, table)
             if lo > hi:
                 continue
             bq = 2.0 * (g13 * h + g23 * k)
@@ -359,17 +380,17 @@ def _sf_one(i, recip, cell_len, qmax, refl_off, type_off, type_atom_off, type_co
 
 @njit(parallel=True, cache=True, error_model="numpy")
 def structure_factors(recip, cell_len, qmax, refl_off, type_off, type_atom_off, type_coef, type_b, frac, occ,
-                      laue_off, laue_rot, col_off, col_lo, col_hi, out_hkl, out_q, out_f2, out_mult):
+                      laue_off, laue_rot, tab_off, tab_k, table, out_hkl, out_q, out_f2, out_mult):
     """|F(hkl)|^2 (units of coef^2: fm^2 for neutrons) and multiplicity per computed reflection.
 
     Structures whose Laue group has order >= MIN_LAUE_ORDER get one reflection per orbit
     with the orbit size as multiplicity; the others every half-sphere reflection with
-    multiplicity 2 (itself and its Friedel mate). Column intervals stored by
-    count_reflections (``col_*``) are reused where a structure has a slot.
+    multiplicity 2 (itself and its Friedel mate). Canonical intervals come from the
+    structure's Laue-group table (see count_reflections).
     """
     for i in prange(recip.shape[0]):
         _sf_one(i, recip, cell_len, qmax, refl_off, type_off, type_atom_off, type_coef, type_b, frac, occ,
-                laue_off, laue_rot, col_off, col_lo, col_hi, out_hkl, out_q, out_f2, out_mult)
+                laue_off, laue_rot, tab_off, tab_k, table, out_hkl, out_q, out_f2, out_mult)
 
 
 @njit(cache=True, error_model="numpy")

@@ -129,3 +129,27 @@ def test_find_symmetry_on_a_p1_listing(rng):
     f = find_symmetry(c)
     assert f.space_group == 62 and f.symmetry is not None and len(f.symmetry) == 8
     _assert_paths_agree(f, "bt1-cu311")
+
+
+def test_group_tables_equal_the_per_column_search(rng):
+    """The cached canonical-column tables of a Laue group give the kernels exactly the
+    intervals the per-column search finds (tab_k = -1 makes the kernels search)."""
+    from xtalhpc.instruments import get_instrument
+    from xtalhpc.simulate import column_tables, pack, qmax_of
+    from xtalhpc_kernels import cpu
+
+    crystals = []
+    for number, cell in [(225, "cubic"), (167, "hex"), (62, "ort"), (14, "mon"), (88, "tet"), (2, "mon")]:
+        ops = _ops(number)
+        frac, sps = _expand(ops, rng.random((2, 3)), ["Fe", "O"])
+        crystals.append(Crystal(CELLS[cell], frac, sps, np.ones(len(sps)), np.full(len(sps), 0.5), symmetry=ops))
+    qmax = qmax_of(get_instrument("bt1-cu311"))
+    p, _ = pack(crystals, "neutron")
+    column_tables(p, qmax)
+    with_tables = np.zeros(len(crystals), np.int64)
+    cpu.count_reflections(p.recip, p.cell_len, qmax, p.laue_off, p.laue_rot, p.tab_off, p.tab_k, p.table,
+                          with_tables)
+    searched = np.zeros(len(crystals), np.int64)
+    cpu.count_reflections(p.recip, p.cell_len, qmax, p.laue_off, p.laue_rot, p.tab_off,
+                          np.full(len(crystals), -1), p.table, searched)
+    assert (p.tab_k[:5] >= 0).all() and np.array_equal(with_tables, searched) and with_tables.min() > 0

@@ -12,6 +12,7 @@ import sys
 import time
 import types
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
@@ -149,11 +150,11 @@ class PackedBatch:
     occ: np.ndarray
     laue_off: np.ndarray
     laue_rot: np.ndarray
-    #: Column plan filled by count_reflections (canonical l interval per (h, k) column of the
-    #: structures with a Laue group of order >= 4); empty slots elsewhere.
-    col_off: np.ndarray | None = None
-    col_lo: np.ndarray | None = None
-    col_hi: np.ndarray | None = None
+    #: Canonical-column tables of the batch's Laue groups (see column_tables): structure i
+    #: reads rows from tab_off[i] with half-width tab_k[i] (-1: no table).
+    tab_off: np.ndarray | None = None
+    tab_k: np.ndarray | None = None
+    table: np.ndarray | None = None
 
 
 def _species_keys(c: Crystal, radiation: str) -> list:
@@ -284,27 +285,56 @@ def subset(p: PackedBatch, idx: np.ndarray) -> PackedBatch:
     r, laue_off = ragged(p.laue_off, idx)
     out = PackedBatch(p.recip[idx], p.cell_len[idx], type_off, ta_off, p.type_coef[t], p.type_b[t],
                       np.ascontiguousarray(p.frac[a]), p.occ[a], laue_off, p.laue_rot[r])
-    if p.col_off is not None:
-        cols, out.col_off = ragged(p.col_off, idx)
-        out.col_lo, out.col_hi = p.col_lo[cols], p.col_hi[cols]
+    if p.tab_off is not None:
+        out.tab_off, out.tab_k, out.table = p.tab_off[idx], p.tab_k[idx], p.table
     return out
 
 
-def plan_columns(p: PackedBatch, qmax: float) -> None:
-    """Give every structure with a Laue group of order >= 4 a slot of (hmax + 1)(2 kmax + 1)
-    columns in ``p.col_*``, where the count pass leaves each column's canonical l interval
-    for the |F|^2 pass (so the interval is found once)."""
+#: Canonical-column tables are built for index ranges rounded up to this, so a few sizes serve
+#: a whole dataset.
+_TABLE_ROUND = 16
+
+
+@lru_cache(maxsize=1024)
+def _group_table(key: bytes, n_rot: int, hmax: int, kmax: int) -> np.ndarray:
+    from xtalhpc_kernels.cpu import canonical_table
+
+    rot = np.frombuffer(key, dtype=np.int64).reshape(n_rot, 3, 3)
+    out = np.empty(((hmax + 1) * (2 * kmax + 1), 2), dtype=np.int64)
+    canonical_table(rot, 0, n_rot, hmax, kmax, out)
+    out.flags.writeable = False
+    return out
+
+
+def column_tables(p: PackedBatch, qmax: float) -> None:
+    """Attach to ``p`` the canonical l interval of every (h, k) column for each Laue group in
+    the batch (order >= MIN_LAUE_ORDER). The intervals depend on the group alone, so they are
+    computed once per group and size class per process (cached) and shared by all its
+    structures; the kernels then need no per-column search of the group."""
     from xtalhpc_kernels.cpu import MIN_LAUE_ORDER
 
+    n = p.recip.shape[0]
     s = np.sqrt(qmax)
     hmax = (p.cell_len[:, 0] * s + 1e-9).astype(np.int64)
     kmax = (p.cell_len[:, 1] * s + 1e-9).astype(np.int64)
-    sym = np.diff(p.laue_off) >= MIN_LAUE_ORDER
-    ncol = np.where(sym, (hmax + 1) * (2 * kmax + 1), 0)
-    p.col_off = np.zeros(len(ncol) + 1, dtype=np.int64)
-    np.cumsum(ncol, out=p.col_off[1:])
-    p.col_lo = np.empty(int(p.col_off[-1]), dtype=np.int64)
-    p.col_hi = np.empty(int(p.col_off[-1]), dtype=np.int64)
+    order = np.diff(p.laue_off)
+    tab_off = np.zeros(n, dtype=np.int64)
+    tab_k = np.full(n, -1, dtype=np.int64)
+    groups: dict[bytes, list[int]] = {}
+    for i in np.flatnonzero(order >= MIN_LAUE_ORDER):
+        key = p.laue_rot[p.laue_off[i]:p.laue_off[i + 1]].tobytes()
+        groups.setdefault(key, []).append(int(i))
+    parts, start = [], 0
+    for key, members in groups.items():
+        hm = -(-int(hmax[members].max()) // _TABLE_ROUND) * _TABLE_ROUND
+        km = -(-int(kmax[members].max()) // _TABLE_ROUND) * _TABLE_ROUND
+        t = _group_table(key, len(key) // 72, hm, km)
+        parts.append(t)
+        tab_off[members] = start
+        tab_k[members] = km
+        start += len(t)
+    p.tab_off, p.tab_k = tab_off, tab_k
+    p.table = np.concatenate(parts) if parts else np.zeros((1, 2), dtype=np.int64)
 
 
 def qmax_of(instrument: Instrument) -> float:
@@ -333,11 +363,10 @@ def _run_cpu(p: PackedBatch, counts: np.ndarray, inst: Instrument, timings: dict
     q = np.empty(m)
     f2 = np.empty(m)
     mult = np.empty(m, dtype=np.int32)
-    if p.col_off is None:
-        plan_columns(p, qmax)  # empty plan: the |F|^2 pass finds the intervals itself
-        p.col_off[:] = 0
+    if p.tab_off is None:
+        column_tables(p, qmax)
     cpu.structure_factors(p.recip, p.cell_len, qmax, refl_off, p.type_off, p.type_atom_off, p.type_coef, p.type_b,
-                          p.frac, p.occ, p.laue_off, p.laue_rot, p.col_off, p.col_lo, p.col_hi, hkl, q, f2, mult)
+                          p.frac, p.occ, p.laue_off, p.laue_rot, p.tab_off, p.tab_k, p.table, hkl, q, f2, mult)
     t2 = time.perf_counter()
     timings["structure_factors"] = timings.get("structure_factors", 0.0) + t2 - t
     fam_hkl = np.empty((m, 3), dtype=np.int32)
@@ -410,8 +439,8 @@ def simulate_batch(crystals: Sequence[Crystal], instrument: "str | Instrument" =
 
     counts = np.zeros(len(ok_idx), dtype=np.int64)
     t1 = time.perf_counter()
-    plan_columns(p, qmax_of(inst))
-    cpu.count_reflections(p.recip, p.cell_len, qmax_of(inst), p.laue_off, p.laue_rot, p.col_off, p.col_lo, p.col_hi,
+    column_tables(p, qmax_of(inst))
+    cpu.count_reflections(p.recip, p.cell_len, qmax_of(inst), p.laue_off, p.laue_rot, p.tab_off, p.tab_k, p.table,
                           counts)
     timings["count"] = time.perf_counter() - t1
     too_many = np.flatnonzero(counts > max_reflections)
