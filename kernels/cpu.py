@@ -21,8 +21,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .physics import (GAUSS_HALF_WIDTH, bragg_theta, debye_waller, inv_d2, lorentz_factor_sc, peak_fwhm_sc,
-                      pseudo_voigt_parts, scattering_amplitude, window_area)
+from .physics import (GAUSS_HALF_WIDTH, bragg_theta, inv_d2, lorentz_factor_sc, peak_fwhm_sc, pseudo_voigt_parts,
+                      weight_terms, window_area)
 
 TWO_PI = 2.0 * math.pi
 RAD2DEG = 180.0 / math.pi
@@ -292,21 +292,15 @@ def _sf_one(i, recip, cell_len, qmax, refl_off, type_off, type_atom_off, type_co
             pr, pi = pr * cz - pi * sz, pr * sz + pi * cz
     stc = ezr[lmax + 1]
     sts = ezi[lmax + 1]
-    # Gaussian terms of w_t(s) = sum_m amp_m exp(-beta_m s^2), s^2 = Q / 4.
+    # Gaussian terms of w_t(s) = sum_m amp_m exp(-beta_m s^2) (physics.weight_terms); the
+    # recurrence runs in Q = 4 s^2, so beta is divided by 4.
     nterm = np.zeros(nt, dtype=np.int64)
     amp = np.empty((nt, 6))
     beta = np.empty((nt, 6))
     for tt in range(nt):
-        t = t0 + tt
-        amp[tt, 0] = type_coef[t, 0]
-        beta[tt, 0] = 0.25 * type_b[t]
-        m = 1
-        for g in range(5):
-            if type_coef[t, 1 + g] != 0.0:
-                amp[tt, m] = type_coef[t, 1 + g]
-                beta[tt, m] = 0.25 * (type_coef[t, 6 + g] + type_b[t])
-                m += 1
-        nterm[tt] = m
+        nterm[tt] = weight_terms(type_coef, t0 + tt, type_b[t0 + tt], amp, beta, tt)
+        for m in range(nterm[tt]):
+            beta[tt, m] *= 0.25
     cc = np.empty((nt, 6))
     for tt in range(nt):
         for m in range(nterm[tt]):

@@ -44,6 +44,23 @@ def scattering_amplitude(coef, t, s2):
 
 
 @njit(cache=True, error_model="numpy", inline="always")
+def weight_terms(coef, t, b_iso, amp, beta, row):
+    """The scattering weight w(s) = scattering_amplitude(coef, t, s^2) * debye_waller(b_iso, s^2)
+    as a sum of Gaussians in s^2: w = sum_m amp_m exp(-beta_m s^2). Writes the terms into
+    amp[row, :], beta[row, :] and returns their number (1 for neutrons, up to 6 for X-rays).
+    Kernels that step s^2 along a line of reflections advance each term by recurrence."""
+    amp[row, 0] = coef[t, 0]
+    beta[row, 0] = b_iso
+    m = 1
+    for g in range(5):
+        if coef[t, 1 + g] != 0.0:
+            amp[row, m] = coef[t, 1 + g]
+            beta[row, m] = coef[t, 6 + g] + b_iso
+            m += 1
+    return m
+
+
+@njit(cache=True, error_model="numpy", inline="always")
 def debye_waller(b_iso, s2):
     """Isotropic Debye-Waller factor exp(-B s^2) (B in angstrom^2, s^2 in angstrom^-2)."""
     return math.exp(-b_iso * s2)

@@ -31,27 +31,39 @@ def check_radiation(radiation: str, source: str | None = None) -> str:
     return r
 
 
+def nuclide_atom(nuclide: str):
+    """periodictable's element or isotope object of a nuclide (``"Fe"``, ``"D"``, ``"7Li"``)."""
+    import periodictable
+
+    from .crystal import element_of
+
+    if nuclide in ("D", "T", "2H", "3H"):
+        return periodictable.D if nuclide in ("D", "2H") else periodictable.T
+    el = periodictable.elements.symbol(element_of(nuclide))
+    mass = nuclide[: len(nuclide) - len(element_of(nuclide))]
+    return el[int(mass)] if mass else el
+
+
 @lru_cache(maxsize=None)
 def neutron_b(nuclide: str) -> float:
     """Bound coherent scattering length (fm) of a nuclide (``"Fe"``, ``"D"``, ``"7Li"``).
 
     The real part is used for absorbing nuclides (B, Cd, Gd, ...).
     """
-    import periodictable
-
-    from .crystal import element_of
-
-    if nuclide in ("D", "T"):
-        atom = getattr(periodictable, nuclide)
-    else:
-        el = periodictable.elements.symbol(element_of(nuclide))
-        mass = nuclide[: len(nuclide) - len(element_of(nuclide))]
-        atom = el[int(mass)] if mass else el
-    b = getattr(atom.neutron, "b_c", None)
+    b = getattr(nuclide_atom(nuclide).neutron, "b_c", None)
     if b is None or not np.isfinite(b):
         raise ScatteringError(f"periodictable has no bound coherent scattering length for {nuclide!r}",
                               field="species")
     return float(np.real(b))
+
+
+@lru_cache(maxsize=None)
+def neutron_incoherent_xs(nuclide: str) -> float:
+    """Bound incoherent scattering cross-section (barn) of a nuclide, from periodictable."""
+    v = getattr(nuclide_atom(nuclide).neutron, "incoherent", None)
+    if v is None or not np.isfinite(v):
+        raise ScatteringError(f"periodictable has no incoherent cross-section for {nuclide!r}", field="species")
+    return float(v)
 
 
 @lru_cache(maxsize=None)

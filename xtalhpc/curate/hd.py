@@ -20,6 +20,7 @@ import numpy as np
 
 from ..crystal import Crystal, element_of
 from ..errors import InputError
+from ..scattering import neutron_incoherent_xs
 
 #: 1 barn = 100 fm^2.
 FM2_PER_BARN = 100.0
@@ -53,21 +54,8 @@ def deuterate(crystal: Crystal) -> Crystal:
 
 
 def incoherent_cross_section(nuclide: str) -> float:
-    """Bound incoherent cross-section (barn) of a nuclide, from periodictable."""
-    import periodictable
-
-    if nuclide in ("D", "2H"):
-        atom = periodictable.D
-    elif nuclide in ("T", "3H"):
-        atom = periodictable.T
-    else:
-        el = periodictable.elements.symbol(element_of(nuclide))
-        mass = nuclide[: len(nuclide) - len(element_of(nuclide))]
-        atom = el[int(mass)] if mass else el
-    v = getattr(atom.neutron, "incoherent", None)
-    if v is None or not math.isfinite(v):
-        raise InputError(f"periodictable has no incoherent cross-section for {nuclide!r}", field="species")
-    return float(v)
+    """Bound incoherent cross-section (barn) of a nuclide (see xtalhpc.scattering)."""
+    return neutron_incoherent_xs(nuclide)
 
 
 def incoherent_background(crystal: Crystal, *, all_elements: bool = False) -> float:
