@@ -57,6 +57,28 @@ MIN_LAUE_ORDER = 4
 
 
 @njit(cache=True, error_model="numpy", inline="always")
+def orbit_representative(h, k, l, rot, r0, r1):
+    """(stabiliser order, rh, rk, rl) of the Laue orbit of (h, k, l): the member a
+    crystallographer writes, with the fewest negative indices, then the largest (h, k, l)
+    (corundum's {012}, not the lexicographic maximum 1 0 -2). The same rule picks a family's
+    representative in reflection_families."""
+    stab = 0
+    bh, bk, bl = h, k, l
+    # explicit ints: under the CUDA simulator this runs as Python, where numpy bools add as OR
+    nb = (1 if h < 0 else 0) + (1 if k < 0 else 0) + (1 if l < 0 else 0)
+    for r in range(r0, r1):
+        h2 = h * rot[r, 0, 0] + k * rot[r, 1, 0] + l * rot[r, 2, 0]
+        k2 = h * rot[r, 0, 1] + k * rot[r, 1, 1] + l * rot[r, 2, 1]
+        l2 = h * rot[r, 0, 2] + k * rot[r, 1, 2] + l * rot[r, 2, 2]
+        if h2 == h and k2 == k and l2 == l:
+            stab += 1
+        n2 = (1 if h2 < 0 else 0) + (1 if k2 < 0 else 0) + (1 if l2 < 0 else 0)
+        if n2 < nb or (n2 == nb and (h2 > bh or (h2 == bh and (k2 > bk or (k2 == bk and l2 > bl))))):
+            bh, bk, bl, nb = h2, k2, l2, n2
+    return stab, bh, bk, bl
+
+
+@njit(cache=True, error_model="numpy", inline="always")
 def canonical_stabiliser(h, k, l, rot, r0, r1):
     """(is_canonical, stabiliser order) of (h, k, l) under the Laue rotations rot[r0:r1].
 
@@ -350,16 +372,19 @@ def _sf_one(i, recip, cell_len, qmax, refl_off, type_off, type_atom_off, type_co
                             wgt += val[tt, m]
                         fr += wgt * sr
                         fi += wgt * si
-                    out_hkl[pos, 0] = h
-                    out_hkl[pos, 1] = k
-                    out_hkl[pos, 2] = l
                     out_q[pos] = q
                     out_f2[pos] = fr * fr + fi * fi
                     if sym:
-                        _, stab = canonical_stabiliser(h, k, l, laue_rot, r0, r1)
+                        stab, rh, rk, rl = orbit_representative(h, k, l, laue_rot, r0, r1)
                         out_mult[pos] = order // stab
+                        out_hkl[pos, 0] = rh
+                        out_hkl[pos, 1] = rk
+                        out_hkl[pos, 2] = rl
                     else:
                         out_mult[pos] = 2
+                        out_hkl[pos, 0] = h
+                        out_hkl[pos, 1] = k
+                        out_hkl[pos, 2] = l
                     pos += 1
                 if l < hi:
                     for tt in range(nt):

@@ -3,7 +3,7 @@ for a ragged batch of structures.
 
 The kernels call the scalar functions of ``kernels/physics.py`` (``inv_d2``,
 ``scattering_amplitude``, ``debye_waller``, ``bragg_theta``, ``lorentz_factor``,
-``peak_fwhm``, ``pseudo_voigt_parts``, ``window_area``) and ``cpu.canonical_stabiliser``:
+``peak_fwhm``, ``pseudo_voigt_parts``, ``window_area``) and ``cpu.orbit_representative``:
 numba-cuda compiles an ``njit`` function for the device when a kernel calls it, so each
 formula has one definition for both targets. Host-side work (column enumeration,
 batching, streams, pinned buffers) lives in ``cuda_launch.py``; nothing here allocates
@@ -66,7 +66,7 @@ lorentz_factor = _device_fn(physics.lorentz_factor)
 peak_fwhm = _device_fn(physics.peak_fwhm)
 pseudo_voigt_parts = _device_fn(physics.pseudo_voigt_parts)
 window_area = _device_fn(physics.window_area)
-canonical_stabiliser = _device_fn(cpu.canonical_stabiliser)
+orbit_representative = _device_fn(cpu.orbit_representative)
 
 TWO_PI = 2.0 * math.pi
 RAD2DEG = 180.0 / math.pi
@@ -155,16 +155,19 @@ def _structure_factor_kernel(recip, col_struct, col_h, col_k, col_l0, col_nl, co
         o0 = col_out[c] + blk * L_BLOCK
         for m in range(L_BLOCK):
             if m < nl:
-                out_hkl[o0 + m, 0] = h
-                out_hkl[o0 + m, 1] = k
-                out_hkl[o0 + m, 2] = l0 + m
                 out_q[o0 + m] = inv_d2(h, k, l0 + m, g11, g22, g33, g12, g13, g23)
                 out_f2[o0 + m] = fr[m] * fr[m] + fi[m] * fi[m]
                 if r1 - r0 >= MIN_LAUE_ORDER:
-                    _, stab = canonical_stabiliser(h, k, l0 + m, laue_rot, r0, r1)
+                    stab, rh, rk, rl = orbit_representative(h, k, l0 + m, laue_rot, r0, r1)
                     out_mult[o0 + m] = (r1 - r0) // stab
+                    out_hkl[o0 + m, 0] = rh
+                    out_hkl[o0 + m, 1] = rk
+                    out_hkl[o0 + m, 2] = rl
                 else:
                     out_mult[o0 + m] = 2
+                    out_hkl[o0 + m, 0] = h
+                    out_hkl[o0 + m, 1] = k
+                    out_hkl[o0 + m, 2] = l0 + m
 
 
 def _family_sort_kernel(refl_off, key_off, q, sort_q, sort_i):
