@@ -73,3 +73,12 @@ def test_demo_end_to_end(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"{n + 12} patterns + 0 rejected = {n + 12} of {n + 12} inputs" in out
     assert ": OK:" in out and (tmp_path / "dataset" / "dataset.h5").is_file()
+    # the class-balance report of the dataset (issue: via `xtalhpc info`)
+    rep = tmp_path / "report" / "classes"
+    assert main(["info", str(tmp_path / "dataset"), "--class-report", str(rep)]) == 0
+    assert rep.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+    with open(rep.with_suffix(".csv")) as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 230 and sum(int(r["before"]) for r in rows) == n + 12
+    assert "class report" in capsys.readouterr().out
+    assert main(["info", str(tmp_path / "dataset"), "--before", str(tmp_path / "dataset")]) == 2

@@ -3,6 +3,11 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -11,6 +16,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("dataset", metavar="DATASET", help="dataset directory or its dataset.h5")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--top", type=int, default=10, metavar="N", help="space groups and reject reasons to list")
+    p.add_argument("--class-report", metavar="PREFIX",
+                   help="write PREFIX.png (histogram of the space-group labels), PREFIX.csv and PREFIX.md "
+                        "(per-class counts); with --before, the labels before balancing beside them")
+    p.add_argument("--before", metavar="DATASET",
+                   help="with --class-report: the dataset before balancing (e.g. the unbalanced source set)")
     return p
 
 
@@ -68,8 +78,34 @@ def _short(reason: str) -> str:
     return ": ".join(parts[1:]) if len(parts) > 1 and ("/" in parts[0] or "\\" in parts[0]) else reason
 
 
+def _space_groups(path) -> np.ndarray:
+    from ..dataset.reader import open_dataset
+
+    with open_dataset(path) as ds:
+        return np.asarray(ds.read("space_group"))
+
+
+def class_report(args) -> dict:
+    """The class-balance report of ``xtalhpc info --class-report`` (xtalhpc.curate.report)."""
+    from ..curate.report import class_balance_report
+
+    after = _space_groups(args.dataset)
+    if args.before:
+        before, labels_after = _space_groups(args.before), after
+    else:
+        before, labels_after = after, None
+    prefix = Path(args.class_report)
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    return class_balance_report(before, labels_after, prefix.with_suffix(".png"), prefix.with_suffix(".csv"),
+                                prefix.with_suffix(".md"))
+
+
 def run(args) -> int:
+    if args.before and not args.class_report:
+        raise InputError("--before needs --class-report", field="--before")
     s = summarise(args.dataset, args.top)
+    if args.class_report:
+        s["class_report"] = class_report(args)
     if args.json:
         print(json.dumps(s, indent=2))
         return 0 if s["complete"] else 1
@@ -96,6 +132,12 @@ def run(args) -> int:
     if s["reject_reasons_top"]:
         lines.append("rejects by reason:")
         lines += [f"  {v:6d}  {k}" for k, v in s["reject_reasons_top"].items()]
+    if "class_report" in s:
+        r = s["class_report"]
+        parts = [f"{k}: {v['total']} patterns in {v['classes']} space groups, largest/smallest class "
+                 f"{v['max']}/{v['min']} = {v['imbalance']:.1f}" for k, v in r.items() if isinstance(v, dict)]
+        lines.append(f"class report    {Path(args.class_report).with_suffix('.png')} (+ .csv, .md); "
+                     + "; ".join(parts))
     prov = s.get("provenance") or {}
     lines.append("provenance " + ", ".join(f"{k}={v}" for k, v in prov.items()))
     print("\n".join(lines))
