@@ -289,10 +289,11 @@ def check_symmetry_metric(ops, cell, source: str | None = None) -> np.ndarray:
     if np.any(np.abs(rot - np.round(rot)) > 1e-6):
         raise StructureError("symmetry rotations must be integer matrices in the cell's basis", source, "symmetry")
     g = cell_metric(cell)
-    rg = np.einsum("mji,jk,mkl->mil", np.round(rot), g, np.round(rot))
+    r = _distinct_rotations(np.round(rot).astype(np.int64).reshape(-1, 9))  # centring repeats rotations
+    rg = np.swapaxes(r, 1, 2) @ g @ r
     bad = np.abs(rg - g).max(axis=(1, 2)) > METRIC_TOL * np.abs(g).max()
     if bad.any():
-        raise StructureError(f"{int(bad.sum())} of {len(ops)} symmetry operations do not preserve the cell metric "
+        raise StructureError(f"{int(bad.sum())} of {len(r)} distinct symmetry rotations do not preserve the cell metric "
                              "(operators of another setting?)", source, "symmetry")
     out = ops.copy()
     out[:, :, :3] = np.round(rot)
@@ -360,7 +361,7 @@ def symmetrize(c: "Crystal", symmetry, tol: float = 1e-3) -> "Crystal":
     # equal d (a CIF cell rounded to 1e-4 would otherwise split them by ~1e-3 deg).
     g = cell_metric(c.cell)
     rot = ops[:, :, :3]
-    gs = np.einsum("mji,jk,mkl->il", rot, g, rot) / len(ops)
+    gs = (np.swapaxes(rot, 1, 2) @ g @ rot).mean(axis=0)
     ln = np.sqrt(np.diag(gs))
     cosines = (gs[1, 2] / (ln[1] * ln[2]), gs[0, 2] / (ln[0] * ln[2]), gs[0, 1] / (ln[0] * ln[1]))
     cell = np.concatenate([ln, np.degrees(np.arccos(np.clip(cosines, -1.0, 1.0)))])
@@ -406,6 +407,15 @@ def find_symmetry(c: "Crystal", symprec: float = 1e-3) -> "Crystal":
 _POW3 = 3 ** np.arange(9)
 
 
+def _distinct_rotations(rot9: np.ndarray) -> np.ndarray:
+    """Distinct rows of integer 3x3 matrices given as (m, 9): entries in {-1, 0, 1} (every
+    conventional-cell rotation) as base-3 codes and a 1-D unique, else a 2-D unique."""
+    if rot9.size and np.abs(rot9).max() <= 1:
+        codes = np.unique((rot9 + 1) @ _POW3)
+        return ((codes[:, None] // _POW3) % 3 - 1).reshape(-1, 3, 3)
+    return np.unique(rot9, axis=0).reshape(-1, 3, 3)
+
+
 def laue_rotations(symmetry: np.ndarray) -> np.ndarray:
     """See :func:`_laue_rotations`; cached by the operators' bytes, since a dataset repeats
     the same few hundred space-group settings over millions of structures."""
@@ -429,12 +439,7 @@ def _laue_rotations(symmetry: np.ndarray) -> np.ndarray:
     this runs for every structure a batch packs). Other entries fall back to a 2-D unique.
     """
     rot = np.round(np.asarray(symmetry)[:, :, :3]).astype(np.int64).reshape(-1, 9)
-    allr = np.concatenate([rot, -rot])
-    if np.abs(allr).max() <= 1:
-        codes = np.unique((allr + 1) @ _POW3)
-        uniq = (codes[:, None] // _POW3) % 3 - 1
-    else:
-        uniq = np.unique(allr, axis=0)
+    uniq = _distinct_rotations(np.concatenate([rot, -rot])).reshape(-1, 9)
     # Rotations closest to the identity first (one sign flip, one swap, ...): they are the ones
     # that show a reflection is not its orbit's canonical member, so the kernels' test exits early.
     dist = np.abs(uniq - np.eye(3, dtype=np.int64).reshape(9)).sum(axis=1)
