@@ -417,7 +417,7 @@ def test_cli_flags_are_frozen():
                             "--shard-size", "--seed", "--device", "--compression", "--compression-level", "--peaks",
                             "--no-peaks", "--split", "--synthetic", "--per-space-group", "--cycle-to", "-q",
                             "--quiet", "--radiation"]),
-        "info": sorted(["-h", "--help", "--json", "--top"]),
+        "info": sorted(["-h", "--help", "--json", "--top", "--class-report", "--before"]),
         "verify": sorted(["-h", "--help", "--no-checksums"]),
     }
 
