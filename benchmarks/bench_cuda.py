@@ -251,7 +251,7 @@ def main(argv=None) -> int:
            "median_structure": {k: float(v[med]) for k, v in {**w, **mod}.items()},
            "mean": {k: float(np.mean(v)) for k, v in {**w, **mod}.items()},
            "host_s_per_pattern_1core": host, "host_cores": ncores}
-    print(f"\nper pattern                    median structure   batch mean")
+    print("\nper pattern                    median structure   batch mean")
     for k in ("atoms", "types", "laue_order", "reflections", "columns", "items", "families", "peaks",
               "profile_points", "gauss_points", "sincos_per_pattern", "sf_fp64_instr", "render_fp64_instr",
               "sort_l2_bytes", "pcie_up_bytes", "pcie_down_bytes", "hbm_bytes", "l2_atomics"):

@@ -180,7 +180,6 @@ def main(argv=None) -> int:
 
     sp = np.array([r["speedup"] for r in rows])
     tx = np.array([r["t_xtalhpc"] for r in rows])
-    atoms = np.array([r["atoms"] for r in rows])
     med = int(np.argsort(tx)[len(tx) // 2])
     print()
     print(f"structures: {len(rows)}  (NCrystal {len(rows) - args.pyxtal}, pyxtal {args.pyxtal})")

@@ -546,7 +546,7 @@ def _read_block(block, src: str, stem: str) -> Crystal:
     rots = np.array([np.array(op.rot, dtype=float) / op.DEN for op in ops])
     trans = np.array([np.array(op.tran, dtype=float) / op.DEN for op in ops])
 
-    frac_all, species_all, occ_all, b_all, charge_all = [], [], [], [], []
+    frac_all, species_all, occ_all, b_all = [], [], [], []
     default_b, from_label, zero_occ, unknown_occ, mult_mismatch = [], [], [], [], []
     species_cache: dict = {}
     for row in table:
