@@ -120,6 +120,14 @@ class GenerateConfig:
         (benchmarks; every repeat is a separate item with its own index).
     radiation : {"neutron", "xray"} or None
         Override the instrument's radiation (None keeps it).
+    deuterate : bool
+        Replace H by D in every input structure (``xtalhpc.curate.deuterate``:
+        b_H = -3.74 fm -> b_D = 6.67 fm), the poster's H/D question.
+    h_background : bool
+        Neutrons only: add the flat incoherent background of the hydrogen isotopes
+        (``xtalhpc.curate.hd.incoherent_background_level``: ~80 barn per H, 2 per D) to
+        each pattern before normalisation, as a real H-containing sample shows. On by
+        default; ignored for X-rays.
     """
 
     sources: tuple[str, ...]
@@ -136,6 +144,8 @@ class GenerateConfig:
     per_space_group: bool = False
     cycle_to: int | None = None
     radiation: str | None = None
+    deuterate: bool = False
+    h_background: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sources", tuple(str(s) for s in self.sources))
@@ -666,6 +676,7 @@ def compute_shard(index: int, cfg: GenerateConfig, man: Manifest, instrument, *,
     ``sub_batch_s`` seconds; results do not depend on the sub-batching.
     """
     from .dataset import ShardData
+    from .curate.hd import deuterate, incoherent_background_level
     from .simulate import simulate_batch
 
     k = cfg.shard_size
@@ -685,7 +696,7 @@ def compute_shard(index: int, cfg: GenerateConfig, man: Manifest, instrument, *,
             rejects.append((i, item_source_id(man, i, cfg.seed)[1],
                             f"{obj.source or obj.name}: no space group (the label); the reader could not determine it"))
         else:
-            crystals.append(obj)
+            crystals.append(deuterate(obj) if cfg.deuterate else obj)
             items.append(i)
     times.read = time.perf_counter() - t
 
@@ -721,6 +732,11 @@ def compute_shard(index: int, cfg: GenerateConfig, man: Manifest, instrument, *,
     for sel, res in results:
         rows, scales = [], []
         kept.append((res, rows, scales))
+        if cfg.h_background and instrument.radiation == "neutron":
+            for r, j in enumerate(sel):
+                c = crystals[j]
+                if res.ok[r] and ("H" in c.species or "D" in c.species or "T" in c.species):
+                    res.patterns[r] += incoherent_background_level(c, instrument.wavelength)
         row_max = res.patterns.max(axis=1) if res.patterns.size else np.zeros(len(sel))
         for r, j in enumerate(sel):
             i, c = items[j], crystals[j]
@@ -1134,6 +1150,9 @@ def config_to_argv(cfg: GenerateConfig, ranks: int | None = None) -> list[str]:
         argv += ["--cycle-to", str(cfg.cycle_to)]
     if cfg.radiation is not None:
         argv += ["--radiation", cfg.radiation]
+    if cfg.deuterate:
+        argv.append("--deuterate")
+    argv.append("--h-background" if cfg.h_background else "--no-h-background")
     if ranks is not None:
         argv += ["--ranks", str(ranks)]
     return argv

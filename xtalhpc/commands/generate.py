@@ -60,6 +60,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--per-space-group", action="store_true", help="with --synthetic: N per space group")
     p.add_argument("--cycle-to", type=int, default=None, metavar="N",
                    help="reuse the inputs cyclically until N items (benchmarks)")
+    p.add_argument("--deuterate", action="store_true",
+                   help="replace H by D in every structure (b_H -3.74 fm -> b_D 6.67 fm)")
+    p.add_argument("--h-background", action=argparse.BooleanOptionalAction, default=True,
+                   help="neutrons: add the flat incoherent background of H/D/T (~80 barn per H) to each pattern "
+                        "(default: on)")
     p.add_argument("-q", "--quiet", action="store_true", help="no per-shard log lines")
     return p
 
@@ -73,7 +78,7 @@ def config_from_args(args):
         shard_size=DEFAULT_SHARD_SIZE if args.shard_size is None else args.shard_size, seed=args.seed,
         device=args.device, compression=args.compression, compression_level=args.compression_level,
         peaks=args.peaks, split=args.split, synthetic=args.synthetic, per_space_group=args.per_space_group,
-        cycle_to=args.cycle_to, radiation=args.radiation)
+        cycle_to=args.cycle_to, radiation=args.radiation, deuterate=args.deuterate, h_background=args.h_background)
 
 
 def run(args) -> int:
