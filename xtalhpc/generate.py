@@ -123,6 +123,11 @@ class GenerateConfig:
     deuterate : bool
         Replace H by D in every input structure (``xtalhpc.curate.deuterate``:
         b_H = -3.74 fm -> b_D = 6.67 fm), the poster's H/D question.
+    synthetic_prior : str or None
+        CSV table with a space-group column (e.g. an ICSD/COD export, as in
+        ../shared/data/metadata): the synthetic crystals' space groups follow its class
+        frequencies (deterministic low-discrepancy sampling, see ``Manifest.locate``)
+        instead of cycling through 1-230.
     h_background : bool
         Neutrons only: add the flat incoherent background of the hydrogen isotopes
         (``xtalhpc.curate.hd.incoherent_background_level``: ~80 barn per H, 2 per D) to
@@ -146,6 +151,7 @@ class GenerateConfig:
     radiation: str | None = None
     deuterate: bool = False
     h_background: bool = True
+    synthetic_prior: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sources", tuple(str(s) for s in self.sources))
@@ -174,6 +180,11 @@ class GenerateConfig:
             from .scattering import check_radiation
 
             object.__setattr__(self, "radiation", check_radiation(self.radiation, "--radiation"))
+        if self.synthetic_prior is not None:
+            if not self.synthetic or self.per_space_group:
+                raise InputError("--synthetic-prior needs --synthetic N without --per-space-group",
+                                 field="--synthetic-prior")
+            object.__setattr__(self, "synthetic_prior", str(self.synthetic_prior))
         if self.cycle_to is not None and self.cycle_to < 1:
             raise InputError(f"--cycle-to {self.cycle_to} must be >= 1", field="--cycle-to")
 
@@ -260,6 +271,7 @@ class Manifest:
     synthetic: int = 0
     per_space_group: bool = False
     cycle_to: int | None = None
+    prior_cdf: list[float] | None = None
     offsets: list[int] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -293,6 +305,10 @@ class Manifest:
         if self.per_space_group:
             per = self.synthetic // 230
             sg = j // per + 1
+        elif self.prior_cdf is not None:
+            # golden-ratio sequence: deterministic, well mixed along j, frequencies -> the prior's
+            u = (0.5 + j * 0.6180339887498949) % 1.0
+            sg = min(bisect.bisect_right(self.prior_cdf, u), 229) + 1
         else:
             sg = j % 230 + 1
         return "synthetic", sg, i
@@ -300,7 +316,7 @@ class Manifest:
     def digest(self) -> str:
         return schema.digest({"files": self.files, "blocks": self.blocks, "sizes": self.sizes, "labels": self.labels,
                               "synthetic": self.synthetic, "per_space_group": self.per_space_group,
-                              "cycle_to": self.cycle_to})
+                              "cycle_to": self.cycle_to, "prior_cdf": self.prior_cdf})
 
 
 #: Column names accepted in a CSV structure list (first match wins).
@@ -836,8 +852,47 @@ def _enumerate(comm, cfg: GenerateConfig) -> Manifest:
     blocks = [merged[i][0] for i in range(len(files))]
     sizes = [merged[i][1] for i in range(len(files))]
     syn = cfg.synthetic * 230 if cfg.per_space_group else cfg.synthetic
+    cdf = None
+    if cfg.synthetic_prior is not None:
+        counts = space_group_prior(cfg.synthetic_prior)
+        cdf = (np.cumsum(counts) / counts.sum()).tolist()
     return Manifest(files, blocks, sizes, labels=labels, synthetic=syn, per_space_group=cfg.per_space_group,
-                    cycle_to=cfg.cycle_to)
+                    cycle_to=cfg.cycle_to, prior_cdf=cdf)
+
+
+#: Column names accepted for the space group of a prior table (first match wins).
+PRIOR_COLUMNS = ("spacegroup_number", "space_group", "sg_number", "sg", "spacegroup", "space group")
+
+
+def space_group_prior(path: str | Path) -> np.ndarray:
+    """Counts per space group 1-230 (index 0 = group 1) of a CSV table with a space-group column."""
+    import csv
+
+    p = Path(path)
+    try:
+        fh = open(p, newline="")
+    except OSError as exc:
+        raise InputError(f"cannot read the prior table: {exc.strerror}", str(p), "--synthetic-prior") from None
+    counts = np.zeros(230, dtype=np.int64)
+    with fh:
+        reader = csv.DictReader(fh)
+        cols = {c.strip().lower(): c for c in (reader.fieldnames or [])}
+        col = next((cols[c] for c in PRIOR_COLUMNS if c in cols), None)
+        if col is None:
+            raise InputError(f"no space-group column; allowed names: {', '.join(PRIOR_COLUMNS)}", str(p),
+                             "header")
+        for row_no, row in enumerate(reader, start=2):
+            raw = (row.get(col) or "").strip()
+            try:
+                sg = int(raw)
+            except ValueError:
+                raise InputError(f"row {row_no}: space group {raw!r} is not an integer 1-230", str(p), col) from None
+            if not 1 <= sg <= 230:
+                raise InputError(f"row {row_no}: space group {sg} is outside 1-230", str(p), col)
+            counts[sg - 1] += 1
+    if counts.sum() == 0:
+        raise InputError("the prior table has no rows", str(p), col)
+    return counts
 
 
 def _size(path: str) -> int:
@@ -1150,6 +1205,8 @@ def config_to_argv(cfg: GenerateConfig, ranks: int | None = None) -> list[str]:
         argv += ["--cycle-to", str(cfg.cycle_to)]
     if cfg.radiation is not None:
         argv += ["--radiation", cfg.radiation]
+    if cfg.synthetic_prior is not None:
+        argv += ["--synthetic-prior", cfg.synthetic_prior]
     if cfg.deuterate:
         argv.append("--deuterate")
     argv.append("--h-background" if cfg.h_background else "--no-h-background")

@@ -58,6 +58,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--synthetic", type=int, default=0, metavar="N",
                    help="add N synthetic crystals (xtalhpc.synth), spread over space groups 1-230")
     p.add_argument("--per-space-group", action="store_true", help="with --synthetic: N per space group")
+    p.add_argument("--synthetic-prior", metavar="CSV", default=None,
+                   help="with --synthetic N: draw the space groups with the frequencies of this table's "
+                        "space-group column (e.g. an ICSD export), instead of cycling through 1-230")
     p.add_argument("--cycle-to", type=int, default=None, metavar="N",
                    help="reuse the inputs cyclically until N items (benchmarks)")
     p.add_argument("--deuterate", action="store_true",
@@ -78,7 +81,8 @@ def config_from_args(args):
         shard_size=DEFAULT_SHARD_SIZE if args.shard_size is None else args.shard_size, seed=args.seed,
         device=args.device, compression=args.compression, compression_level=args.compression_level,
         peaks=args.peaks, split=args.split, synthetic=args.synthetic, per_space_group=args.per_space_group,
-        cycle_to=args.cycle_to, radiation=args.radiation, deuterate=args.deuterate, h_background=args.h_background)
+        cycle_to=args.cycle_to, radiation=args.radiation, deuterate=args.deuterate, h_background=args.h_background,
+        synthetic_prior=args.synthetic_prior)
 
 
 def run(args) -> int:

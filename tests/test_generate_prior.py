@@ -1,0 +1,59 @@
+"""`xtalhpc generate --synthetic N --synthetic-prior TABLE`: synthetic space groups follow a
+table's class frequencies (issue 5: weights from a prior such as an ICSD export)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from xtalhpc.cli import main
+from xtalhpc.dataset.reader import open_dataset
+from xtalhpc.errors import InputError
+from xtalhpc.generate import Manifest, space_group_prior
+
+
+def _table(tmp_path, rows, header="chemsys,reduced_formula,icsd_id,spacegroup_number"):
+    p = tmp_path / "prior.csv"
+    p.write_text(header + "\n" + "\n".join(f"A-B,AB,{i},{sg}" for i, sg in enumerate(rows)) + "\n")
+    return p
+
+
+def test_prior_frequencies_are_followed(tmp_path):
+    # a skewed prior: 14 (P2_1/c) 60 %, 62 (Pnma) 30 %, 225 (Fm-3m) 10 %
+    counts = space_group_prior(_table(tmp_path, [14] * 6 + [62] * 3 + [225]))
+    assert counts[13] == 6 and counts[61] == 3 and counts[224] == 1 and counts.sum() == 10
+    man = Manifest([], [], [], synthetic=1000, prior_cdf=(np.cumsum(counts) / counts.sum()).tolist())
+    sgs = [man.locate(i)[1] for i in range(1000)]
+    freq = {sg: sgs.count(sg) / 1000 for sg in set(sgs)}
+    assert set(freq) == {14, 62, 225}
+    assert freq[14] == pytest.approx(0.6, abs=0.01) and freq[62] == pytest.approx(0.3, abs=0.01)
+    assert len(set(sgs[:10])) == 3  # interleaved, not sorted runs
+
+
+def test_generate_with_a_prior(tmp_path, capsys):
+    table = _table(tmp_path, [14] * 3 + [62] * 1)
+    out = tmp_path / "ds"
+    rc = main(["generate", "--synthetic", "12", "--synthetic-prior", str(table), "--output", str(out), "--quiet",
+               "--seed", "3"])
+    assert rc == 0
+    with open_dataset(out) as ds:
+        sg = ds.read("space_group")
+    assert sorted(set(sg.tolist())) == [14, 62] and 8 <= (sg == 14).sum() <= 10  # 75 % of 12, low-discrepancy
+
+
+@pytest.mark.parametrize("header,rows,needle", [
+    ("chemsys,formula,id", ["14"], "no space-group column"),
+    ("chemsys,reduced_formula,icsd_id,spacegroup_number", ["x14"], "row 2"),
+    ("chemsys,reduced_formula,icsd_id,spacegroup_number", ["231"], "outside 1-230"),
+])
+def test_bad_prior_tables(tmp_path, header, rows, needle):
+    p = tmp_path / "bad.csv"
+    p.write_text(header + "\n" + "\n".join(f"A-B,AB,1,{r}" if header.count(",") == 3 else f"A-B,AB,{r}"
+                                          for r in rows) + "\n")
+    with pytest.raises(InputError) as ei:
+        space_group_prior(p)
+    assert needle in str(ei.value) and "bad.csv" in str(ei.value)
+
+
+def test_prior_needs_synthetic(tmp_path):
+    assert main(["generate", str(tmp_path), "--synthetic-prior", str(_table(tmp_path, [14])), "--output",
+                 str(tmp_path / "x")]) == 2
