@@ -794,7 +794,13 @@ def compute_shard(index: int, cfg: GenerateConfig, man: Manifest, instrument, *,
                 pk["hkl"].append(res.peak_hkl[s0:s1])
                 pk["multiplicity"].append(res.peak_multiplicity[s0:s1])
     # Normalise each sub-batch in one go (same IEEE division per element as row by row).
-    pats = [(res.patterns[rows] / np.asarray(sc)[:, None]).astype(np.float32) for res, rows, sc in kept if rows]
+    pats = []
+    for res, rows, sc in kept:
+        if rows:
+            # in place on the batch's own float64 rows (no fancy-index copy when every row is kept)
+            p = res.patterns if len(rows) == len(res.patterns) else res.patterns[rows]
+            np.divide(p, np.asarray(sc)[:, None], out=p)
+            pats.append(p.astype(np.float32))
     n = sum(len(rows) for _, rows, _ in kept)
     per_arr = {}
     for name, (dtype, tail, _) in schema.PER_PATTERN.items():

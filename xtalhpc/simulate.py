@@ -200,7 +200,9 @@ def pack(crystals: Sequence[Crystal], radiation: str) -> tuple[PackedBatch, dict
     sid_parts = []
     for c in crystals:
         keys = _species_keys(c, radiation)
-        sid_parts.append(np.fromiter((registry.setdefault(k, len(registry)) for k in keys), np.int64, len(keys)))
+        # a dict of the crystal's few distinct keys, then a C-level map over its atoms
+        local = {k: registry.setdefault(k, len(registry)) for k in set(keys)}
+        sid_parts.append(np.fromiter(map(local.__getitem__, keys), np.int64, len(keys)))
     # Renumber keys in a batch-independent order (sorted by the key itself), so a structure's
     # scattering types, and hence the summation order in the kernels, do not depend on what
     # else is in the batch: a batch gives the same bits as one-by-one.

@@ -72,10 +72,13 @@ def incoherent_background(crystal: Crystal, *, all_elements: bool = False) -> fl
     m |F|^2 L(theta) (L = 1 / (sin^2 theta cos theta), areas over 2theta in
     degrees) use :func:`incoherent_background_level`.
     """
+    # one look-up per distinct species, the occupancies summed with NumPy (this runs for every
+    # H-containing pattern of a generated dataset)
+    species = np.asarray(crystal.species)
     total = 0.0
-    for s, o in zip(crystal.species, crystal.occupancy):
+    for s in set(crystal.species):
         if all_elements or s in _HYDROGEN or element_of(s) == "H":
-            total += float(o) * incoherent_cross_section(s)
+            total += float(crystal.occupancy[species == s].sum()) * incoherent_cross_section(s)
     return total * FM2_PER_BARN / (4.0 * math.pi)
 
 
