@@ -57,6 +57,17 @@ MIN_LAUE_ORDER = 4
 
 
 @njit(cache=True, error_model="numpy", inline="always")
+def writes_better(h2, k2, l2, bh, bk, bl):
+    """True if (h2, k2, l2) is the better representative hkl than (bh, bk, bl): fewer negative
+    indices, then lexicographically larger. The one rule for orbits and families on both
+    backends (explicit ints: under the CUDA simulator this runs as Python, where numpy bools
+    would add as OR)."""
+    n2 = (1 if h2 < 0 else 0) + (1 if k2 < 0 else 0) + (1 if l2 < 0 else 0)
+    nb = (1 if bh < 0 else 0) + (1 if bk < 0 else 0) + (1 if bl < 0 else 0)
+    return n2 < nb or (n2 == nb and (h2 > bh or (h2 == bh and (k2 > bk or (k2 == bk and l2 > bl)))))
+
+
+@njit(cache=True, error_model="numpy", inline="always")
 def orbit_representative(h, k, l, rot, r0, r1):
     """(stabiliser order, rh, rk, rl) of the Laue orbit of (h, k, l): the member a
     crystallographer writes, with the fewest negative indices, then the largest (h, k, l)
@@ -64,17 +75,14 @@ def orbit_representative(h, k, l, rot, r0, r1):
     representative in reflection_families."""
     stab = 0
     bh, bk, bl = h, k, l
-    # explicit ints: under the CUDA simulator this runs as Python, where numpy bools add as OR
-    nb = (1 if h < 0 else 0) + (1 if k < 0 else 0) + (1 if l < 0 else 0)
     for r in range(r0, r1):
         h2 = h * rot[r, 0, 0] + k * rot[r, 1, 0] + l * rot[r, 2, 0]
         k2 = h * rot[r, 0, 1] + k * rot[r, 1, 1] + l * rot[r, 2, 1]
         l2 = h * rot[r, 0, 2] + k * rot[r, 1, 2] + l * rot[r, 2, 2]
         if h2 == h and k2 == k and l2 == l:
             stab += 1
-        n2 = (1 if h2 < 0 else 0) + (1 if k2 < 0 else 0) + (1 if l2 < 0 else 0)
-        if n2 < nb or (n2 == nb and (h2 > bh or (h2 == bh and (k2 > bk or (k2 == bk and l2 > bl))))):
-            bh, bk, bl, nb = h2, k2, l2, n2
+        if writes_better(h2, k2, l2, bh, bk, bl):
+            bh, bk, bl = h2, k2, l2
     return stab, bh, bk, bl
 
 
@@ -450,10 +458,7 @@ def _families_one(s, e, hkl, q, f2, mult, d_tol, f2_tol, absent_tol, fam_hkl, fa
                     m += mult[jb]
                     f2sum += mult[jb] * f2[jb]
                     h2, k2, l2 = hkl[jb, 0], hkl[jb, 1], hkl[jb, 2]
-                    # Representative: the member with the fewest negative indices, then largest h, k, l.
-                    nb = (h2 < 0) + (k2 < 0) + (l2 < 0)
-                    nr = (bh < 0) + (bk < 0) + (bl < 0)
-                    if nb < nr or (nb == nr and (h2, k2, l2) > (bh, bk, bl)):
+                    if writes_better(h2, k2, l2, bh, bk, bl):
                         bh, bk, bl = h2, k2, l2
             if fa > floor:
                 o = s + nf

@@ -67,6 +67,7 @@ peak_fwhm = _device_fn(physics.peak_fwhm)
 pseudo_voigt_parts = _device_fn(physics.pseudo_voigt_parts)
 window_area = _device_fn(physics.window_area)
 orbit_representative = _device_fn(cpu.orbit_representative)
+writes_better = _device_fn(cpu.writes_better)
 
 TWO_PI = 2.0 * math.pi
 RAD2DEG = 180.0 / math.pi
@@ -243,6 +244,7 @@ def _family_scan_kernel(refl_off, key_off, hkl, q, f2, mult, sort_i, used, d_tol
                 ja = r0 + sort_i[k0 + a]
                 fa = f2[ja]
                 m = 0
+                f2sum = 0.0
                 bh = hkl[ja, 0]
                 bk = hkl[ja, 1]
                 bl = hkl[ja, 2]
@@ -254,13 +256,11 @@ def _family_scan_kernel(refl_off, key_off, hkl, q, f2, mult, sort_i, used, d_tol
                     if abs(fb - fa) <= f2_tol * max(fa, fb) + 1e-300 + floor * 1e-3:
                         used[r0 + b] = 1
                         m += mult[jb]
+                        f2sum += mult[jb] * fb
                         h2 = hkl[jb, 0]
                         k2 = hkl[jb, 1]
                         l2 = hkl[jb, 2]
-                        nb = int(h2 < 0) + int(k2 < 0) + int(l2 < 0)
-                        nr = int(bh < 0) + int(bk < 0) + int(bl < 0)
-                        larger = h2 > bh or (h2 == bh and (k2 > bk or (k2 == bk and l2 > bl)))
-                        if nb < nr or (nb == nr and larger):
+                        if writes_better(h2, k2, l2, bh, bk, bl):
                             bh = h2
                             bk = k2
                             bl = l2
@@ -270,7 +270,7 @@ def _family_scan_kernel(refl_off, key_off, hkl, q, f2, mult, sort_i, used, d_tol
                     fam_hkl[o, 1] = bk
                     fam_hkl[o, 2] = bl
                     fam_q[o] = qg
-                    fam_f2[o] = fa
+                    fam_f2[o] = f2sum / m  # the members' mean, as on the CPU
                     fam_mult[o] = m
                     nf += 1
             g0 = g1
