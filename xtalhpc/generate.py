@@ -1056,23 +1056,30 @@ def run_generate(cfg: GenerateConfig, comm=None, *, log_stream=None, quiet: bool
     n_mine = 0
     progress = Progress(n_items, n_shards, len(todo), stream, quiet or comm.rank != 0)
     t_loop = time.perf_counter()
+
+    def do_shard(s: int, between=None, sub_batch_s=None):
+        """Compute shard s, write it, account its times; rank 0 passes its polling hooks."""
+        data, tm = compute_shard(s, cfg, man, instrument, key_fn=key_fn, memo=memo,
+                                 sub_state=sub_state if between is not None else None,
+                                 between=between, sub_batch_s=sub_batch_s)
+        t1 = time.perf_counter()
+        write_shard(cfg.output, data, config_digest=digest, compression=cfg.compression,
+                    compression_level=cfg.compression_level)
+        tm.write = time.perf_counter() - t1
+        times.add(tm)
+        if throttle:
+            time.sleep(throttle)
+        return data
+
     try:
         if comm.rank == 0:
             coord = _Coordinator(comm, todo, progress)
             coord.poll()
             while (s := coord.take()) is not None:
                 t = time.perf_counter()
-                data, tm = compute_shard(s, cfg, man, instrument, key_fn=key_fn, memo=memo, sub_state=sub_state,
-                                         between=coord.poll if comm.size > 1 else None,
-                                         sub_batch_s=POLL_INTERVAL_S if comm.size > 1 else None)
-                t1 = time.perf_counter()
-                write_shard(cfg.output, data, config_digest=digest, compression=cfg.compression,
-                            compression_level=cfg.compression_level)
-                tm.write = time.perf_counter() - t1
-                times.add(tm)
+                data = do_shard(s, between=coord.poll if comm.size > 1 else None,
+                                sub_batch_s=POLL_INTERVAL_S if comm.size > 1 else None)
                 n_mine += 1
-                if throttle:
-                    time.sleep(throttle)
                 progress.shard_done(shard=s, rank=0, n_patterns=data.n_patterns, n_rejected=data.n_rejected,
                                     seconds=time.perf_counter() - t)
                 coord.poll()
@@ -1088,15 +1095,8 @@ def run_generate(cfg: GenerateConfig, comm=None, *, log_stream=None, quiet: bool
                 if s is None:
                     break
                 t = time.perf_counter()
-                data, tm = compute_shard(s, cfg, man, instrument, key_fn=key_fn, memo=memo)
-                t1 = time.perf_counter()
-                write_shard(cfg.output, data, config_digest=digest, compression=cfg.compression,
-                            compression_level=cfg.compression_level)
-                tm.write = time.perf_counter() - t1
-                times.add(tm)
+                data = do_shard(s)
                 n_mine += 1
-                if throttle:
-                    time.sleep(throttle)
                 worker.report(shard=s, rank=comm.rank, n_patterns=data.n_patterns, n_rejected=data.n_rejected,
                               seconds=time.perf_counter() - t)
     except Exception:
