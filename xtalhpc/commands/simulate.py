@@ -94,7 +94,8 @@ def run(args) -> int:
         if pngs[i]:
             pat.plot(pngs[i])
     for src, msg in failures:
-        print(f"FAILED {src}: {msg}", file=sys.stderr)
+        # the project's errors already start with the file they name
+        print(f"FAILED {msg}" if msg.startswith(str(src)) else f"FAILED {src}: {msg}", file=sys.stderr)
     n_ok = int(res.ok.sum())
     print(f"{n_ok} simulated, {len(failures)} failed, of {n_ok + len(failures)} inputs")
     return 1 if failures else 0
