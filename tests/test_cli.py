@@ -82,3 +82,15 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert len(rows) == 230 and sum(int(r["before"]) for r in rows) == n + 12
     assert "class report" in capsys.readouterr().out
     assert main(["info", str(tmp_path / "dataset"), "--before", str(tmp_path / "dataset")]) == 2
+
+
+def test_instrument_help_names_every_preset(capsys):
+    from xtalhpc.instruments import presets
+
+    try:
+        main(["simulate", "--help"])
+    except SystemExit:
+        pass
+    out = " ".join(capsys.readouterr().out.split())
+    for name in presets():
+        assert name in out

@@ -27,7 +27,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def add_simulation_options(p: argparse.ArgumentParser) -> None:
     """Options shared by every command that computes patterns."""
     p.add_argument("--instrument", default="bt1-cu311",
-                   help="preset name (see `xtalhpc simulate --list-instruments`) or a TOML file "
+                   help="preset of xtalhpc/data/instruments.toml (bt1-cu311, bt1-ge311, bt1-ge733, "
+                        "bt1-cu311-lowres, bt1-cu311-highres, d1a, lab-cuka) or a TOML file "
                         "[path.toml or path.toml:name] (default: bt1-cu311)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="compute backend; auto picks CUDA when a GPU is visible (default: auto)")
