@@ -683,6 +683,25 @@ def _item_meta(c, key_fn, split, memo: dict | None, base):
     return out
 
 
+class _ItemRecord:
+    """What a shard row needs of a base item besides its pattern, remembered per process.
+
+    Keyed like :func:`_item_meta`'s memo (file block, or the synthetic item itself): the
+    source id, the file, the lattice, the atom count, whether it holds hydrogen isotopes, and,
+    computed on first need, the flat H background level and the labels (:func:`_item_meta`).
+    """
+
+    __slots__ = ("sid", "fname", "cell", "n_atoms", "has_h", "h_level", "meta")
+
+    def __init__(self, man: "Manifest", i: int, seed: int, c) -> None:
+        self.sid, self.fname = item_source_id(man, i, seed)
+        self.cell = np.asarray(c.cell, dtype=np.float64)
+        self.n_atoms = c.n_atoms
+        self.has_h = "H" in c.species or "D" in c.species or "T" in c.species
+        self.h_level = None
+        self.meta = None
+
+
 def compute_shard(index: int, cfg: GenerateConfig, man: Manifest, instrument, *, key_fn,
                   between=None, sub_batch_s: float | None = None, memo: dict | None = None,
                   sub_state: dict | None = None) -> tuple["object", ShardTimes]:
@@ -743,81 +762,101 @@ def compute_shard(index: int, cfg: GenerateConfig, man: Manifest, instrument, *,
                     sub_state["step"] = step
 
     t = time.perf_counter()
-    pats, per, pk = [], {n: [] for n in schema.PER_PATTERN}, {n: [] for n in schema.PER_PEAK}
-    kept: list[tuple[object, list[int], list[float]]] = []  # per sub-batch: result, rows kept, their scales
+    h_bg = cfg.h_background and instrument.radiation == "neutron"
+    n_file, n_base = man.n_file_items, man.n_base
+    if memo is None:
+        memo = {}  # still shared by the sub-batches of this shard
+    recs: list[_ItemRecord] = []  # per kept pattern
+    kept_items: list[int] = []
+    kept: list[tuple[object, list[int], np.ndarray]] = []  # per sub-batch: result, rows kept, their scales
     for sel, res in results:
-        rows, scales = [], []
-        kept.append((res, rows, scales))
-        if cfg.h_background and instrument.radiation == "neutron":
-            for r, j in enumerate(sel):
-                c = crystals[j]
-                if res.ok[r] and ("H" in c.species or "D" in c.species or "T" in c.species):
-                    res.patterns[r] += incoherent_background_level(c, instrument.wavelength)
+        ok = np.asarray(res.ok, dtype=bool)
+        rec_of = []
+        for j in sel:
+            i = items[j]
+            b = i % n_base  # file blocks recur when cycled; synthetic crystals depend on i itself
+            mkey = b if b < n_file else ("synthetic", i)
+            rec = memo.get(mkey)
+            if rec is None:
+                rec = _ItemRecord(man, i, cfg.seed, crystals[j])
+                if len(memo) >= META_MEMO:
+                    memo.pop(next(iter(memo)))
+                memo[mkey] = rec
+            rec_of.append(rec)
+        if h_bg:
+            for r, rec in enumerate(rec_of):
+                if rec.has_h and ok[r]:
+                    if rec.h_level is None:
+                        rec.h_level = incoherent_background_level(crystals[sel[r]], instrument.wavelength)
+                    res.patterns[r] += rec.h_level
         row_max = res.patterns.max(axis=1) if res.patterns.size else np.zeros(len(sel))
-        for r, j in enumerate(sel):
-            i, c = items[j], crystals[j]
-            sid, fname = item_source_id(man, i, cfg.seed)
-            if not res.ok[r]:
-                rejects.append((i, fname, res.errors.get(r, "simulation failed")))
+        good = (ok & np.isfinite(row_max) & (row_max > 0)).tolist()
+        rows = []
+        for r, rec in enumerate(rec_of):
+            i = items[sel[r]]
+            if not good[r]:
+                if not ok[r]:
+                    rejects.append((i, rec.fname, res.errors.get(r, "simulation failed")))
+                else:
+                    rejects.append((i, rec.fname, f"{rec.sid}: no reflection on the 2theta grid "
+                                                  f"({instrument.two_theta_min}-{instrument.two_theta_max} deg)"))
                 continue
-            scale = float(row_max[r])
-            if not (math.isfinite(scale) and scale > 0):
-                rejects.append((i, fname, f"{sid}: no reflection on the 2theta grid "
-                                          f"({instrument.two_theta_min}-{instrument.two_theta_max} deg)"))
-                continue
-            b = i % man.n_base  # file blocks recur when cycled; synthetic crystals depend on i itself
-            meta = _item_meta(c, key_fn, cfg.split, memo, b if b < man.n_file_items else ("synthetic", i))
+            meta = rec.meta
+            if meta is None:
+                meta = rec.meta = _item_meta(crystals[sel[r]], key_fn, cfg.split, None, None)
             if isinstance(meta, str):
-                rejects.append((i, fname, f"{sid}: no structure-type key: {meta}"))
+                rejects.append((i, rec.fname, f"{rec.sid}: no structure-type key: {meta}"))
                 continue
-            sg, cs, bl, formula, key, split = meta
             rows.append(r)
-            scales.append(scale)
-            s0, s1 = int(res.peak_offsets[r]), int(res.peak_offsets[r + 1])
-            per["item_index"].append(i)
-            per["space_group"].append(sg)
-            per["crystal_system"].append(cs)
-            per["bravais_lattice"].append(bl)
-            per["split"].append(split)
-            per["scale"].append(scale)
-            per["lattice"].append(np.asarray(c.cell, dtype=np.float64))
-            per["n_atoms"].append(c.n_atoms)
-            per["peak_count"].append(s1 - s0 if cfg.peaks else 0)
-            per["source_id"].append(sid)
-            per["formula"].append(formula)
-            per["group_key"].append(key)
-            if cfg.peaks:
+            recs.append(rec)
+            kept_items.append(i)
+        kept.append((res, rows, row_max[rows]))
+    n = len(recs)
+    # Normalise each sub-batch in one pass, straight into the shard's float32 rows: the division is
+    # done in float64 and only its result rounded to float32 (the same bits as dividing, then astype).
+    patterns = np.empty((n, n_points), dtype=np.float32)
+    pos = 0
+    for res, rows, sc in kept:
+        if rows:
+            p = res.patterns if len(rows) == len(res.patterns) else res.patterns[rows]
+            np.divide(p, sc[:, None], out=patterns[pos:pos + len(rows)], casting="unsafe")
+            pos += len(rows)
+    metas = [rec.meta for rec in recs]
+    per_arr = {
+        "item_index": np.array(kept_items, dtype=np.int64),
+        "space_group": np.array([m[0] for m in metas], dtype=np.int16),
+        "crystal_system": np.array([m[1] for m in metas], dtype=np.int8),
+        "bravais_lattice": np.array([m[2] for m in metas], dtype=np.int8),
+        "split": np.array([m[5] for m in metas], dtype=np.int8),
+        "scale": (np.concatenate([sc for _, _, sc in kept]) if kept else np.zeros(0)).astype(np.float64, copy=False),
+        "lattice": np.array([rec.cell for rec in recs], dtype=np.float64).reshape(n, 6),
+        "n_atoms": np.array([rec.n_atoms for rec in recs], dtype=np.int32),
+        "peak_count": (np.concatenate([np.diff(res.peak_offsets)[rows] for res, rows, _ in kept]).astype(np.int32)
+                       if cfg.peaks and kept else np.zeros(n, dtype=np.int32)),
+        "source_id": np.array([rec.sid for rec in recs], dtype=object).reshape(n),
+        "formula": np.array([m[3] for m in metas], dtype=object).reshape(n),
+        "group_key": np.array([m[4] for m in metas], dtype=object).reshape(n),
+    }
+    if per_arr.keys() != schema.PER_PATTERN.keys():  # the schema grew a field this writer does not fill
+        raise XtalhpcError(f"compute_shard fills {sorted(per_arr)}, the schema has {sorted(schema.PER_PATTERN)}")
+    peaks = {}
+    if cfg.peaks:
+        pk = {name: [] for name in schema.PER_PEAK}
+        for res, rows, _ in kept:
+            for r in rows:
+                s0, s1 = int(res.peak_offsets[r]), int(res.peak_offsets[r + 1])
                 pk["two_theta"].append(res.peak_two_theta[s0:s1])
                 pk["intensity"].append(res.peak_intensity[s0:s1])
                 pk["d"].append(res.peak_d[s0:s1])
                 pk["F2"].append(res.peak_F2[s0:s1])
                 pk["hkl"].append(res.peak_hkl[s0:s1])
                 pk["multiplicity"].append(res.peak_multiplicity[s0:s1])
-    # Normalise each sub-batch in one go (same IEEE division per element as row by row).
-    pats = []
-    for res, rows, sc in kept:
-        if rows:
-            # in place on the batch's own float64 rows (no fancy-index copy when every row is kept)
-            p = res.patterns if len(rows) == len(res.patterns) else res.patterns[rows]
-            np.divide(p, np.asarray(sc)[:, None], out=p)
-            pats.append(p.astype(np.float32))
-    n = sum(len(rows) for _, rows, _ in kept)
-    per_arr = {}
-    for name, (dtype, tail, _) in schema.PER_PATTERN.items():
-        if dtype == schema.STR:
-            per_arr[name] = np.array(per[name], dtype=object).reshape(n)
-        else:
-            per_arr[name] = np.array(per[name], dtype=dtype).reshape(n, *tail)
-    peaks = {}
-    if cfg.peaks:
         for name, (dtype, tail, _) in schema.PER_PEAK.items():
             parts = pk[name]
             peaks[name] = (np.concatenate(parts).astype(dtype) if parts else np.zeros((0, *tail), dtype=dtype))
     rejects.sort()
     data = ShardData(
-        index=index, item_start=start, item_stop=stop,
-        patterns=np.concatenate(pats) if n else np.zeros((0, n_points), dtype=np.float32),
-        per_pattern=per_arr, peaks=peaks,
+        index=index, item_start=start, item_stop=stop, patterns=patterns, per_pattern=per_arr, peaks=peaks,
         rejects={"item_index": np.array([r[0] for r in rejects], dtype=np.int64),
                  "source": np.array([r[1] for r in rejects], dtype=object),
                  "reason": np.array([r[2] for r in rejects], dtype=object)})
