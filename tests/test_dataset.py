@@ -234,3 +234,154 @@ def test_reader_raises_on_fill_values(tmp_path, rng):
             ds.read("pattern")
         with pytest.raises(ShardError, match="fill value"):
             ds.read("formula")
+
+
+# ---------------------------------------------------------------- low-level writing = h5py's high-level objects
+def _h5_objects(path) -> dict:
+    """Every object of an HDF5 file with what defines it for a reader (values, types, layout, filters, fill)."""
+    import h5py
+
+    def htype(t):
+        return (t.get_class(), t.get_size(), t.get_cset() if hasattr(t, "get_cset") else None,
+                t.is_variable_str() if hasattr(t, "is_variable_str") else None, str(t.dtype))
+
+    def attrs(obj):
+        out = {}
+        for k in obj.attrs:
+            v = obj.attrs[k]
+            out[k] = (type(v).__name__, v.tolist() if isinstance(v, np.ndarray) else v,
+                      htype(obj.attrs.get_id(k).get_type()), obj.attrs.get_id(k).shape)
+        return out
+
+    objs = {}
+    with h5py.File(path, "r") as f:
+        objs["/"] = attrs(f)
+
+        def visit(name, obj):
+            rec = {"attrs": attrs(obj)}
+            if isinstance(obj, h5py.Dataset):
+                pl = obj.id.get_create_plist()
+                v = obj[()]
+                rec.update(htype=htype(obj.id.get_type()), shape=obj.shape, chunks=obj.chunks,
+                           compression=obj.compression, opts=obj.compression_opts, shuffle=obj.shuffle,
+                           layout=pl.get_layout(), times=pl.get_obj_track_times(), fill=repr(obj.fillvalue),
+                           fill_time=pl.get_fill_time(), alloc=pl.get_alloc_time(),
+                           order=pl.get_attr_creation_order(), value=v.tolist() if isinstance(v, np.ndarray) else v)
+                if obj.is_virtual:
+                    rec["vds"] = [(pl.get_virtual_filename(i), pl.get_virtual_dsetname(i),
+                                   pl.get_virtual_vspace(i).get_regular_hyperslab(),
+                                   pl.get_virtual_srcspace(i).get_select_type(), pl.get_virtual_srcspace(i).shape)
+                                  for i in range(pl.get_virtual_count())]
+            objs[name] = rec
+
+        f.visititems(visit)
+    return objs
+
+
+def _reference_write_shard(path, data: ShardData, digest: str) -> None:
+    """The shard as h5py's high-level API writes it (write_shard before it used low-level calls)."""
+    import h5py
+
+    from xtalhpc.dataset.shard import array_sha256
+
+    n, n_points = data.patterns.shape
+    sums = {}
+    with h5py.File(path, "w", libver=("v110", "latest")) as f:
+        pat = np.ascontiguousarray(data.patterns, dtype=np.float32)
+        f.create_dataset("patterns", data=pat, **({"chunks": (max(1, min(16, n)), n_points)} if n else {}))
+        sums["patterns"] = array_sha256(pat)
+        for name, (dtype, tail, _) in schema.PER_PATTERN.items():
+            arr = np.asarray(data.per_pattern[name])
+            if dtype != schema.STR:
+                arr = arr.astype(dtype, copy=False)
+            f.create_dataset(name, data=arr, dtype=schema.h5_dtype(dtype))
+            sums[name] = array_sha256(arr)
+        if data.peaks:
+            g = f.create_group("peaks")
+            m = int(np.sum(data.per_pattern["peak_count"]))
+            for name, (dtype, tail, _) in schema.PER_PEAK.items():
+                arr = np.ascontiguousarray(data.peaks[name], dtype=dtype)
+                g.create_dataset(name, data=arr, **({"chunks": True} if m else {}))
+                sums[f"peaks/{name}"] = array_sha256(arr)
+        g = f.create_group("rejects")
+        for name in schema.REJECT_FIELDS:
+            arr = np.asarray(data.rejects[name])
+            if name == "item_index":
+                g.create_dataset(name, data=arr.astype(np.int64))
+            else:
+                g.create_dataset(name, data=arr.astype(object), dtype=h5py.string_dtype("utf-8"))
+        a = f.attrs
+        a["schema"] = schema.SCHEMA_NAME
+        a["schema_version"] = schema.SCHEMA_VERSION
+        a["shard_index"] = data.index
+        a["item_start"] = data.item_start
+        a["item_stop"] = data.item_stop
+        a["n_points"] = n_points
+        a["config_digest"] = digest
+        a["has_peaks"] = bool(data.peaks)
+        a["sha256"] = schema.canonical_json(sums)
+        a["n_items"] = data.item_stop - data.item_start
+        a["n_patterns"] = n
+        a["n_rejected"] = data.n_rejected
+        a["complete"] = True
+
+
+@pytest.mark.parametrize("peaks,n_reject", [(True, 2), (False, 0), (False, 5)])
+def test_shard_objects_match_h5py_high_level_writing(tmp_path, rng, peaks, n_reject):
+    from xtalhpc.dataset import write_shard_info
+
+    sd = _shard(rng, 3, 5, n_reject=n_reject, peaks=peaks)
+    info = write_shard_info(tmp_path / "ds", sd, config_digest=DIGEST)
+    _reference_write_shard(tmp_path / "ref.h5", sd, DIGEST)
+    assert _h5_objects(info.path) == _h5_objects(tmp_path / "ref.h5")
+    # and write_shard_info says what shard_info reads back
+    assert info == shard_info(info.path, expect_digest=DIGEST, expect_index=3)
+
+
+def test_master_virtual_datasets_match_h5py_virtual_layout(tmp_path, rng):
+    import h5py
+
+    d, _ = _write_dataset(tmp_path, rng, n_shards=4, k=6, peaks=True)
+    infos = [shard_info(d / schema.shard_name(s)) for s in range(4)]
+    ref = d / "ref.h5"  # beside the master: the shard paths are relative to the file's folder
+    with h5py.File(ref, "w", libver=("v110", "latest")) as f:
+        for name, (dtype, tail, fill) in {**schema.PER_PATTERN, "patterns": (np.float32, (N_POINTS,), np.nan),
+                                          **{f"peaks/{k}": v for k, v in schema.PER_PEAK.items()}}.items():
+            count = (lambda s: s.n_peaks) if name.startswith("peaks/") else (lambda s: s.n_patterns)
+            total = sum(count(s) for s in infos)
+            layout = h5py.VirtualLayout(shape=(total, *tail), dtype=schema.h5_dtype(dtype))
+            pos = 0
+            for s in infos:
+                if count(s):
+                    layout[pos:pos + count(s)] = h5py.VirtualSource(schema.shard_name(s.index), name,
+                                                                    shape=(count(s), *tail))
+                    pos += count(s)
+            f.create_virtual_dataset(name.replace("/", "_"), layout, fillvalue=fill)
+    got, want = _h5_objects(d / schema.MASTER_NAME), _h5_objects(ref)
+    where = {"patterns": "entry/data/pattern", **{k: f"{schema.MASTER_GROUP[k]}/{k}" for k in schema.PER_PATTERN},
+             **{f"peaks_{k}": f"entry/peaks/{k}" for k in schema.PER_PEAK}}
+    for name, path in where.items():
+        a, b = dict(got[path]), dict(want[name])
+        a.pop("attrs"), b.pop("attrs")
+        assert a == b, path
+
+
+def test_array_sha256_hashes_strings_one_by_one_nul_terminated():
+    import hashlib
+
+    from xtalhpc.dataset.shard import array_sha256
+
+    def one_by_one(a):
+        h = hashlib.sha256()
+        for s in a.reshape(-1):
+            h.update(s.encode("utf-8") if isinstance(s, str) else bytes(s))
+            h.update(b"\0")
+        return h.hexdigest()
+
+    for a in (np.array(["NaCl", "caf\u00e9", "", "a\0b"], dtype=object), np.array([], dtype=object),
+              np.array(["ab", "c"]), np.array([b"ab", b"c"], dtype=object), np.array([b"ab", "c"], dtype=object),
+              np.array([["x", "y"], ["z", "w"]], dtype=object)):
+        assert array_sha256(a) == one_by_one(a), a
+    x = np.arange(24, dtype=np.float32).reshape(4, 6)
+    for a in (x, x[:, ::2], x.T, np.zeros((0, 6))):
+        assert array_sha256(a) == hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()

@@ -10,8 +10,9 @@ from __future__ import annotations
 from .master import build_master
 from .reader import Dataset, open_dataset
 from .schema import SCHEMA_NAME, SCHEMA_VERSION
-from .shard import ShardData, ShardError, ShardInfo, shard_info, write_shard
+from .shard import ShardData, ShardError, ShardInfo, shard_info, write_shard, write_shard_info
 from .verify import VerifyReport, verify_dataset
 
 __all__ = ["Dataset", "SCHEMA_NAME", "SCHEMA_VERSION", "ShardData", "ShardError", "ShardInfo", "VerifyReport",
-           "build_master", "open_dataset", "shard_info", "verify_dataset", "write_shard"]
+           "build_master", "open_dataset", "shard_info", "verify_dataset", "write_shard",
+           "write_shard_info"]
