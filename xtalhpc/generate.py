@@ -532,6 +532,7 @@ class _Coordinator:
         self.closed = 0  # workers told "no more shards"
         self.assigned = 0  # shards handed to workers
         self.reported = 0  # of those, reported done
+        self.infos: dict = {}  # shard index -> ShardInfo of the shards the workers wrote
 
     def take(self) -> int | None:
         return self.queue.pop(0) if self.queue else None
@@ -555,6 +556,9 @@ class _Coordinator:
                     self.assigned += 1
             elif tag == TAG_DONE:
                 self.reported += 1
+                info = msg.pop("info", None)
+                if info is not None:
+                    self.infos[info.index] = info
                 self.progress.shard_done(**msg)
 
     def drain(self) -> None:
@@ -947,8 +951,11 @@ def _size(path: str) -> int:
         return -1
 
 
-def _prepare_output(cfg: GenerateConfig, digest: str, record: dict, n_shards: int, log) -> tuple[list[int], object]:
-    """Rank 0: check an existing output against this config, lock it, clean leftovers, list shards still to do."""
+def _prepare_output(cfg: GenerateConfig, digest: str, record: dict, n_shards: int, log) -> tuple[list[int], list, object]:
+    """Rank 0: check an existing output against this config, lock it, clean leftovers, list shards still to do.
+
+    Returns the shards to do, the :class:`~xtalhpc.dataset.ShardInfo` of those already complete, and the lock.
+    """
     from .dataset import ShardError, shard_info
 
     out = Path(cfg.output)
@@ -993,7 +1000,7 @@ def _prepare_output(cfg: GenerateConfig, digest: str, record: dict, n_shards: in
             log(f"recomputing {p.name}: {exc}")
             p.unlink()
             todo.append(s)
-    return todo, lock
+    return todo, done, lock
 
 
 def _lock_output(out: Path):
@@ -1033,7 +1040,7 @@ def run_generate(cfg: GenerateConfig, comm=None, *, log_stream=None, quiet: bool
 
     Every rank calls this; rank 0 returns the :class:`RunSummary`, the others None.
     """
-    from .dataset import build_master, shard_info, write_shard
+    from .dataset import build_master, shard_info, write_shard_info
 
     comm = comm or SerialComm()
     stream = log_stream or sys.stderr
@@ -1064,6 +1071,7 @@ def run_generate(cfg: GenerateConfig, comm=None, *, log_stream=None, quiet: bool
     record["device"] = cfg.device
     decision = None
     lock = None
+    known: dict = {}  # rank 0: shard index -> ShardInfo, for the master file (no need to reopen those shards)
     if comm.rank == 0:
         try:
             if n_items == 0:
@@ -1074,7 +1082,8 @@ def run_generate(cfg: GenerateConfig, comm=None, *, log_stream=None, quiet: bool
                 except ImportError as exc:
                     raise InputError(f"--synthetic needs xtalhpc.synth.generate_crystal, not available here ({exc})",
                                      field="--synthetic") from None
-            todo, lock = _prepare_output(cfg, digest, record, n_shards, log)
+            todo, done, lock = _prepare_output(cfg, digest, record, n_shards, log)
+            known.update((i.index, i) for i in done)
             decision = ("ok", todo)
         except XtalhpcError as exc:
             decision = ("error", exc)
@@ -1102,13 +1111,13 @@ def run_generate(cfg: GenerateConfig, comm=None, *, log_stream=None, quiet: bool
                                  sub_state=sub_state if between is not None else None,
                                  between=between, sub_batch_s=sub_batch_s)
         t1 = time.perf_counter()
-        write_shard(cfg.output, data, config_digest=digest, compression=cfg.compression,
-                    compression_level=cfg.compression_level)
+        info = write_shard_info(cfg.output, data, config_digest=digest, compression=cfg.compression,
+                                compression_level=cfg.compression_level)
         tm.write = time.perf_counter() - t1
         times.add(tm)
         if throttle:
             time.sleep(throttle)
-        return data
+        return data, info
 
     try:
         if comm.rank == 0:
@@ -1116,8 +1125,8 @@ def run_generate(cfg: GenerateConfig, comm=None, *, log_stream=None, quiet: bool
             coord.poll()
             while (s := coord.take()) is not None:
                 t = time.perf_counter()
-                data = do_shard(s, between=coord.poll if comm.size > 1 else None,
-                                sub_batch_s=POLL_INTERVAL_S if comm.size > 1 else None)
+                data, known[s] = do_shard(s, between=coord.poll if comm.size > 1 else None,
+                                          sub_batch_s=POLL_INTERVAL_S if comm.size > 1 else None)
                 n_mine += 1
                 progress.shard_done(shard=s, rank=0, n_patterns=data.n_patterns, n_rejected=data.n_rejected,
                                     seconds=time.perf_counter() - t)
@@ -1125,6 +1134,7 @@ def run_generate(cfg: GenerateConfig, comm=None, *, log_stream=None, quiet: bool
             t = time.perf_counter()
             coord.drain()
             t_wait += time.perf_counter() - t
+            known.update(coord.infos)
         else:
             worker = _Worker(comm)
             while True:
@@ -1134,10 +1144,10 @@ def run_generate(cfg: GenerateConfig, comm=None, *, log_stream=None, quiet: bool
                 if s is None:
                     break
                 t = time.perf_counter()
-                data = do_shard(s)
+                data, info = do_shard(s)
                 n_mine += 1
                 worker.report(shard=s, rank=comm.rank, n_patterns=data.n_patterns, n_rejected=data.n_rejected,
-                              seconds=time.perf_counter() - t)
+                              seconds=time.perf_counter() - t, info=info)
     except Exception:
         if comm.size > 1:
             # One rank failing must not leave the others waiting forever for it.
@@ -1154,8 +1164,14 @@ def run_generate(cfg: GenerateConfig, comm=None, *, log_stream=None, quiet: bool
         return None
     # Master file over every shard.
     t = time.perf_counter()
-    infos = [shard_info(Path(cfg.output) / schema.shard_name(s), expect_digest=digest, expect_index=s)
-             for s in range(n_shards)]
+    # Shards written or checked during this run are known (their writers' ShardInfo); any other
+    # shard, or one whose file has gone since, is opened and checked here.
+    infos = []
+    for s in range(n_shards):
+        p = Path(cfg.output) / schema.shard_name(s)
+        info = known.get(s)
+        infos.append(info if info is not None and p.is_file()
+                     else shard_info(p, expect_digest=digest, expect_index=s))
     n_pat = sum(i.n_patterns for i in infos)
     n_rej = sum(i.n_rejected for i in infos)
     if n_pat + n_rej != n_items:
