@@ -199,11 +199,10 @@ def _dcpl():
 
 def _small_dataset(parent_id, name: str, arr: np.ndarray, dtype) -> None:
     """``parent.create_dataset(name, data=arr, dtype=h5_dtype(dtype))`` (contiguous, unfiltered), low level."""
-    import h5py
     from h5py import h5d, h5s
 
     if dtype == schema.STR:
-        arr = np.asarray(arr.astype(object, copy=False), dtype=h5py.string_dtype("utf-8"), order="C")
+        arr = np.asarray(arr.astype(object, copy=False), dtype=_str_dtype(), order="C")
     else:
         arr = np.ascontiguousarray(arr, dtype=dtype)
     dsid = h5d.create(parent_id, name.encode("ascii"), _file_type(dtype), h5s.create_simple(arr.shape),
@@ -218,14 +217,33 @@ def _attr(obj_id, name: str, value) -> None:
     Same types as h5py's: a str becomes a scalar variable-length UTF-8 string, a bool
     h5py's enum, an int an 8-byte integer.
     """
-    import h5py
-    from h5py import h5a, h5s, h5t
+    from h5py import h5a
 
-    data = np.asarray(value, dtype=h5py.string_dtype() if isinstance(value, str) else None, order="C")
-    attr = h5a.create(obj_id, name.encode("ascii"), h5t.py_create(data.dtype, logical=True),
-                      h5s.create_simple(data.shape))
-    attr.write(data, mtype=h5t.py_create(data.dtype))
+    is_str = isinstance(value, str)
+    data = np.asarray(value, dtype=_str_dtype(None) if is_str else None, order="C")
+    ftype, mtype, space = _attr_types(is_str, data.dtype, data.shape)
+    attr = h5a.create(obj_id, name.encode("ascii"), ftype, space)
+    attr.write(data, mtype=mtype)
     attr.close()
+
+
+@lru_cache(maxsize=None)
+def _str_dtype(encoding="utf-8"):
+    """h5py's variable-length string dtype (``string_dtype()`` when ``encoding`` is None, as ``attrs`` uses)."""
+    import h5py
+
+    return h5py.string_dtype() if encoding is None else h5py.string_dtype(encoding)
+
+
+@lru_cache(maxsize=None)
+def _attr_types(is_str: bool, dtype, shape):
+    """File type, memory type and dataspace of an attribute, as ``AttributeManager.create`` makes them.
+
+    ``is_str`` is part of the key: NumPy compares h5py's string dtype equal to a plain object dtype.
+    """
+    from h5py import h5s, h5t
+
+    return h5t.py_create(dtype, logical=True), h5t.py_create(dtype), h5s.create_simple(shape)
 
 
 @dataclass(frozen=True)
