@@ -108,8 +108,8 @@ def _packed(crystals, inst):
         raise SystemExit(f"{len(errors)} structures could not be packed: {next(iter(errors.values()))}")
     counts = np.zeros(p.recip.shape[0], np.int64)
     column_tables(p, qmax_of(inst))
-    cpu.count_reflections(p.recip, p.cell_len, qmax_of(inst), p.laue_off, p.laue_rot, p.tab_off, p.tab_k, p.table,
-                          counts)
+    cpu.count_reflections(p.recip, p.cell_len, qmax_of(inst), p.laue_off, p.laue_rot, p.tab_off, p.tab_k, p.tab_l,
+                          p.table, counts)
     refl_off = np.zeros(len(counts) + 1, np.int64)
     np.cumsum(counts, out=refl_off[1:])
     return p, counts, refl_off
@@ -206,7 +206,8 @@ def host_seconds(crystals, inst, repeat: int = 3) -> dict:
     qmax = qmax_of(inst)
     hkl, q, f2, mult = np.empty((m, 3), np.int32), np.empty(m), np.empty(m), np.empty(m, np.int32)
     cpu.structure_factors(p.recip, p.cell_len, qmax, refl_off, p.type_off, p.type_atom_off, p.type_coef, p.type_b,
-                          p.frac, p.occ, p.laue_off, p.laue_rot, p.tab_off, p.tab_k, p.table, hkl, q, f2, mult)
+                          p.frac, p.occ, p.laue_off, p.laue_rot, p.tab_off, p.tab_k, p.tab_l, p.table, p.orbit,
+                          hkl, q, f2, mult)
     outs = (np.empty((m, 3), np.int32), np.empty(m), np.empty(m), np.empty(m, np.int32), np.zeros(n, np.int64))
     set_num_threads(1)
     best_f = best_c = np.inf

@@ -24,6 +24,11 @@ from numba import njit, prange
 from .physics import (GAUSS_HALF_WIDTH, bragg_theta, inv_d2, lorentz_factor_sc, peak_fwhm_sc, pseudo_voigt_parts,
                       weight_terms, window_area)
 
+#: Patterns are float32 (n, npts) rows: 7 significant digits, far finer than any counting
+#: statistics, half the memory traffic of float64, and what datasets store. Everything
+#: before the rows (|F|^2, positions, widths, window areas) is float64.
+PATTERN_DTYPE = np.float32
+
 TWO_PI = 2.0 * math.pi
 RAD2DEG = 180.0 / math.pi
 
@@ -190,81 +195,129 @@ def column_may_hold_canonical(h, k, rot, r0, r1):
 
 
 @njit(cache=True, error_model="numpy")
-def canonical_table(rot, r0, r1, hmax, kmax, out):
-    """Canonical l interval of every (h, k) column, h = 0..hmax, k = -kmax..kmax, under the
-    Laue rotations rot[r0:r1]: out[h * (2 kmax + 1) + k + kmax] = (lo, hi), lo > hi where the
-    column holds no canonical member. Depends on the Laue group alone, not on the cell, so
-    it is computed once per group and shared by every structure of that group."""
+def canonical_table(rot, r0, r1, hmax, kmax, lmax, out):
+    """Canonical l interval of every (h, k) column, h = 0..hmax, k = -kmax..kmax, cut to
+    |l| <= lmax, under the Laue rotations rot[r0:r1]:
+    out[h * (2 kmax + 1) + k + kmax] = (lo, hi, start), lo > hi where the column holds no
+    canonical member; ``start`` numbers the canonical reflections of the box column by column
+    (the row of (h, k, lo) in orbit_table). Returns their number. Depends on the Laue group
+    alone, not on the cell, so it is computed once per group and shared by every structure
+    of that group."""
     w = 2 * kmax + 1
+    n = 0
     for h in range(hmax + 1):
         for k in range(-kmax, kmax + 1):
             c = h * w + k + kmax
-            if (h == 0 and k < 0) or not column_may_hold_canonical(h, k, rot, r0, r1):
-                out[c, 0] = 1
-                out[c, 1] = 0
-            else:
+            lo, hi = 1, 0
+            if not (h == 0 and k < 0) and column_may_hold_canonical(h, k, rot, r0, r1):
                 lo, hi = canonical_l_interval(h, k, rot, r0, r1)
-                out[c, 0] = lo
-                out[c, 1] = hi
-
-
-@njit(cache=True, error_model="numpy", inline="always")
-def column_interval(i, h, k, g11, g22, g33, g12, g13, g23, qmax, sym, kmax, laue_rot, r0, r1, tab_off, tab_k,
-                    table):
-    """The l interval a column contributes: l_range, cut to the canonical interval when the
-    structure's Laue group has order >= MIN_LAUE_ORDER (from its group's table where it has
-    one large enough, else computed)."""
-    lo, hi = l_range(h, k, g11, g22, g33, g12, g13, g23, qmax)
-    if sym and lo <= hi:
-        kt = tab_k[i]
-        if kt >= kmax:
-            c = tab_off[i] + h * (2 * kt + 1) + k + kt
-            clo, chi = table[c, 0], table[c, 1]
-        elif column_may_hold_canonical(h, k, laue_rot, r0, r1):
-            clo, chi = canonical_l_interval(h, k, laue_rot, r0, r1)
-        else:
-            return 1, 0
-        if clo > lo:
-            lo = clo
-        if chi < hi:
-            hi = chi
-    return lo, hi
+                lo = max(lo, -lmax)
+                hi = min(hi, lmax)
+                if lo > hi:
+                    lo, hi = 1, 0
+            out[c, 0] = lo
+            out[c, 1] = hi
+            out[c, 2] = n
+            n += hi - lo + 1
+    return n
 
 
 @njit(cache=True, error_model="numpy")
-def _count_one(recip, cell_len, i, qmax, laue_off, laue_rot, tab_off, tab_k, table):
+def orbit_table(rot, r0, r1, hmax, kmax, cols, orbit):
+    """orbit_representative of every canonical reflection of a canonical_table box, in its
+    numbering: orbit[e] = (multiplicity = order / stabiliser, rh, rk, rl). A per-group cache
+    of that function: the kernels then read a reflection's orbit instead of applying every
+    rotation to it."""
+    w = 2 * kmax + 1
+    order = r1 - r0
+    for h in range(hmax + 1):
+        for k in range(-kmax, kmax + 1):
+            c = h * w + k + kmax
+            for l in range(cols[c, 0], cols[c, 1] + 1):
+                stab, rh, rk, rl = orbit_representative(h, k, l, rot, r0, r1)
+                e = cols[c, 2] + l - cols[c, 0]
+                orbit[e, 0] = order // stab
+                orbit[e, 1] = rh
+                orbit[e, 2] = rk
+                orbit[e, 3] = rl
+
+
+#: column_interval's "this column's orbits are not tabulated".
+NO_ORBIT = -(1 << 62)
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def column_interval(i, h, k, g11, g22, g33, g12, g13, g23, qmax, sym, kmax, lmax, laue_rot, r0, r1, tab_off, tab_k,
+                    tab_l, table):
+    """The l interval a column contributes: l_range, cut to the canonical interval when the
+    structure's Laue group has order >= MIN_LAUE_ORDER (from its group's table where it has
+    one large enough, else computed). Also returns ``eb``, where eb + l is the orbit_table
+    row of (h, k, l), or NO_ORBIT when the orbits are not tabulated (table row start < 0)."""
+    if sym:
+        kt = tab_k[i]
+        if kt >= kmax and tab_l[i] >= lmax:
+            # the table first: most columns of a high-symmetry group hold no canonical member
+            c = tab_off[i] + h * (2 * kt + 1) + k + kt
+            clo, chi = table[c, 0], table[c, 1]
+            if clo > chi:
+                return 1, 0, NO_ORBIT
+            lo, hi = l_range(h, k, g11, g22, g33, g12, g13, g23, qmax)
+            return max(lo, clo), min(hi, chi), (table[c, 2] - clo if table[c, 2] >= 0 else NO_ORBIT)
+        lo, hi = l_range(h, k, g11, g22, g33, g12, g13, g23, qmax)
+        if lo > hi or not column_may_hold_canonical(h, k, laue_rot, r0, r1):
+            return 1, 0, NO_ORBIT
+        clo, chi = canonical_l_interval(h, k, laue_rot, r0, r1)
+        return max(lo, clo), min(hi, chi), NO_ORBIT
+    lo, hi = l_range(h, k, g11, g22, g33, g12, g13, g23, qmax)
+    return lo, hi, NO_ORBIT
+
+
+@njit(cache=True, error_model="numpy")
+def _count_one(recip, cell_len, i, qmax, laue_off, laue_rot, tab_off, tab_k, tab_l, table):
     g11, g22, g33, g12, g13, g23 = recip[i, 0], recip[i, 1], recip[i, 2], recip[i, 3], recip[i, 4], recip[i, 5]
-    hmax, kmax, _ = index_bounds(cell_len[i, 0], cell_len[i, 1], cell_len[i, 2], qmax)
+    hmax, kmax, lmax = index_bounds(cell_len[i, 0], cell_len[i, 1], cell_len[i, 2], qmax)
     r0, r1 = laue_off[i], laue_off[i + 1]
     sym = r1 - r0 >= MIN_LAUE_ORDER
     n = 0
     for h in range(0, hmax + 1):
         k0 = 0 if h == 0 else -kmax
         for k in range(k0, kmax + 1):
-            lo, hi = column_interval(i, h, k, g11, g22, g33, g12, g13, g23, qmax, sym, kmax, laue_rot, r0, r1,
-                                     tab_off, tab_k, table)
-            for l in range(lo, hi + 1):
-                q = inv_d2(h, k, l, g11, g22, g33, g12, g13, g23)
+            lo, hi, _ = column_interval(i, h, k, g11, g22, g33, g12, g13, g23, qmax, sym, kmax, lmax, laue_rot, r0,
+                                        r1, tab_off, tab_k, tab_l, table)
+            # Q(l) is a convex quadratic, so the l with 0 < Q <= qmax (the test _sf_one applies
+            # to each l) form one run: trim the ends, count the rest (Q = 0 only at l = 0 of the
+            # column h = k = 0, which l_range already starts at 1).
+            while lo <= hi:
+                q = inv_d2(h, k, lo, g11, g22, g33, g12, g13, g23)
                 if q > 0.0 and q <= qmax:
-                    n += 1
+                    break
+                lo += 1
+            while hi > lo:
+                q = inv_d2(h, k, hi, g11, g22, g33, g12, g13, g23)
+                if q > 0.0 and q <= qmax:
+                    break
+                hi -= 1
+            if lo <= hi:
+                n += hi - lo + 1
     return n
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def count_reflections(recip, cell_len, qmax, laue_off, laue_rot, tab_off, tab_k, table, counts):
+def count_reflections(recip, cell_len, qmax, laue_off, laue_rot, tab_off, tab_k, tab_l, table, counts):
     """Reflections with 0 < Q <= qmax each structure will compute: one per Laue orbit where
     its Laue group has order >= MIN_LAUE_ORDER, else every half-sphere reflection.
 
     ``table`` holds canonical_table() of the batch's Laue groups; structure i's starts at
-    row ``tab_off[i]`` with half-width ``tab_k[i]`` (-1: none, intervals computed here).
+    row ``tab_off[i]`` with half-widths ``tab_k[i]``, ``tab_l[i]`` (-1: none, intervals
+    computed here).
     """
     for i in prange(recip.shape[0]):
-        counts[i] = _count_one(recip, cell_len, i, qmax, laue_off, laue_rot, tab_off, tab_k, table)
+        counts[i] = _count_one(recip, cell_len, i, qmax, laue_off, laue_rot, tab_off, tab_k, tab_l, table)
 
 
 @njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract"})
 def _sf_one(i, recip, cell_len, qmax, refl_off, type_off, type_atom_off, type_coef, type_b, frac, occ,
-            laue_off, laue_rot, tab_off, tab_k, table, out_hkl, out_q, out_f2, out_mult):
+            laue_off, laue_rot, tab_off, tab_k, tab_l, table, orbit, out_hkl, out_q, out_f2, out_mult):
     """The reflections of structure ``i`` in (h, k) columns of consecutive l: every half-sphere
     reflection (multiplicity 2, itself and its Friedel mate) or, when its Laue group has order
     >= MIN_LAUE_ORDER, the canonical member of each Laue orbit (multiplicity = orbit size).
@@ -346,8 +399,8 @@ def _sf_one(i, recip, cell_len, qmax, refl_off, type_off, type_atom_off, type_co
     for h in range(0, hmax + 1):
         k0 = 0 if h == 0 else -kmax
         for k in range(k0, kmax + 1):
-            lo, hi = column_interval(i, h, k, g11, g22, g33, g12, g13, g23, qmax, sym, kmax, laue_rot, r0, r1,
-                                     tab_off, tab_k, table)
+            lo, hi, eb = column_interval(i, h, k, g11, g22, g33, g12, g13, g23, qmax, sym, kmax, lmax, laue_rot, r0,
+                                         r1, tab_off, tab_k, tab_l, table)
             if lo > hi:
                 continue
             bq = 2.0 * (g13 * h + g23 * k)
@@ -382,7 +435,13 @@ def _sf_one(i, recip, cell_len, qmax, refl_off, type_off, type_atom_off, type_co
                         fi += wgt * si
                     out_q[pos] = q
                     out_f2[pos] = fr * fr + fi * fi
-                    if sym:
+                    if eb != NO_ORBIT:  # the orbit from the group's table
+                        e = eb + l
+                        out_mult[pos] = orbit[e, 0]
+                        out_hkl[pos, 0] = orbit[e, 1]
+                        out_hkl[pos, 1] = orbit[e, 2]
+                        out_hkl[pos, 2] = orbit[e, 3]
+                    elif sym:
                         stab, rh, rk, rl = orbit_representative(h, k, l, laue_rot, r0, r1)
                         out_mult[pos] = order // stab
                         out_hkl[pos, 0] = rh
@@ -407,7 +466,7 @@ def _sf_one(i, recip, cell_len, qmax, refl_off, type_off, type_atom_off, type_co
 
 @njit(parallel=True, cache=True, error_model="numpy")
 def structure_factors(recip, cell_len, qmax, refl_off, type_off, type_atom_off, type_coef, type_b, frac, occ,
-                      laue_off, laue_rot, tab_off, tab_k, table, out_hkl, out_q, out_f2, out_mult):
+                      laue_off, laue_rot, tab_off, tab_k, tab_l, table, orbit, out_hkl, out_q, out_f2, out_mult):
     """|F(hkl)|^2 (units of coef^2: fm^2 for neutrons) and multiplicity per computed reflection.
 
     Structures whose Laue group has order >= MIN_LAUE_ORDER get one reflection per orbit
@@ -417,7 +476,7 @@ def structure_factors(recip, cell_len, qmax, refl_off, type_off, type_atom_off, 
     """
     for i in prange(recip.shape[0]):
         _sf_one(i, recip, cell_len, qmax, refl_off, type_off, type_atom_off, type_coef, type_b, frac, occ,
-                laue_off, laue_rot, tab_off, tab_k, table, out_hkl, out_q, out_f2, out_mult)
+                laue_off, laue_rot, tab_off, tab_k, tab_l, table, orbit, out_hkl, out_q, out_f2, out_mult)
 
 
 @njit(cache=True, error_model="numpy")
@@ -497,6 +556,7 @@ def _add_peak(row, grid, tt_min, step, tt, inten, fwhm, eta, cutoff):
     by one division per point in a vectorisable loop over the grid values, the Gaussian
     part over +-GAUSS_HALF_WIDTH FWHM by the exact multiplicative recurrence
     g(x + step) = g(x) r, r <- r exp(-2 a step^2) (three exps per peak, not one per point).
+    The Lorentzian is evaluated in float32 (the rows' precision) from a float64 offset.
     """
     npts = row.shape[0]
     half = cutoff * fwhm
@@ -510,22 +570,29 @@ def _add_peak(row, grid, tt_min, step, tt, inten, fwhm, eta, cutoff):
     scale = inten / area
     lo = max(i0, 0)
     hi = min(i1, npts - 1)
-    al = amp_l * scale
-    # Slices and a loop from 0 let LLVM drop negative-index handling and vectorise.
+    al = np.float32(amp_l * scale)
+    one = np.float32(1.0)
+    # Slices and a loop from 0 let LLVM drop negative-index handling and vectorise. The offset
+    # z is formed in float64 (positions exact) and the Lorentzian evaluated in float32, the
+    # rows' precision: twice the lanes per vector division.
     rw = row[lo:hi + 1]
     gr = grid[lo:hi + 1]
     for p in range(hi + 1 - lo):
-        z = (gr[p] - tt) * inv_hw
-        rw[p] += al / (1.0 + z * z)
+        z = np.float32((gr[p] - tt) * inv_hw)
+        rw[p] += al / (one + z * z)
     if amp_g > 0.0:
         ag = amp_g * scale
         ic = int(round((tt - tt_min) / step))
         gw = int(GAUSS_HALF_WIDTH * fwhm / step) + 1
         d0 = tt_min + ic * step - tt
-        c = math.exp(-2.0 * a_g * step * step)
+        # g(d0 + j step) = g0 u^(j^2) v^j with u = exp(-a step^2), v = exp(-2 a d0 step):
+        # ratios r = u v (upwards) and u / v (downwards), each multiplied by c = u^2 per step.
+        u = math.exp(-a_g * step * step)
+        v = math.exp(-2.0 * a_g * d0 * step)
+        c = u * u
         g0 = ag * math.exp(-a_g * d0 * d0)
         g = g0
-        r = math.exp(-a_g * (2.0 * d0 * step + step * step))
+        r = u * v
         for j in range(0, gw + 1):
             p = ic + j
             if p > hi:
@@ -535,7 +602,7 @@ def _add_peak(row, grid, tt_min, step, tt, inten, fwhm, eta, cutoff):
             g *= r
             r *= c
         g = g0
-        r = math.exp(-a_g * (-2.0 * d0 * step + step * step))
+        r = u / v
         for j in range(1, gw + 1):
             g *= r
             r *= c
@@ -585,7 +652,7 @@ def _render_one(i, s, nfam, fam_q, fam_f2, fam_mult, wavelengths, wweights, tt_m
 @njit(parallel=True, cache=True, error_model="numpy")
 def render_patterns(fam_off, fam_count, fam_q, fam_f2, fam_mult, wavelengths, wweights, tt_min, step, u, v, w,
                     x, y, zero, cutoff, min_fwhm, xray, pattern, fam_tt, fam_int):
-    """Sum pseudo-Voigt peaks onto each structure's row of ``pattern`` (n, npts).
+    """Sum pseudo-Voigt peaks onto each structure's row of ``pattern`` (n, npts), PATTERN_DTYPE.
 
     Also fills 2theta (degrees, first wavelength) and integrated intensity m |F|^2 L of every family.
     """

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import math
 
-from numba import config, cuda, float64, int8, int32, int64, njit, types
+from numba import config, cuda, float32, float64, int8, int32, int64, njit, types
 
 from . import cpu, physics
 from .cpu import MIN_LAUE_ORDER
@@ -391,7 +391,8 @@ def _render_kernel(fam_off, fam_q, fam_f2, fam_mult, wavelengths, wweights, tt_m
             al = amp_l * scale
             ag = amp_g * scale
             for p in range(max(i0, 0), min(i1, npts - 1) + 1):
-                cuda.atomic.add(pattern, (i, p), profile_point(p, tt, tt_min, step, ic, gw, d0, al, inv_hw, ag, a_g))
+                cuda.atomic.add(pattern, (i, p),
+                                float32(profile_point(p, tt, tt_min, step, ic, gw, d0, al, inv_hw, ag, a_g)))
 
 
 structure_factor_kernel = cuda.jit(_structure_factor_kernel)
@@ -406,6 +407,7 @@ _i32 = int32[::1]
 _i64 = int64[::1]
 _f64 = float64[::1]
 _f64_2d = float64[:, ::1]
+_pattern = float32[:, ::1]  # cpu.PATTERN_DTYPE rows
 
 #: Kernel name -> (Python function, the one signature the launchers call it with). The
 #: launchers pass exactly these dtypes and layouts, so the PTX test compiles what runs.
@@ -420,8 +422,8 @@ SIGNATURES = {
     "family_offsets": (_family_offsets_kernel, (_i64, _i64)),
     "family_compact": (_family_compact_kernel, (
         _i64, _i64, _i64, int32[:, ::1], _f64, _f64, _i32, int32[:, ::1], _f64, _f64, _i32)),
-    "zero": (_zero_kernel, (_f64_2d,)),
+    "zero": (_zero_kernel, (_pattern,)),
     "render": (_render_kernel, (
         _i64, _f64, _f64, _i32, _f64, _f64, float64, float64, float64, float64, float64, float64, float64,
-        float64, float64, float64, types.boolean, _f64_2d, _f64, _f64)),
+        float64, float64, float64, types.boolean, _pattern, _f64, _f64)),
 }

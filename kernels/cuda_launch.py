@@ -39,7 +39,7 @@ import time
 import numpy as np
 from numba import njit
 
-from .cpu import MIN_LAUE_ORDER, canonical_l_interval, index_bounds, l_range
+from .cpu import MIN_LAUE_ORDER, PATTERN_DTYPE, canonical_l_interval, index_bounds, l_range
 from .physics import inv_d2
 
 #: Fraction of the free device memory one run may hold; up to three batches are alive at
@@ -208,7 +208,7 @@ def _split(counts: np.ndarray, npts: int) -> list[tuple[int, int]]:
     """Contiguous structure ranges, each small enough for the device and the pipeline."""
     m = int(counts.sum())
     budget = MEMORY_FRACTION * _free_device_bytes() / LIVE_BATCHES
-    per_struct = 8 * npts + 64
+    per_struct = np.dtype(PATTERN_DTYPE).itemsize * npts + 64
     cap = max(1, int(budget // BYTES_PER_REFLECTION))
     target = min(cap, max(MIN_BATCH_REFLECTIONS, -(-m // PIPELINE_BATCHES)))
     out = []
@@ -287,7 +287,7 @@ def run_packed(p, counts, inst, timings: dict) -> tuple:
     fam_count = np.zeros(n, dtype=np.int64)
     fam_tt = np.empty(m)
     fam_int = np.empty(m)
-    patterns = np.zeros((n, npts))
+    patterns = np.zeros((n, npts), dtype=PATTERN_DTYPE)
     if m == 0:
         timings["cuda_wall"] = timings.get("cuda_wall", 0.0) + time.perf_counter() - t_start
         return refl_off, fam_count, fam_hkl, fam_q, fam_f2, fam_mult, fam_tt, fam_int, patterns
@@ -302,7 +302,7 @@ def run_packed(p, counts, inst, timings: dict) -> tuple:
     pin_mult = pool.get("mult", (m,), np.int32)
     pin_tt = pool.get("fam_tt", (m,), np.float64)
     pin_int = pool.get("fam_int", (m,), np.float64)
-    pin_pat = pool.get("pattern", (n, npts), np.float64)
+    pin_pat = pool.get("pattern", (n, npts), PATTERN_DTYPE)
     pin_doff = pool.get("dense_off", (n + len(counts) + 2,), np.int64)
     streams = (cuda.stream(), cuda.stream())
 
@@ -407,7 +407,7 @@ def run_packed(p, counts, inst, timings: dict) -> tuple:
         d_loc_off, f_count, d_doff, f_hkl, f_q, f_f2, f_mult = st.pop("fam")
         st.pop("keep")
         # Dense rows of this batch start at r0 in the chunk-wide pinned buffers (nd <= r1 - r0).
-        d_pat = cuda.device_array((s1 - s0, npts), dtype=np.float64, stream=stream)
+        d_pat = cuda.device_array((s1 - s0, npts), dtype=PATTERN_DTYPE, stream=stream)
         blocks, threads = _grid((s1 - s0) * npts, 256)
         zero_kernel[blocks, threads, stream](d_pat)
         keep = [d_pat, d_loc_off, f_count, d_doff, f_hkl, f_q, f_f2, f_mult]

@@ -152,12 +152,15 @@ def pseudo_voigt_parts(fwhm, eta):
 def window_area(fwhm, eta, w_lo, w_hi):
     """Area of the unit-area pseudo-Voigt between -w_lo and +w_hi (degrees).
 
-    The Lorentzian part exactly, eta/pi (atan(w_lo/hw) + atan(w_hi/hw)); the Gaussian part
-    as 1 - eta (windows span at least GAUSS_HALF_WIDTH FWHM, where its loss is < 1e-8).
-    A rendered peak is scaled by 1 / window_area so its integrated intensity is kept.
+    The Lorentzian part exactly, eta/pi (atan(x) + atan(y)) with x = w_lo/hw, y = w_hi/hw,
+    evaluated as one atan2: atan x + atan y is the argument of (1 + ix)(1 + iy) =
+    (1 - xy) + i(x + y), which lies in (0, pi) for x, y > 0. The Gaussian part as 1 - eta
+    (windows span at least GAUSS_HALF_WIDTH FWHM, where its loss is < 1e-8). A rendered
+    peak is scaled by 1 / window_area so its integrated intensity is kept.
     """
-    hw = 0.5 * fwhm
-    return eta / math.pi * (math.atan(w_lo / hw) + math.atan(w_hi / hw)) + (1.0 - eta)
+    x = 2.0 * w_lo / fwhm
+    y = 2.0 * w_hi / fwhm
+    return eta / math.pi * math.atan2(x + y, 1.0 - x * y) + (1.0 - eta)
 
 
 @njit(cache=True, error_model="numpy", inline="always")

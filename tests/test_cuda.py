@@ -148,7 +148,7 @@ def test_device_batches_cover_the_chunk_within_the_memory_budget(monkeypatch, rn
     assert batches[0][0] == 0 and batches[-1][1] == len(counts)
     assert all(a[1] == b[0] and a[0] < a[1] for a, b in zip(batches, batches[1:]))
     for s0, s1 in batches:
-        need = counts[s0:s1].sum() * cl.BYTES_PER_REFLECTION + (s1 - s0) * (8 * npts + 64)
+        need = counts[s0:s1].sum() * cl.BYTES_PER_REFLECTION + (s1 - s0) * (np.dtype(cl.PATTERN_DTYPE).itemsize * npts + 64)
         assert need <= budget
     with pytest.raises(MemoryError, match="MiB"):
         cl._split(np.array([10, int(budget // cl.BYTES_PER_REFLECTION) + 1]), npts)

@@ -12,7 +12,8 @@ import sys
 import time
 import types
 from dataclasses import dataclass, field
-from functools import lru_cache
+from itertools import chain, repeat
+from collections import OrderedDict
 from pathlib import Path
 from typing import Sequence
 
@@ -150,41 +151,76 @@ class PackedBatch:
     occ: np.ndarray
     laue_off: np.ndarray
     laue_rot: np.ndarray
+    #: Structure i's Laue group is laue_groups[laue_gid[i]] (distinct groups of the batch).
+    laue_gid: np.ndarray | None = None
+    laue_groups: list | None = None
     #: Canonical-column tables of the batch's Laue groups (see column_tables): structure i
-    #: reads rows from tab_off[i] with half-width tab_k[i] (-1: no table).
+    #: reads rows from tab_off[i] with half-widths tab_k[i], tab_l[i] (-1: no table), and
+    #: the orbits of its canonical reflections from ``orbit``.
     tab_off: np.ndarray | None = None
     tab_k: np.ndarray | None = None
+    tab_l: np.ndarray | None = None
     table: np.ndarray | None = None
+    orbit: np.ndarray | None = None
 
 
-def _species_keys(c: Crystal, radiation: str) -> list:
-    """Per atom, what fixes its f(s): the nuclide, plus the charge for X-rays, plus a length override."""
-    if c.scattering_length is None:
-        if radiation == "xray":
-            return list(zip(c.species, c.charge.tolist()))
-        return list(c.species)
-    bl = c.scattering_length.tolist()
-    ch = c.charge.tolist() if radiation == "xray" else [0] * c.n_atoms
-    return [(s, q, None if b != b else b) for s, q, b in zip(c.species, ch, bl)]
-
-
-def _coefficients(key, radiation: str) -> np.ndarray:
-    if isinstance(key, str):
-        return scattering_coefficients(key, radiation)
-    if len(key) == 2:
-        return scattering_coefficients(key[0], radiation, key[1])
-    return scattering_coefficients(key[0], radiation, key[1], key[2])
+def _atom_scattering(crystals: Sequence[Crystal], radiation: str, natoms: np.ndarray):
+    """Every atom's scattering, batch-wide: (key per atom, coefficient rows by key, error text
+    per key or None, the atoms without scattering data). Keys are numbers whose order depends on the atoms alone, not on the rest
+    of the batch: neutrons are keyed by the coherent length b itself (a crystal's override,
+    where finite, else the nuclide's; float64 row 0 of the coefficients), X-rays by
+    (nuclide, charge) ranked in sorted order. One dict lookup per atom, the rest vectorised."""
+    species = list(chain.from_iterable([c.species for c in crystals]))
+    names = sorted(set(species))
+    name_id = {s: i for i, s in enumerate(names)}
+    sp = np.fromiter(map(name_id.__getitem__, species), np.int64, len(species))
+    if radiation == "xray":
+        charge = np.concatenate([c.charge for c in crystals]).astype(np.int64)
+        pair = sp * 256 + (charge + 128)
+        upair, key = np.unique(pair, return_inverse=True)  # sorted: by nuclide name, then charge
+        rows = np.zeros((len(upair), N_COEFF))
+        errs: list[str | None] = [None] * len(upair)
+        for j, u in enumerate(upair.tolist()):
+            try:
+                rows[j] = scattering_coefficients(names[u // 256], radiation, u % 256 - 128)
+            except InputError as exc:
+                errs[j] = exc.message
+        key = key.reshape(-1)
+        return key, rows, errs, np.flatnonzero(np.array([e is not None for e in errs], dtype=bool)[key])
+    b_name = np.full(len(names), np.nan)
+    err_name: list[str | None] = [None] * len(names)
+    for j, name in enumerate(names):
+        try:
+            b_name[j] = scattering_coefficients(name, radiation)[0]
+        except InputError as exc:
+            err_name[j] = exc.message
+    b_atom = b_name[sp]
+    overrides = [c.scattering_length for c in crystals]
+    if any(x is not None for x in overrides):
+        bl = np.concatenate([np.full(k, np.nan) if x is None else x for x, k in zip(overrides, natoms.tolist())])
+        use = np.isfinite(bl)
+        b_atom[use] = bl[use]
+    # key = rank of b among the batch's distinct lengths; NaN (no length at all) sorts last
+    ub, key = np.unique(b_atom, return_inverse=True)
+    key = key.reshape(-1)
+    rows = np.zeros((len(ub), N_COEFF))
+    rows[:, 0] = ub
+    errs = [None] * len(ub)
+    bad = np.flatnonzero(np.isnan(b_atom))
+    for a_ in bad.tolist():  # the key of NaN lengths: name the nuclide of its first atom
+        if errs[key[a_]] is None:
+            errs[key[a_]] = err_name[sp[a_]]
+    return key, rows, errs, bad
 
 
 _IDENTITY_LAUE = np.array([np.eye(3, dtype=np.int64), -np.eye(3, dtype=np.int64)])
 
 
-def _laue(c: Crystal) -> np.ndarray:
-    """Laue rotations of a crystal (just 1 and -1 when it carries no symmetry operations)."""
-    if c.symmetry is None:
-        return _IDENTITY_LAUE
-    laue = getattr(c, "_laue", None)
-    return laue if laue is not None else laue_rotations(c.symmetry)
+def _empty_packed() -> PackedBatch:
+    z = np.zeros(0)
+    return PackedBatch(np.zeros((0, 6)), np.zeros((0, 3)), np.zeros(1, np.int64), np.zeros(1, np.int64),
+                       np.zeros((0, N_COEFF)), z, np.zeros((0, 3)), z, np.zeros(1, np.int64),
+                       np.zeros((0, 3, 3), np.int64), laue_gid=np.zeros(0, np.int64), laue_groups=[])
 
 
 def pack(crystals: Sequence[Crystal], radiation: str) -> tuple[PackedBatch, dict[int, InputError]]:
@@ -196,52 +232,33 @@ def pack(crystals: Sequence[Crystal], radiation: str) -> tuple[PackedBatch, dict
     scattering data); the packed batch holds the others in input order.
     """
     n = len(crystals)
-    registry: dict = {}
-    sid_parts = []
-    for c in crystals:
-        keys = _species_keys(c, radiation)
-        # a dict of the crystal's few distinct keys, then a C-level map over its atoms
-        local = {k: registry.setdefault(k, len(registry)) for k in set(keys)}
-        sid_parts.append(np.fromiter(map(local.__getitem__, keys), np.int64, len(keys)))
-    # Renumber keys in a batch-independent order (sorted by the key itself), so a structure's
-    # scattering types, and hence the summation order in the kernels, do not depend on what
-    # else is in the batch: a batch gives the same bits as one-by-one.
-    ranked = sorted(registry, key=repr)
-    remap = np.empty(len(registry), dtype=np.int64)
-    for new, key in enumerate(ranked):
-        remap[registry[key]] = new
-    registry = {key: new for new, key in enumerate(ranked)}
-    sid_parts = [remap[x] for x in sid_parts]
-    coef_table = np.zeros((len(registry), N_COEFF))
-    bad_keys: dict[int, str] = {}
-    for key, g in registry.items():
-        try:
-            coef_table[g] = _coefficients(key, radiation)
-        except InputError as exc:
-            bad_keys[g] = exc.message
     errors: dict[int, InputError] = {}
-    if bad_keys:
-        bad = np.fromiter(bad_keys, np.int64)
-        for i, sid in enumerate(sid_parts):
-            hit = np.intersect1d(sid, bad)
-            if hit.size:
+    if n == 0:
+        return _empty_packed(), errors
+    natoms = np.fromiter(map(len, [c.species for c in crystals]), np.int64, n)
+    cid = np.repeat(np.arange(n), natoms)
+    sid, coef_table, key_err, bad_atoms = _atom_scattering(crystals, radiation, natoms)
+    cs = crystals
+    frac = np.concatenate([c.frac for c in crystals])
+    occ = np.concatenate([c.occupancy for c in crystals])
+    biso = np.concatenate([c.b_iso for c in crystals])
+    if bad_atoms.size:
+        for a_ in bad_atoms.tolist():  # the first such atom of each failing crystal names it
+            i = int(cid[a_])
+            if i not in errors:
                 c = crystals[i]
-                errors[i] = ScatteringError(bad_keys[int(hit[0])], c.source or c.name, "species")
-    keep = [i for i in range(n) if i not in errors]
-    cs = [crystals[i] for i in keep]
+                errors[i] = ScatteringError(key_err[sid[a_]], c.source or c.name, "species")
+        keep_c = np.ones(n, dtype=bool)
+        keep_c[list(errors)] = False
+        keep_a = keep_c[cid]
+        cs = [crystals[i] for i in np.flatnonzero(keep_c)]
+        sid, frac, occ, biso = sid[keep_a], frac[keep_a], occ[keep_a], biso[keep_a]
+        natoms = natoms[keep_c]
+        cid = np.repeat(np.arange(len(cs)), natoms)
     m = len(cs)
     if m == 0:
-        z = np.zeros(0)
-        return PackedBatch(np.zeros((0, 6)), np.zeros((0, 3)), np.zeros(1, np.int64), np.zeros(1, np.int64),
-                           np.zeros((0, N_COEFF)), z, np.zeros((0, 3)), z, np.zeros(1, np.int64),
-                           np.zeros((0, 3, 3), np.int64)), errors
+        return _empty_packed(), errors
     cells = np.array([c.cell for c in cs])
-    natoms = np.fromiter((c.n_atoms for c in cs), np.int64, m)
-    frac = np.concatenate([c.frac for c in cs])
-    occ = np.concatenate([c.occupancy for c in cs])
-    biso = np.concatenate([c.b_iso for c in cs])
-    sid = np.concatenate([sid_parts[i] for i in keep])
-    cid = np.repeat(np.arange(m), natoms)
     order = np.lexsort((biso, sid, cid))
     cid_s, sid_s, b_s = cid[order], sid[order], biso[order]
     start = np.ones(len(order), dtype=bool)
@@ -250,23 +267,33 @@ def pack(crystals: Sequence[Crystal], radiation: str) -> tuple[PackedBatch, dict
     type_atom_off = np.append(first, len(order)).astype(np.int64)
     type_off = np.zeros(m + 1, dtype=np.int64)
     np.cumsum(np.bincount(cid_s[first], minlength=m), out=type_off[1:])
-    # Reciprocal metric G* = G^-1 of every cell at once.
-    a, b, c_, al, be, ga = (cells[:, k] for k in range(6))
+    # Reciprocal metric G* = G^-1 of every cell at once (adjugate of the symmetric G / det G).
+    a, b, c_, al, be, ga = cells.T
     ca, cb, cg = np.cos(np.radians(al)), np.cos(np.radians(be)), np.cos(np.radians(ga))
-    g = np.empty((m, 3, 3))
-    g[:, 0, 0], g[:, 1, 1], g[:, 2, 2] = a * a, b * b, c_ * c_
-    g[:, 0, 1] = g[:, 1, 0] = a * b * cg
-    g[:, 0, 2] = g[:, 2, 0] = a * c_ * cb
-    g[:, 1, 2] = g[:, 2, 1] = b * c_ * ca
-    gs = np.linalg.inv(g)
-    recip = np.stack([gs[:, 0, 0], gs[:, 1, 1], gs[:, 2, 2], gs[:, 0, 1], gs[:, 0, 2], gs[:, 1, 2]], axis=1)
-    laue = [_laue(c) for c in cs]
+    g11, g22, g33, g12, g13, g23 = a * a, b * b, c_ * c_, a * b * cg, a * c_ * cb, b * c_ * ca
+    recip = np.empty((m, 6))
+    recip[:, 0] = g22 * g33 - g23 * g23
+    recip[:, 1] = g11 * g33 - g13 * g13
+    recip[:, 2] = g11 * g22 - g12 * g12
+    recip[:, 3] = g13 * g23 - g12 * g33
+    recip[:, 4] = g12 * g23 - g13 * g22
+    recip[:, 5] = g12 * g13 - g11 * g23
+    recip /= (g11 * recip[:, 0] + g12 * recip[:, 3] + g13 * recip[:, 4])[:, None]
+    # The Laue group each crystal found once (Crystal._laue, None exactly where it carries no
+    # symmetry operations: then just 1 and -1).
+    laue = [_IDENTITY_LAUE if x is None else x for x in [c._laue for c in cs]]
     laue_off = np.zeros(m + 1, dtype=np.int64)
     np.cumsum([len(x) for x in laue], out=laue_off[1:])
+    # Distinct Laue groups: crystals share their group's (cached) rotation array, so group by
+    # object first and compare contents once per distinct object.
+    uid, first_of, inv = np.unique(np.fromiter(map(id, laue), np.int64, m), return_index=True, return_inverse=True)
+    gids: dict[bytes, int] = {}
+    obj_gid = np.array([gids.setdefault(laue[j].tobytes(), len(gids)) for j in first_of], dtype=np.int64)
+    groups = [np.frombuffer(key, dtype=np.int64).reshape(-1, 3, 3) for key in gids]
     packed = PackedBatch(recip=recip, cell_len=np.ascontiguousarray(cells[:, :3]), type_off=type_off,
                          type_atom_off=type_atom_off, type_coef=coef_table[sid_s[first]], type_b=b_s[first].copy(),
                          frac=np.ascontiguousarray(frac[order]), occ=occ[order], laue_off=laue_off,
-                         laue_rot=np.concatenate(laue))
+                         laue_rot=np.concatenate(laue), laue_gid=obj_gid[inv.reshape(-1)], laue_groups=groups)
     return packed, errors
 
 
@@ -286,57 +313,97 @@ def subset(p: PackedBatch, idx: np.ndarray) -> PackedBatch:
     np.cumsum(cnt, out=ta_off[1:])
     r, laue_off = ragged(p.laue_off, idx)
     out = PackedBatch(p.recip[idx], p.cell_len[idx], type_off, ta_off, p.type_coef[t], p.type_b[t],
-                      np.ascontiguousarray(p.frac[a]), p.occ[a], laue_off, p.laue_rot[r])
+                      np.ascontiguousarray(p.frac[a]), p.occ[a], laue_off, p.laue_rot[r],
+                      laue_gid=None if p.laue_gid is None else p.laue_gid[idx], laue_groups=p.laue_groups)
     if p.tab_off is not None:
-        out.tab_off, out.tab_k, out.table = p.tab_off[idx], p.tab_k[idx], p.table
+        out.tab_off, out.tab_k, out.tab_l = p.tab_off[idx], p.tab_k[idx], p.tab_l[idx]
+        out.table, out.orbit = p.table, p.orbit
     return out
 
 
 #: Canonical-column tables are built for index ranges rounded up to this, so a few sizes serve
 #: a whole dataset.
 _TABLE_ROUND = 16
+#: Orbits are tabulated for a group's box only up to this many canonical reflections
+#: (16 bytes each); larger boxes (huge cells) apply the rotations per reflection instead.
+MAX_ORBIT_ENTRIES = 1 << 21
+#: The process keeps the tables of recently used groups and sizes up to this many bytes.
+_TABLE_CACHE_BYTES = 256 << 20
+_table_cache: "OrderedDict[tuple, tuple[np.ndarray, np.ndarray]]" = OrderedDict()
 
 
-@lru_cache(maxsize=1024)
-def _group_table(key: bytes, n_rot: int, hmax: int, kmax: int) -> np.ndarray:
-    from xtalhpc_kernels.cpu import canonical_table
+def _group_table(rot: np.ndarray, hmax: int, kmax: int, lmax: int) -> tuple[np.ndarray, np.ndarray]:
+    """(columns, orbits) of one Laue group over the box h <= hmax, |k| <= kmax, |l| <= lmax:
+    kernels/cpu.canonical_table and orbit_table, cached per process (least recently used
+    dropped past _TABLE_CACHE_BYTES)."""
+    from xtalhpc_kernels.cpu import canonical_table, orbit_table
 
-    rot = np.frombuffer(key, dtype=np.int64).reshape(n_rot, 3, 3)
-    out = np.empty(((hmax + 1) * (2 * kmax + 1), 2), dtype=np.int64)
-    canonical_table(rot, 0, n_rot, hmax, kmax, out)
-    out.flags.writeable = False
-    return out
+    key = (rot.tobytes(), hmax, kmax, lmax)
+    hit = _table_cache.get(key)
+    if hit is not None:
+        _table_cache.move_to_end(key)
+        return hit
+    cols = np.empty(((hmax + 1) * (2 * kmax + 1), 3), dtype=np.int64)
+    n = canonical_table(rot, 0, len(rot), hmax, kmax, lmax, cols)
+    if n <= MAX_ORBIT_ENTRIES:
+        orbit = np.empty((max(n, 1), 4), dtype=np.int32)
+        orbit_table(rot, 0, len(rot), hmax, kmax, cols, orbit)
+    else:
+        cols[:, 2] = -1
+        orbit = np.zeros((1, 4), dtype=np.int32)
+    cols.flags.writeable = False
+    orbit.flags.writeable = False
+    _table_cache[key] = (cols, orbit)
+    size = sum(a.nbytes + b.nbytes for a, b in _table_cache.values())
+    while size > _TABLE_CACHE_BYTES and len(_table_cache) > 1:
+        a, b = _table_cache.popitem(last=False)[1]
+        size -= a.nbytes + b.nbytes
+    return cols, orbit
 
 
 def column_tables(p: PackedBatch, qmax: float) -> None:
-    """Attach to ``p`` the canonical l interval of every (h, k) column for each Laue group in
-    the batch (order >= MIN_LAUE_ORDER). The intervals depend on the group alone, so they are
-    computed once per group and size class per process (cached) and shared by all its
-    structures; the kernels then need no per-column search of the group."""
+    """Attach to ``p`` the canonical l interval of every (h, k) column and the orbit of every
+    canonical reflection for each Laue group in the batch (order >= MIN_LAUE_ORDER). They
+    depend on the group alone, so they are computed once per group and size class per
+    process (cached) and shared by all its structures; the kernels then need no per-column
+    search of the group and no per-reflection pass over its rotations."""
     from xtalhpc_kernels.cpu import MIN_LAUE_ORDER
 
     n = p.recip.shape[0]
+    if p.laue_gid is None:  # a batch packed by hand: find its distinct groups
+        gids: dict[bytes, int] = {}
+        p.laue_gid = np.array([gids.setdefault(p.laue_rot[p.laue_off[i]:p.laue_off[i + 1]].tobytes(), len(gids))
+                               for i in range(n)], dtype=np.int64)
+        p.laue_groups = [np.frombuffer(key, dtype=np.int64).reshape(-1, 3, 3) for key in gids]
     s = np.sqrt(qmax)
-    hmax = (p.cell_len[:, 0] * s + 1e-9).astype(np.int64)
-    kmax = (p.cell_len[:, 1] * s + 1e-9).astype(np.int64)
-    order = np.diff(p.laue_off)
-    tab_off = np.zeros(n, dtype=np.int64)
-    tab_k = np.full(n, -1, dtype=np.int64)
-    groups: dict[bytes, list[int]] = {}
-    for i in np.flatnonzero(order >= MIN_LAUE_ORDER):
-        key = p.laue_rot[p.laue_off[i]:p.laue_off[i + 1]].tobytes()
-        groups.setdefault(key, []).append(int(i))
-    parts, start = [], 0
-    for key, members in groups.items():
-        hm = -(-int(hmax[members].max()) // _TABLE_ROUND) * _TABLE_ROUND
-        km = -(-int(kmax[members].max()) // _TABLE_ROUND) * _TABLE_ROUND
-        t = _group_table(key, len(key) // 72, hm, km)
-        parts.append(t)
-        tab_off[members] = start
-        tab_k[members] = km
-        start += len(t)
-    p.tab_off, p.tab_k = tab_off, tab_k
-    p.table = np.concatenate(parts) if parts else np.zeros((1, 2), dtype=np.int64)
+    bounds = (p.cell_len * s + 1e-9).astype(np.int64)  # hmax, kmax, lmax (cpu.index_bounds)
+    ng = len(p.laue_groups)
+    need = np.zeros((ng, 3), dtype=np.int64)
+    np.maximum.at(need, p.laue_gid, bounds)
+    need = -(-need // _TABLE_ROUND) * _TABLE_ROUND
+    g_off = np.zeros(ng, dtype=np.int64)
+    g_k = np.full(ng, -1, dtype=np.int64)
+    g_l = np.full(ng, -1, dtype=np.int64)
+    cols_parts, orb_parts, start, ostart = [], [], 0, 0
+    used = np.zeros(ng, dtype=bool)
+    used[p.laue_gid] = True
+    for g in np.flatnonzero(used):
+        rot = p.laue_groups[g]
+        if len(rot) < MIN_LAUE_ORDER:
+            continue
+        hm, km, lm = (int(x) for x in need[g])
+        cols, orbit = _group_table(rot, hm, km, lm)
+        if ostart:
+            cols = cols.copy()
+            cols[:, 2] += np.where(cols[:, 2] >= 0, ostart, 0)
+        cols_parts.append(cols)
+        orb_parts.append(orbit)
+        g_off[g], g_k[g], g_l[g] = start, km, lm
+        start += len(cols)
+        ostart += len(orbit)
+    p.tab_off, p.tab_k, p.tab_l = g_off[p.laue_gid], g_k[p.laue_gid], g_l[p.laue_gid]
+    p.table = np.concatenate(cols_parts) if cols_parts else np.zeros((1, 3), dtype=np.int64)
+    p.orbit = np.concatenate(orb_parts) if orb_parts else np.zeros((1, 4), dtype=np.int32)
 
 
 def qmax_of(instrument: Instrument) -> float:
@@ -368,7 +435,8 @@ def _run_cpu(p: PackedBatch, counts: np.ndarray, inst: Instrument, timings: dict
     if p.tab_off is None:
         column_tables(p, qmax)
     cpu.structure_factors(p.recip, p.cell_len, qmax, refl_off, p.type_off, p.type_atom_off, p.type_coef, p.type_b,
-                          p.frac, p.occ, p.laue_off, p.laue_rot, p.tab_off, p.tab_k, p.table, hkl, q, f2, mult)
+                          p.frac, p.occ, p.laue_off, p.laue_rot, p.tab_off, p.tab_k, p.tab_l, p.table, p.orbit,
+                          hkl, q, f2, mult)
     t2 = time.perf_counter()
     timings["structure_factors"] = timings.get("structure_factors", 0.0) + t2 - t
     fam_hkl = np.empty((m, 3), dtype=np.int32)
@@ -381,7 +449,7 @@ def _run_cpu(p: PackedBatch, counts: np.ndarray, inst: Instrument, timings: dict
     t3 = time.perf_counter()
     timings["families"] = timings.get("families", 0.0) + t3 - t2
     # Render straight into the caller's rows when it hands them over (zeroed, C-contiguous).
-    patterns = np.zeros((n, inst.n_points)) if out is None else out
+    patterns = np.zeros((n, inst.n_points), dtype=cpu.PATTERN_DTYPE) if out is None else out
     fam_tt = np.empty(m)
     fam_int = np.empty(m)
     cpu.render_patterns(refl_off[:-1], fam_count, fam_q, fam_f2, fam_mult,
@@ -435,15 +503,15 @@ def simulate_batch(crystals: Sequence[Crystal], instrument: "str | Instrument" =
     if failed and on_error == "raise":
         raise failed[min(failed)]
     errors = {i: str(e) for i, e in failed.items()}
-    ok_idx = [i for i in range(n) if i not in errors]
+    ok_idx = np.arange(n) if not errors else np.array([i for i in range(n) if i not in errors], dtype=np.int64)
     timings["pack"] = time.perf_counter() - t0
     from xtalhpc_kernels import cpu
 
     counts = np.zeros(len(ok_idx), dtype=np.int64)
     t1 = time.perf_counter()
     column_tables(p, qmax_of(inst))
-    cpu.count_reflections(p.recip, p.cell_len, qmax_of(inst), p.laue_off, p.laue_rot, p.tab_off, p.tab_k, p.table,
-                          counts)
+    cpu.count_reflections(p.recip, p.cell_len, qmax_of(inst), p.laue_off, p.laue_rot, p.tab_off, p.tab_k, p.tab_l,
+                          p.table, counts)
     timings["count"] = time.perf_counter() - t1
     too_many = np.flatnonzero(counts > max_reflections)
     for j in too_many:
@@ -453,21 +521,20 @@ def simulate_batch(crystals: Sequence[Crystal], instrument: "str | Instrument" =
                "use a smaller cell, a shorter 2theta range or raise max_reflections")
         if on_error == "raise":
             raise InputError(msg.split(": field 'cell': ", 1)[1], c.source or c.name, "cell")
-        errors[ok_idx[j]] = msg
+        errors[int(ok_idx[j])] = msg
     keep = np.flatnonzero(counts <= max_reflections)
 
-    patterns = np.zeros((n, inst.n_points))
+    patterns = np.zeros((n, inst.n_points), dtype=cpu.PATTERN_DTYPE)
     ok = np.zeros(n, dtype=bool)
     fam_parts: list[tuple] = []
     per_item_counts = np.zeros(n, dtype=np.int64)
-    # Chunks bounded by reflection count keep memory flat for any batch size.
+    # Chunks bounded by reflection count keep memory flat for any batch size (greedy: a chunk
+    # takes items while its total stays <= CHUNK_REFLECTIONS, and at least one).
+    csum = np.cumsum(counts[keep])
     start = 0
     while start < len(keep):
-        stop = start
-        tot = 0
-        while stop < len(keep) and (stop == start or tot + counts[keep[stop]] <= CHUNK_REFLECTIONS):
-            tot += counts[keep[stop]]
-            stop += 1
+        base = csum[start - 1] if start else 0
+        stop = max(start + 1, int(np.searchsorted(csum, base + CHUNK_REFLECTIONS, side="right")))
         sel = keep[start:stop]
         sub = subset(p, sel) if len(sel) != p.recip.shape[0] else p
         rows = None
@@ -481,7 +548,7 @@ def simulate_batch(crystals: Sequence[Crystal], instrument: "str | Instrument" =
                 rows = patterns[first:first + len(sel)]
             out = _run_cpu(sub, counts[sel], inst, timings, out=rows)
         refl_off, fam_count, fam_hkl, fam_q, fam_f2, fam_mult, fam_tt, fam_int, pats = out
-        items = np.asarray(ok_idx, dtype=np.int64)[sel]
+        items = ok_idx[sel]
         if peaks:
             idx, _ = _gather(refl_off, fam_count)
         if rows is None:
