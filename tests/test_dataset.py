@@ -385,3 +385,17 @@ def test_array_sha256_hashes_strings_one_by_one_nul_terminated():
     x = np.arange(24, dtype=np.float32).reshape(4, 6)
     for a in (x, x[:, ::2], x.T, np.zeros((0, 6))):
         assert array_sha256(a) == hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+
+
+def test_shard_checksums_are_the_same_when_hashed_on_a_helper_thread(tmp_path, rng, monkeypatch):
+    from xtalhpc.dataset import shard as shard_mod
+
+    sd = _shard(rng, 0, 6, n_reject=1)
+    inline = shard_mod.write_shard_info(tmp_path / "a", sd, config_digest=DIGEST)
+    monkeypatch.setattr(shard_mod, "THREAD_HASH_BYTES", 0)  # every pattern block on the helper thread
+    threaded = shard_mod.write_shard_info(tmp_path / "b", sd, config_digest=DIGEST)
+    assert threaded.sha256 == inline.sha256
+    assert not shard_mod.check_shard_checksums(threaded.path)
+    job = shard_mod._Sha256Job(np.array([1.5], dtype=object), thread=True)  # an error on the thread reaches result()
+    with pytest.raises(TypeError):
+        job.result()
