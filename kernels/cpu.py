@@ -560,8 +560,9 @@ def _add_peak(row, grid, tt_min, step, tt, inten, fwhm, eta, cutoff):
     """
     npts = row.shape[0]
     half = cutoff * fwhm
-    i0 = int(math.ceil((tt - half - tt_min) / step))
-    i1 = int(math.floor((tt + half - tt_min) / step))
+    inv_step = 1.0 / step
+    i0 = int(math.ceil((tt - half - tt_min) * inv_step))
+    i1 = int(math.floor((tt + half - tt_min) * inv_step))
     if i1 < 0 or i0 >= npts or i1 < i0:
         return
     amp_l, inv_hw, amp_g, a_g = pseudo_voigt_parts(fwhm, eta)
@@ -581,36 +582,31 @@ def _add_peak(row, grid, tt_min, step, tt, inten, fwhm, eta, cutoff):
         z = np.float32((gr[p] - tt) * inv_hw)
         rw[p] += al / (one + z * z)
     if amp_g > 0.0:
-        ag = amp_g * scale
-        ic = int(round((tt - tt_min) / step))
-        gw = int(GAUSS_HALF_WIDTH * fwhm / step) + 1
+        ic = int(round((tt - tt_min) * inv_step))
+        gw = int(GAUSS_HALF_WIDTH * fwhm * inv_step) + 1
         d0 = tt_min + ic * step - tt
-        # g(d0 + j step) = g0 u^(j^2) v^j with u = exp(-a step^2), v = exp(-2 a d0 step):
-        # ratios r = u v (upwards) and u / v (downwards), each multiplied by c = u^2 per step.
+        # g(d0 + j step) = g0 u^(j^2) v^(+-j) with u = exp(-a step^2), v = exp(-2 a d0 step):
+        # ratios u v (upwards) and u / v (downwards), each multiplied by c = u^2 per step. The
+        # two chains run in one loop, so their multiplications overlap.
         u = math.exp(-a_g * step * step)
         v = math.exp(-2.0 * a_g * d0 * step)
         c = u * u
-        g0 = ag * math.exp(-a_g * d0 * d0)
-        g = g0
-        r = u * v
-        for j in range(0, gw + 1):
-            p = ic + j
-            if p > hi:
-                break
-            if p >= lo:
-                row[p] += g
-            g *= r
-            r *= c
-        g = g0
-        r = u / v
+        g0 = amp_g * scale * math.exp(-a_g * d0 * d0)
+        if ic >= lo and ic <= hi:
+            row[ic] += g0
+        gu = g0
+        ru = u * v
+        gd = g0
+        rd = u / v
         for j in range(1, gw + 1):
-            g *= r
-            r *= c
-            p = ic - j
-            if p < lo:
-                break
-            if p <= hi:
-                row[p] += g
+            gu *= ru
+            ru *= c
+            gd *= rd
+            rd *= c
+            if ic + j >= lo and ic + j <= hi:
+                row[ic + j] += gu
+            if ic - j >= lo and ic - j <= hi:
+                row[ic - j] += gd
 
 
 @njit(cache=True, error_model="numpy")

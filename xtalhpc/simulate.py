@@ -164,6 +164,22 @@ class PackedBatch:
     orbit: np.ndarray | None = None
 
 
+#: Below this many values _rank sorts in Python (cheaper than NumPy's fixed costs).
+_SMALL_RANK = 512
+
+
+def _rank(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted distinct values, index of each value in them), NaNs as one value sorted last:
+    np.unique(values, return_inverse=True), without its fixed cost for small inputs."""
+    if len(values) > _SMALL_RANK or np.isnan(values).any():
+        u, inv = np.unique(values, return_inverse=True)
+        return u, inv.reshape(-1)
+    vals = values.tolist()
+    u = sorted(set(vals))
+    at = {x: i for i, x in enumerate(u)}
+    return np.array(u, dtype=values.dtype), np.fromiter(map(at.__getitem__, vals), np.int64, len(vals))
+
+
 def _atom_scattering(crystals: Sequence[Crystal], radiation: str, natoms: np.ndarray):
     """Every atom's scattering, batch-wide: (key per atom, coefficient rows by key, error text
     per key or None, the atoms without scattering data). Keys are numbers whose order depends on the atoms alone, not on the rest
@@ -201,8 +217,7 @@ def _atom_scattering(crystals: Sequence[Crystal], radiation: str, natoms: np.nda
         use = np.isfinite(bl)
         b_atom[use] = bl[use]
     # key = rank of b among the batch's distinct lengths; NaN (no length at all) sorts last
-    ub, key = np.unique(b_atom, return_inverse=True)
-    key = key.reshape(-1)
+    ub, key = _rank(b_atom)
     rows = np.zeros((len(ub), N_COEFF))
     rows[:, 0] = ub
     errs = [None] * len(ub)
@@ -286,7 +301,11 @@ def pack(crystals: Sequence[Crystal], radiation: str) -> tuple[PackedBatch, dict
     np.cumsum([len(x) for x in laue], out=laue_off[1:])
     # Distinct Laue groups: crystals share their group's (cached) rotation array, so group by
     # object first and compare contents once per distinct object.
-    uid, first_of, inv = np.unique(np.fromiter(map(id, laue), np.int64, m), return_index=True, return_inverse=True)
+    ids = list(map(id, laue))
+    if len(dict.fromkeys(ids)) == 1:  # one group object (a batch of one, or of one structure type)
+        first_of, inv = np.zeros(1, np.int64), np.zeros(m, np.int64)
+    else:
+        _, first_of, inv = np.unique(np.array(ids, dtype=np.int64), return_index=True, return_inverse=True)
     gids: dict[bytes, int] = {}
     obj_gid = np.array([gids.setdefault(laue[j].tobytes(), len(gids)) for j in first_of], dtype=np.int64)
     groups = [np.frombuffer(key, dtype=np.int64).reshape(-1, 3, 3) for key in gids]
