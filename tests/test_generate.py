@@ -444,3 +444,16 @@ def test_radiation_override_is_recorded_and_changes_the_patterns(inputs, tmp_pat
         assert (n.attrs["radiation"], x.attrs["radiation"]) == ("neutron", "xray")
         assert x.attrs["instrument"]["radiation"] == "xray"
         assert not np.array_equal(n.patterns[0], x.patterns[0])
+
+
+def test_malloc_tuning_applies_on_glibc_and_leaves_user_settings_alone(monkeypatch):
+    import platform
+
+    from xtalhpc import generate as gen
+
+    for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES"):
+        monkeypatch.delenv(k, raising=False)
+    if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
+        assert gen._tune_malloc() is True
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=0")
+    assert gen._tune_malloc() is False
