@@ -70,12 +70,12 @@ RENDER_PER_GAUSS_POINT = 22
 SORT_BYTES_PER_EXCHANGE = 48
 #: Bytes copied up per (h, k) column (7 fields) and per atom (x, y, z, occ, cos/sin 2 pi z);
 #: copied down per family (hkl int32 x3, Q, |F|^2, multiplicity, 2theta, intensity), per
-#: structure (family offset) and per pattern point (float64).
+#: structure (family offset) and per pattern point (float32).
 B_COL_UP = 28
 B_ATOM_UP = 48
 B_FAM_DOWN = 48
 B_STRUCT_DOWN = 8
-B_POINT_DOWN = 8
+B_POINT_DOWN = 4  # float32 rows (cpu.PATTERN_DTYPE)
 
 
 def load_crystals(shared: Path, limit: int):
@@ -129,7 +129,8 @@ def per_structure_work(crystals, inst):
     p, counts, refl_off = _packed(crystals, inst)
     n = p.recip.shape[0]
     cs, _, _, _, _, _, items_off, _ = enumerate_columns(p.recip, p.cell_len, qmax_of(inst), p.laue_off, p.laue_rot,
-                                                         refl_off, 0, n, L_BLOCK)
+                                                        p.tab_off, p.tab_k, p.tab_l, p.table,
+                                                        refl_off, 0, n, L_BLOCK)
     ncol = np.bincount(cs, minlength=n)
     items = np.bincount(cs, weights=np.diff(items_off), minlength=n)
     step, npts = inst.two_theta_step, inst.n_points
@@ -216,7 +217,8 @@ def host_seconds(crystals, inst, repeat: int = 3) -> dict:
             t0 = time.perf_counter()
             cpu.reflection_families(refl_off, hkl, q, f2, mult, D_TOL, F2_TOL, ABSENT_TOL, *outs)
             t1 = time.perf_counter()
-            enumerate_columns(p.recip, p.cell_len, qmax, p.laue_off, p.laue_rot, refl_off, 0, n, L_BLOCK)
+            enumerate_columns(p.recip, p.cell_len, qmax, p.laue_off, p.laue_rot, p.tab_off, p.tab_k, p.tab_l, p.table,
+                              refl_off, 0, n, L_BLOCK)
             t2 = time.perf_counter()
             best_f, best_c = min(best_f, t1 - t0), min(best_c, t2 - t1)
     finally:

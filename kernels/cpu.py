@@ -272,6 +272,27 @@ def column_interval(i, h, k, g11, g22, g33, g12, g13, g23, qmax, sym, kmax, lmax
     return lo, hi, NO_ORBIT
 
 
+@njit(cache=True, error_model="numpy", inline="always")
+def column_run(i, h, k, g11, g22, g33, g12, g13, g23, qmax, sym, kmax, lmax, laue_rot, r0, r1, tab_off, tab_k,
+               tab_l, table):
+    """column_interval cut to the l with 0 < Q <= qmax exactly, the test _sf_one applies to
+    each l: Q(l) is a convex quadratic, so they form one run and trimming its ends suffices
+    (Q = 0 only at l = 0 of the column h = k = 0, which l_range already starts at 1)."""
+    lo, hi, eb = column_interval(i, h, k, g11, g22, g33, g12, g13, g23, qmax, sym, kmax, lmax, laue_rot, r0, r1,
+                                 tab_off, tab_k, tab_l, table)
+    while lo <= hi:
+        q = inv_d2(h, k, lo, g11, g22, g33, g12, g13, g23)
+        if q > 0.0 and q <= qmax:
+            break
+        lo += 1
+    while hi > lo:
+        q = inv_d2(h, k, hi, g11, g22, g33, g12, g13, g23)
+        if q > 0.0 and q <= qmax:
+            break
+        hi -= 1
+    return lo, hi, eb
+
+
 @njit(cache=True, error_model="numpy")
 def _count_one(recip, cell_len, i, qmax, laue_off, laue_rot, tab_off, tab_k, tab_l, table):
     g11, g22, g33, g12, g13, g23 = recip[i, 0], recip[i, 1], recip[i, 2], recip[i, 3], recip[i, 4], recip[i, 5]
@@ -282,21 +303,8 @@ def _count_one(recip, cell_len, i, qmax, laue_off, laue_rot, tab_off, tab_k, tab
     for h in range(0, hmax + 1):
         k0 = 0 if h == 0 else -kmax
         for k in range(k0, kmax + 1):
-            lo, hi, _ = column_interval(i, h, k, g11, g22, g33, g12, g13, g23, qmax, sym, kmax, lmax, laue_rot, r0,
-                                        r1, tab_off, tab_k, tab_l, table)
-            # Q(l) is a convex quadratic, so the l with 0 < Q <= qmax (the test _sf_one applies
-            # to each l) form one run: trim the ends, count the rest (Q = 0 only at l = 0 of the
-            # column h = k = 0, which l_range already starts at 1).
-            while lo <= hi:
-                q = inv_d2(h, k, lo, g11, g22, g33, g12, g13, g23)
-                if q > 0.0 and q <= qmax:
-                    break
-                lo += 1
-            while hi > lo:
-                q = inv_d2(h, k, hi, g11, g22, g33, g12, g13, g23)
-                if q > 0.0 and q <= qmax:
-                    break
-                hi -= 1
+            lo, hi, _ = column_run(i, h, k, g11, g22, g33, g12, g13, g23, qmax, sym, kmax, lmax, laue_rot, r0, r1,
+                                   tab_off, tab_k, tab_l, table)
             if lo <= hi:
                 n += hi - lo + 1
     return n

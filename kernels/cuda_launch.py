@@ -39,7 +39,7 @@ import time
 import numpy as np
 from numba import njit
 
-from .cpu import MIN_LAUE_ORDER, PATTERN_DTYPE, canonical_l_interval, index_bounds, l_range
+from .cpu import MIN_LAUE_ORDER, PATTERN_DTYPE, column_run, index_bounds
 from .physics import inv_d2
 
 #: Fraction of the free device memory one run may hold; up to three batches are alive at
@@ -66,15 +66,17 @@ SCAN_BLOCK = 32
 
 
 @njit(cache=True)
-def enumerate_columns(recip, cell_len, qmax, laue_off, laue_rot, refl_off, s0, s1, l_block):
+def enumerate_columns(recip, cell_len, qmax, laue_off, laue_rot, tab_off, tab_k, tab_l, table, refl_off, s0, s1,
+                      l_block):
     """The (h, k) columns of structures s0..s1-1 in the CPU's enumeration order.
 
     A column is the run of l whose reflections the CPU computes: 0 < Q <= qmax and, for a
     structure whose Laue group has order >= MIN_LAUE_ORDER, canonical (one per orbit, see
     ``cpu.canonical_stabiliser``). Both conditions give an interval of l for fixed (h, k):
     Q is convex in l, and "no rotation maps (h, k, l) to a lexicographically larger member"
-    is, rotation by rotation, a half-line in l (:func:`canonical_l_interval`). The exact
-    0 < Q <= qmax test trims the two ends.
+    is, rotation by rotation, a half-line in l (:func:`canonical_l_interval`), read from the
+    Laue group's table (``simulate.column_tables``) as the CPU count reads it. The exact
+    0 < Q <= qmax test trims the two ends (``cpu.column_run``, shared with the CPU count).
 
     Returns ``col_struct, col_h, col_k, col_l0, col_nl`` (int32), ``col_out`` (int64, the
     output row of the column's first reflection, from ``refl_off``), ``col_item_off``
@@ -106,28 +108,15 @@ def enumerate_columns(recip, cell_len, qmax, laue_off, laue_rot, refl_off, s0, s
         for i in range(s0, s1):
             g11, g22, g33 = recip[i, 0], recip[i, 1], recip[i, 2]
             g12, g13, g23 = recip[i, 3], recip[i, 4], recip[i, 5]
-            hmax, kmax, _ = index_bounds(cell_len[i, 0], cell_len[i, 1], cell_len[i, 2], qmax)
+            hmax, kmax, lmax = index_bounds(cell_len[i, 0], cell_len[i, 1], cell_len[i, 2], qmax)
             r0, r1 = laue_off[i], laue_off[i + 1]
             sym = r1 - r0 >= MIN_LAUE_ORDER
             pos = refl_off[i]
             for h in range(0, hmax + 1):
                 k0 = 0 if h == 0 else -kmax
                 for k in range(k0, kmax + 1):
-                    lo, hi = l_range(h, k, g11, g22, g33, g12, g13, g23, qmax)
-                    if sym and lo <= hi:
-                        clo, chi = canonical_l_interval(h, k, laue_rot, r0, r1)
-                        lo = max(lo, clo)
-                        hi = min(hi, chi)
-                    while lo <= hi:
-                        q = inv_d2(h, k, lo, g11, g22, g33, g12, g13, g23)
-                        if q > 0.0 and q <= qmax:
-                            break
-                        lo += 1
-                    while hi >= lo:
-                        q = inv_d2(h, k, hi, g11, g22, g33, g12, g13, g23)
-                        if q > 0.0 and q <= qmax:
-                            break
-                        hi -= 1
+                    lo, hi, _ = column_run(i, h, k, g11, g22, g33, g12, g13, g23, qmax, sym, kmax, lmax, laue_rot,
+                                           r0, r1, tab_off, tab_k, tab_l, table)
                     if lo > hi:
                         continue
                     if pass_ == 1:
@@ -278,6 +267,12 @@ def run_packed(p, counts, inst, timings: dict) -> tuple:
     frac = np.ascontiguousarray(p.frac, dtype=np.float64)
     laue_off = np.ascontiguousarray(p.laue_off, dtype=np.int64)
     laue_rot = np.ascontiguousarray(p.laue_rot, dtype=np.int64).reshape(-1, 3, 3)
+    # the Laue groups' canonical-column tables (simulate.column_tables), if attached; else the
+    # enumeration searches each column (tab_k = -1)
+    if getattr(p, "tab_off", None) is not None:
+        tabs = (p.tab_off, p.tab_k, p.tab_l, p.table)
+    else:
+        tabs = (np.zeros(n, np.int64), np.full(n, -1, np.int64), np.full(n, -1, np.int64), np.zeros((1, 3), np.int64))
     z = 2.0 * math.pi * frac[:, 2]
     # Results: fresh arrays in the CPU path's layout (families at refl_off[i]:+fam_count[i]).
     fam_hkl = np.empty((m, 3), dtype=np.int32)
@@ -344,7 +339,7 @@ def run_packed(p, counts, inst, timings: dict) -> tuple:
         nb = s1 - s0
         stream = streams[b % 2]
         (c_struct, c_h, c_k, c_l0, c_nl, c_out, c_items,
-         totals) = enumerate_columns(recip, cell_len, qmax, laue_off, laue_rot, refl_off, s0, s1, L_BLOCK)
+         totals) = enumerate_columns(recip, cell_len, qmax, laue_off, laue_rot, *tabs, refl_off, s0, s1, L_BLOCK)
         if not np.array_equal(totals, counts[s0:s1]):
             bad = int(np.flatnonzero(totals != counts[s0:s1])[0])
             raise RuntimeError(f"column enumeration found {int(totals[bad])} reflections for structure "

@@ -107,13 +107,13 @@ def test_kernels_call_the_shared_physics():
 
 @pytest.mark.skipif(SIMULATING, reason="compiled host code; the simulator test covers it end to end")
 def test_canonical_l_interval_matches_the_cpu_test():
-    """The CUDA path's per-column interval of canonical l equals cpu.canonical_stabiliser's
+    """The per-column interval of canonical l (both paths) equals cpu.canonical_stabiliser's
     per-reflection answer, for the Laue group of every Hall setting in spglib's database."""
     import spglib
 
     from xtalhpc.crystal import laue_rotations
     from xtalhpc_kernels.cpu import canonical_stabiliser
-    from xtalhpc_kernels.cuda_launch import canonical_l_interval
+    from xtalhpc_kernels.cpu import canonical_l_interval
 
     groups = {}
     for hall in range(1, 531):
