@@ -105,6 +105,16 @@ def run_generate(inputs: Path, out: Path, n: int, ranks: int, shard_size: int, e
         "cpu_s_per_rank": [round(x["cpu_s"], 2) for x in per],
         "patterns_per_cpu_s": stats["n_patterns"] / sum(x["cpu_s"] for x in per),
         "cpu_share": sum(x["cpu_s"] for x in per) / wall,
+        # The generator's own cost per pattern (issue 4): everything of wall x ranks outside simulate_batch,
+        # and its parts summed over ranks (read = load structures, post = labels + normalisation,
+        # write = HDF5 + SHA-256; fixed = start-up, enumeration and master file, on the critical path).
+        "generator_us_per_pattern": 1e6 * (wall * ranks - sums["simulate"]) / max(1, stats["n_patterns"]),
+        "generator_parts_us_per_pattern": {
+            k: 1e6 * v / max(1, stats["n_patterns"]) for k, v in (
+                ("read", sums["read"]), ("post", sums["post"]), ("write", sums["write"]),
+                ("simulate_batch_python", sums["simulate"] - sums["kernels"]),
+                ("fixed", wall - stats["times"]["compute_wall"]), ("master", stats["times"]["master"]),
+                ("enumerate", stats["times"]["enumerate"]))},
     }
 
 
@@ -264,6 +274,11 @@ def main(argv=None) -> int:
                     results["formats"] = format_study(out, min(args.format_patterns, n))
                 results["runs"].append(res)
                 print(json.dumps(res), flush=True)
+                print(f"{n:,} patterns, {r} rank(s): outside kernels {100 * res['outside_kernels']:.1f}% of the run, "
+                      f"{100 * res['outside_kernels_in_loop']:.1f}% in the shard loop; generator "
+                      f"{res['generator_us_per_pattern']:.1f} us/pattern outside simulate_batch ("
+                      + ", ".join(f"{k} {v:.1f}" for k, v in res["generator_parts_us_per_pattern"].items()) + ")",
+                      flush=True)
                 shutil.rmtree(out)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=1) + "\n")
