@@ -457,3 +457,24 @@ def test_malloc_tuning_applies_on_glibc_and_leaves_user_settings_alone(monkeypat
         assert gen._tune_malloc() is True
     monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=0")
     assert gen._tune_malloc() is False
+
+
+def test_stored_patterns_are_the_raw_rows_divided_by_their_max_in_float64(inputs, tmp_path):
+    """The normalisation's bits: float64 division of the simulator's rows by their max, rounded to float32."""
+    from xtalhpc.generate import (GenerateConfig, SerialComm, _enumerate, _group_key_fn, compute_shard, load_item,
+                                  resolve_instrument)
+    from xtalhpc.simulate import simulate_batch
+
+    cfg = GenerateConfig(sources=(str(inputs),), output=str(tmp_path / "ds"), shard_size=8, h_background=False)
+    inst = resolve_instrument(cfg)
+    man = _enumerate(SerialComm(), cfg)
+    for shard in range(2):
+        data, _ = compute_shard(shard, cfg, man, inst, key_fn=_group_key_fn()[1])
+        assert data.n_patterns >= 4
+        crystals = [load_item(man, int(i), cfg.seed) for i in data.per_pattern["item_index"]]
+        raw = simulate_batch(crystals, inst, on_error="collect", peaks=False).patterns
+        scale = raw.max(axis=1).astype(np.float64)
+        np.testing.assert_array_equal(data.per_pattern["scale"], scale)
+        want = (raw.astype(np.float64) / scale[:, None]).astype(np.float32)
+        assert data.patterns.dtype == np.float32
+        assert np.array_equal(data.patterns.view(np.uint32), want.view(np.uint32))
