@@ -11,6 +11,7 @@ cache, a few seconds each.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -20,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 
@@ -478,3 +480,37 @@ def test_stored_patterns_are_the_raw_rows_divided_by_their_max_in_float64(inputs
         want = (raw.astype(np.float64) / scale[:, None]).astype(np.float32)
         assert data.patterns.dtype == np.float32
         assert np.array_equal(data.patterns.view(np.uint32), want.view(np.uint32))
+
+
+def test_background_writer_gives_the_same_shards_and_follows_the_core_policy(reference, inputs, tmp_path,
+                                                                              monkeypatch):
+    """Shards written on the background thread equal those written on the computing thread
+    (the in-process reference run used whichever the policy picked: force the other one), and
+    the policy takes the thread only where a core is left over."""
+    from xtalhpc import generate as g
+
+    monkeypatch.setenv(g.SYNC_WRITE_ENV, "0")
+    monkeypatch.setattr(g.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    import numba
+
+    threads = numba.get_num_threads()
+    assert g.background_writes(g.SerialComm()) == (4 > threads)
+    monkeypatch.setattr(g.os, "sched_getaffinity", lambda pid: set(range(threads)), raising=False)
+    assert not g.background_writes(g.SerialComm())  # no core left over
+    monkeypatch.setenv(g.SYNC_WRITE_ENV, "1")
+    monkeypatch.setattr(g.os, "sched_getaffinity", lambda pid: set(range(threads + 8)), raising=False)
+    assert not g.background_writes(g.SerialComm())  # forced off
+
+    ref_background = json.loads((reference / g.RUN_STATS_NAME).read_text())["times"]["per_rank"][0]["background_writes"]
+    monkeypatch.setenv(g.SYNC_WRITE_ENV, "1" if ref_background else "0")
+    monkeypatch.setattr(g.os, "sched_getaffinity", lambda pid: set(range(threads + 8)), raising=False)
+    out = tmp_path / "ds"
+    assert cli.main(_generate_cmd(inputs, out, "--quiet")) == 1
+    run = json.loads((out / g.RUN_STATS_NAME).read_text())["times"]["per_rank"][0]
+    assert run["background_writes"] != ref_background
+    _assert_same(_arrays(reference), _arrays(out))
+    shards = sorted(reference.glob(schema.shard_name(0).replace("00000", "*")))
+    assert shards
+    for shard in shards:
+        with h5py.File(shard) as a, h5py.File(out / shard.relative_to(reference)) as b:
+            assert a.attrs["sha256"] == b.attrs["sha256"], shard.name

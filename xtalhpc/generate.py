@@ -58,6 +58,8 @@ DEFAULT_SHARD_SIZE = 256
 #: Environment variable: seconds to sleep after each shard (a test hook to make
 #: runs slow enough to be killed mid-way; never set it in production).
 THROTTLE_ENV = "XTALHPC_GENERATE_SHARD_DELAY"
+#: Set to 1 to write each shard on the computing thread instead of a background writer.
+SYNC_WRITE_ENV = "XTALHPC_SYNC_WRITE"
 #: Rank 0 computes its own shards in sub-batches of about this many seconds and
 #: answers other ranks' requests in between (the latency a worker can see; workers
 #: ask one shard ahead, so it is hidden when a shard takes longer than this).
@@ -1038,6 +1040,67 @@ def _diff(a: dict, b: dict) -> list[str]:
     return [f"{k} {a.get(k)!r} -> {b.get(k)!r}" for k in keys if schema.canonical_json(a.get(k)) != schema.canonical_json(b.get(k))]
 
 
+def background_writes(comm) -> bool:
+    """Write shards on a background thread only where a core is left over: the cores this rank
+    may run on exceed (ranks on this node) x (Numba threads per rank). On a full node the
+    thread would only take time from the kernels. ``XTALHPC_SYNC_WRITE=1`` forces writes
+    onto the computing thread."""
+    if os.environ.get(SYNC_WRITE_ENV, "0") not in ("", "0"):
+        return False
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    local = 1
+    if comm.size > 1:
+        from mpi4py import MPI
+
+        node = comm.comm.Split_type(MPI.COMM_TYPE_SHARED)
+        local = node.Get_size()
+        node.Free()
+    import numba
+
+    return cores > local * numba.get_num_threads()
+
+
+class _ShardWriter:
+    """Writes a rank's shards on one background thread, so shard s + 1 computes while shard s
+    goes to disk (the kernels release the GIL; HDF5 and SHA-256 run beside them where a core
+    is free). At most one shard is in flight: ``submit`` first waits for the previous one.
+    Without ``background`` it writes on the calling thread. The output is the same either
+    way (the same bytes, written by the same function)."""
+
+    def __init__(self, write, background: bool):
+        self.write = write
+        self.pool = None
+        if background:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xtalhpc-shard-writer")
+        self.inflight = None  # (tag, future or result)
+
+    def submit(self, tag, data):
+        """Queue ``data``'s write; returns (tag, info) of the previous write, if any, once done."""
+        prev = self.wait()
+        if self.pool is None:
+            self.inflight = (tag, self.write(data))
+        else:
+            self.inflight = (tag, self.pool.submit(self.write, data))
+        return prev
+
+    def wait(self):
+        """(tag, result) of the shard in flight (raising its error), or None; nothing is left in flight."""
+        if self.inflight is None:
+            return None
+        tag, fut = self.inflight
+        self.inflight = None
+        return tag, (fut if self.pool is None else fut.result())
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
+
+
 def run_generate(cfg: GenerateConfig, comm=None, *, log_stream=None, quiet: bool = False) -> RunSummary | None:
     """Generate (or resume) the dataset of ``cfg`` on the ranks of ``comm``.
 
@@ -1109,49 +1172,70 @@ def run_generate(cfg: GenerateConfig, comm=None, *, log_stream=None, quiet: bool
     progress = Progress(n_items, n_shards, len(todo), stream, quiet or comm.rank != 0)
     t_loop = time.perf_counter()
 
-    def do_shard(s: int, between=None, sub_batch_s=None):
-        """Compute shard s, write it, account its times; rank 0 passes its polling hooks."""
-        data, tm = compute_shard(s, cfg, man, instrument, key_fn=key_fn, memo=memo,
-                                 sub_state=sub_state if between is not None else None,
-                                 between=between, sub_batch_s=sub_batch_s)
+    def write(data):
+        """Write one shard (on the writer thread); returns (ShardInfo, seconds)."""
         t1 = time.perf_counter()
         info = write_shard_info(cfg.output, data, config_digest=digest, compression=cfg.compression,
                                 compression_level=cfg.compression_level)
-        tm.write = time.perf_counter() - t1
+        return info, time.perf_counter() - t1
+
+    background = background_writes(comm)
+    writer = _ShardWriter(write, background)
+
+    def do_shard(s: int, t0: float, between=None, sub_batch_s=None):
+        """Compute shard s and queue its write; returns the previous shard's (tag, (info, seconds)),
+        its tag being (index, patterns, rejects, compute seconds)."""
+        data, tm = compute_shard(s, cfg, man, instrument, key_fn=key_fn, memo=memo,
+                                 sub_state=sub_state if between is not None else None,
+                                 between=between, sub_batch_s=sub_batch_s)
         times.add(tm)
         if throttle:
             time.sleep(throttle)
-        return data, info
+        return writer.submit((s, data.n_patterns, data.n_rejected, time.perf_counter() - t0), data)
+
+    def finished(done, report) -> None:
+        """Account a shard whose write has completed and report it."""
+        if done is None:
+            return
+        (s, n_pat, n_rej, compute_s), (info, write_s) = done
+        times.write += write_s
+        report(s, info, dict(shard=s, rank=comm.rank, n_patterns=n_pat, n_rejected=n_rej,
+                             seconds=compute_s + write_s))
 
     try:
         if comm.rank == 0:
             coord = _Coordinator(comm, todo, progress)
+
+            def report0(s, info, msg):
+                known[s] = info
+                progress.shard_done(**msg)
+
             coord.poll()
             while (s := coord.take()) is not None:
-                t = time.perf_counter()
-                data, known[s] = do_shard(s, between=coord.poll if comm.size > 1 else None,
-                                          sub_batch_s=POLL_INTERVAL_S if comm.size > 1 else None)
+                finished(do_shard(s, time.perf_counter(), between=coord.poll if comm.size > 1 else None,
+                                  sub_batch_s=POLL_INTERVAL_S if comm.size > 1 else None), report0)
                 n_mine += 1
-                progress.shard_done(shard=s, rank=0, n_patterns=data.n_patterns, n_rejected=data.n_rejected,
-                                    seconds=time.perf_counter() - t)
                 coord.poll()
+            finished(writer.wait(), report0)
             t = time.perf_counter()
             coord.drain()
             t_wait += time.perf_counter() - t
             known.update(coord.infos)
         else:
             worker = _Worker(comm)
+
+            def report_w(s, info, msg):
+                worker.report(info=info, **msg)
+
             while True:
                 t = time.perf_counter()
                 s = worker.next()
                 t_wait += time.perf_counter() - t
                 if s is None:
                     break
-                t = time.perf_counter()
-                data, info = do_shard(s)
+                finished(do_shard(s, time.perf_counter()), report_w)
                 n_mine += 1
-                worker.report(shard=s, rank=comm.rank, n_patterns=data.n_patterns, n_rejected=data.n_rejected,
-                              seconds=time.perf_counter() - t, info=info)
+            finished(writer.wait(), report_w)
     except Exception:
         if comm.size > 1:
             # One rank failing must not leave the others waiting forever for it.
@@ -1159,8 +1243,11 @@ def run_generate(cfg: GenerateConfig, comm=None, *, log_stream=None, quiet: bool
             sys.stderr.flush()
             comm.comm.Abort(1)
         raise
+    finally:
+        writer.close()
     t_compute = time.perf_counter() - t_loop
     stats = comm.gather({"rank": comm.rank, "shards": n_mine, "times": dataclasses.asdict(times),
+                         "background_writes": background,
                          "wait": t_wait, "compute_wall": t_compute, "peak_rss_kb": _peak_rss_kb(),
                          "cpu_s": _cpu_seconds()})
 

@@ -211,13 +211,16 @@ def _atom_scattering(crystals: Sequence[Crystal], radiation: str, natoms: np.nda
         except InputError as exc:
             err_name[j] = exc.message
     b_atom = b_name[sp]
+    # key = rank of b among the batch's distinct lengths; NaN (no length at all) sorts last
     overrides = [c.scattering_length for c in crystals]
     if any(x is not None for x in overrides):
         bl = np.concatenate([np.full(k, np.nan) if x is None else x for x, k in zip(overrides, natoms.tolist())])
         use = np.isfinite(bl)
         b_atom[use] = bl[use]
-    # key = rank of b among the batch's distinct lengths; NaN (no length at all) sorts last
-    ub, key = _rank(b_atom)
+        ub, key = _rank(b_atom)
+    else:  # the lengths are the nuclides': rank those few, then map each atom through its nuclide
+        ub, name_key = _rank(b_name)
+        key = name_key[sp]
     rows = np.zeros((len(ub), N_COEFF))
     rows[:, 0] = ub
     errs = [None] * len(ub)
