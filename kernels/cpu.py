@@ -487,12 +487,56 @@ def structure_factors(recip, cell_len, qmax, refl_off, type_off, type_atom_off, 
                 laue_off, laue_rot, tab_off, tab_k, tab_l, table, orbit, out_hkl, out_q, out_f2, out_mult)
 
 
+#: Bits per pass of stable_argsort_positive (6 passes cover a float64).
+RADIX_BITS = 11
+
+
+@njit(cache=True, error_model="numpy")
+def stable_argsort_positive(q, s, e):
+    """np.argsort(q[s:e], kind="stable") for q > 0 (Q = 1/d^2), as an LSD radix sort on the
+    float64 bit patterns, which order like the numbers for positive values: O(n) and ~3x
+    faster than the merge sort on the 10^3-10^4 reflections of a structure. Passes in
+    which every key has the same digit (the exponent bits, mostly) are skipped."""
+    n = e - s
+    keys = np.empty(n, dtype=np.uint64)
+    keys[:] = _bits(q, s, e)
+    idx = np.arange(n)
+    k2 = np.empty(n, dtype=np.uint64)
+    i2 = np.empty(n, dtype=np.int64)
+    nb = 1 << RADIX_BITS
+    mask = np.uint64(nb - 1)
+    count = np.empty(nb + 1, dtype=np.int64)
+    for p in range(0, 64, RADIX_BITS):
+        shift = np.uint64(p)
+        count[:] = 0
+        for i in range(n):
+            count[np.int64((keys[i] >> shift) & mask) + 1] += 1
+        if count.max() == n:
+            continue
+        for b in range(nb):
+            count[b + 1] += count[b]
+        for i in range(n):
+            d = np.int64((keys[i] >> shift) & mask)
+            j = count[d]
+            count[d] = j + 1
+            k2[j] = keys[i]
+            i2[j] = idx[i]
+        keys, k2 = k2, keys
+        idx, i2 = i2, idx
+    return idx
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _bits(q, s, e):
+    return q[s:e].copy().view(np.uint64)
+
+
 @njit(cache=True, error_model="numpy")
 def _families_one(s, e, hkl, q, f2, mult, d_tol, f2_tol, absent_tol, fam_hkl, fam_q, fam_f2, fam_mult):
     n = e - s
     if n == 0:
         return 0
-    order = np.argsort(q[s:e], kind="mergesort")  # stable: the same order as the GPU sort
+    order = stable_argsort_positive(q, s, e)  # stable: the same order as the GPU sort
     f2max = 0.0
     for j in range(s, e):
         if f2[j] > f2max:

@@ -46,3 +46,17 @@ def test_pseudo_voigt_is_unit_area_and_window_area_is_exact():
         part, _ = quad(lambda x: physics.pseudo_voigt(x, fwhm, eta), -w_lo, w_hi, limit=400)
         # the Gaussian part's loss beyond 2.5 FWHM (< 1e-8) is the only difference
         assert physics.window_area(fwhm, eta, w_lo, w_hi) == pytest.approx(part, abs=2e-8)
+
+
+def test_radix_argsort_is_numpys_stable_argsort(rng):
+    """cpu.stable_argsort_positive (the families' sort) equals np.argsort(kind="stable") on
+    positive values with many ties, on sub-ranges, empty and single-element ones included."""
+    from xtalhpc_kernels.cpu import stable_argsort_positive
+
+    for n in (0, 1, 2, 3, 17, 1000, 20000):
+        q = rng.uniform(1e-4, 3.0, n)
+        if n > 3:
+            q[rng.integers(0, n, n // 3)] = q[0]  # exact ties keep their order
+            q[: n // 10] = np.round(q[: n // 10], 2)
+        pad = np.concatenate([[5.0, 0.5], q, [0.1]])
+        np.testing.assert_array_equal(stable_argsort_positive(pad, 2, 2 + n), np.argsort(q, kind="stable"))
