@@ -318,55 +318,36 @@ def symmetry_maps_atoms(c: "Crystal", tol: float = 1e-3) -> bool:
     return True
 
 
-#: symmetrize finds partner atoms by a dense distance test up to this many atoms.
-DENSE_SYMMETRIZE_ATOMS = 256
-
-
 def symmetrize(c: "Crystal", symmetry, tol: float = 1e-3) -> "Crystal":
     """``c`` with positions averaged over the operations ``symmetry`` (m, 3, 4) and that
     symmetry attached, so the atoms are symmetric to rounding and the simulator may use
     one reflection per Laue orbit. Raises StructureError if an operation does not map every
     atom onto one of the same species, occupancy and B within ``tol`` (fractional, per axis
-    in the periodic sense). Partners are found by a dense periodic distance test for up to
-    DENSE_SYMMETRIZE_ATOMS atoms (O(m n^2), no SciPy import), else with a periodic k-d tree
-    (O(m n log n)).
+    in the periodic sense). O(m n log n) with a periodic k-d tree.
     """
+    from scipy.spatial import cKDTree
+
     ops = check_symmetry_metric(symmetry, c.cell, c.source or c.name)
     n = c.n_atoms
     sp = np.asarray(c.species)
     base = c.frac % 1.0
-    # atoms that may be images of each other: same species, occupancy and B
-    same = ((sp[:, None] == sp[None, :]) & (np.abs(c.occupancy[:, None] - c.occupancy[None, :]) < 1e-6)
-            & (np.abs(c.b_iso[:, None] - c.b_iso[None, :]) < 1e-6)) if n <= DENSE_SYMMETRIZE_ATOMS else None
-    tree = None
-    if same is None:
-        from scipy.spatial import cKDTree
-
-        tree = cKDTree(base, boxsize=1.0 + 1e-12)
+    tree = cKDTree(base, boxsize=1.0 + 1e-12)
     acc = np.zeros((n, 3))
     k_near = min(n, 4)
     for op in ops:
         r, t = op[:, :3], op[:, 3]
         x = c.frac @ r.T + t                      # image of every atom j
-        if tree is None:
-            # nearest atom (periodic Chebyshev distance) of the same kind within tol
-            d = x[:, None, :] - base[None, :, :]
-            d -= np.round(d)
-            dist = np.where(same, np.abs(d).max(axis=2), np.inf)
-            k = dist.argmin(axis=1)
-            k[dist[np.arange(n), k] >= tol] = -1
-        else:
-            dist, idx = tree.query(x % 1.0, k=k_near, p=np.inf, distance_upper_bound=tol)
-            dist = dist.reshape(n, -1)
-            idx = idx.reshape(n, -1)
-            k = np.full(n, -1)
-            for col in range(idx.shape[1]):           # nearest partner of the same species and occupancy
-                cand = idx[:, col]
-                okc = (k < 0) & (cand < n)
-                safe = np.where(cand < n, cand, 0)
-                okc &= ((sp[safe] == sp) & (np.abs(c.occupancy[safe] - c.occupancy) < 1e-6)
-                        & (np.abs(c.b_iso[safe] - c.b_iso) < 1e-6))
-                k[okc] = cand[okc]
+        dist, idx = tree.query(x % 1.0, k=k_near, p=np.inf, distance_upper_bound=tol)
+        dist = dist.reshape(n, -1)
+        idx = idx.reshape(n, -1)
+        k = np.full(n, -1)
+        for col in range(idx.shape[1]):           # nearest partner of the same species and occupancy
+            cand = idx[:, col]
+            okc = (k < 0) & (cand < n)
+            safe = np.where(cand < n, cand, 0)
+            okc &= ((sp[safe] == sp) & (np.abs(c.occupancy[safe] - c.occupancy) < 1e-6)
+                    & (np.abs(c.b_iso[safe] - c.b_iso) < 1e-6))
+            k[okc] = cand[okc]
         if np.any(k < 0):
             j = int(np.flatnonzero(k < 0)[0])
             raise StructureError(f"symmetry operation {np.round(op, 4).tolist()} maps atom {j} ({sp[j]}) onto no "
