@@ -40,7 +40,6 @@ import numpy as np
 from numba import njit
 
 from .cpu import MIN_LAUE_ORDER, PATTERN_DTYPE, column_run, index_bounds
-from .physics import inv_d2
 
 #: Fraction of the free device memory one run may hold; up to three batches are alive at
 #: once (|F|^2 of b + 1, profiles of b, results of b - 1 being copied).

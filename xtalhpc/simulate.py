@@ -12,14 +12,14 @@ import sys
 import time
 import types
 from dataclasses import dataclass, field
-from itertools import chain, repeat
+from itertools import chain
 from collections import OrderedDict
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from .crystal import Crystal, laue_rotations
+from .crystal import Crystal
 from .errors import InputError, ScatteringError
 from .instruments import Instrument, get_instrument
 from .scattering import N_COEFF, scattering_coefficients
