@@ -170,3 +170,50 @@ def test_group_tables_equal_the_per_column_search(rng):
     for x, y in zip(a, b):
         assert np.array_equal(x, y)
     assert a[3].max() > 2  # orbits of more than a Friedel pair were read from the table
+
+
+def _dense_partners(frac, kind, occ, b, ops, tol):
+    """Reference: every (operation, atom) against every atom, periodic Chebyshev distance, O(m n^2)."""
+    x = np.einsum("oij,nj->oni", ops[:, :, :3], frac) + ops[:, None, :, 3]
+    d = x[:, :, None, :] - frac[None, None, :, :]
+    d = np.abs(d - np.round(d)).max(axis=3)                         # (m, n, n)
+    same = (kind[:, None] == kind[None, :]) & (np.abs(occ[:, None] - occ[None, :]) < 1e-6) \
+        & (np.abs(b[:, None] - b[None, :]) < 1e-6)
+    d = np.where(same[None] & (d < tol), d, np.inf)
+    return np.where(np.isfinite(d.min(axis=2)), d.argmin(axis=2), -1)
+
+
+@pytest.mark.parametrize("number, n_asu", [(221, 3), (62, 6), (191, 4), (2, 40), (227, 2)])
+def test_partner_kernel_matches_dense_search(rng, number, n_asu):
+    """The cell-list partner search finds what an all-pairs search finds, including on sites
+    shared by many species (a k-d tree asked for the 4 nearest atoms missed those)."""
+    from xtalhpc_kernels.symmetry import symmetry_partners
+
+    ops = _ops(number)
+    species = [("Fe", "Mg", "Al", "Si", "Ti", "O")[i % 6] for i in range(n_asu)]
+    frac, sps = _expand(ops, rng.random((n_asu, 3)), species)
+    # a mixed site: six species at one general position (as in disordered minerals)
+    mixed, msp = _expand(ops, rng.random((1, 3)).repeat(6, axis=0), ["Fe", "Mg", "Al", "Si", "Ti", "Mn"])
+    frac, sps = np.vstack([frac, mixed]), sps + msp
+    frac = frac + rng.normal(0, 2e-4, frac.shape)  # rounded coordinates: partners are near, not exact
+    kind = np.unique(sps, return_inverse=True)[1].astype(np.int64)
+    occ, b = np.full(len(sps), 0.5), np.full(len(sps), 0.4)
+    rot, trans = np.ascontiguousarray(ops[:, :, :3]), np.ascontiguousarray(ops[:, :, 3])
+    for tol in (2e-3, 0.02, 0.3):
+        partner = np.empty((len(ops), len(sps)), dtype=np.int64)
+        acc = np.zeros((len(sps), 3))
+        bad = symmetry_partners(frac, kind, occ, b, rot, trans, np.linalg.inv(rot), tol, partner, acc)
+        ref = _dense_partners(frac, kind, occ, b, ops, tol)
+        assert bad == -1 and np.all(ref >= 0)
+        np.testing.assert_array_equal(partner, ref)
+        s = symmetrize(Crystal([7.0] * 3 + [90] * 3 if number in (221, 227) else
+                               ([5.0, 5.0, 6.0, 90, 90, 120] if number == 191 else [5.0, 6.0, 7.0, 90, 90, 90]),
+                               frac, sps, occ, b), ops, tol=tol)
+        assert symmetry_maps_atoms(s, tol=1e-9)
+    # a displaced atom: the first (operation, atom) without partner, as the dense search says
+    frac[0] += 0.05
+    partner = np.empty((len(ops), len(sps)), dtype=np.int64)
+    bad = symmetry_partners(frac, kind, occ, b, rot, trans, np.linalg.inv(rot), 2e-3, partner, np.zeros((len(sps), 3)))
+    ref = _dense_partners(frac, kind, occ, b, ops, 2e-3)
+    first = int(np.flatnonzero(ref.reshape(-1) < 0)[0])
+    assert bad == first

@@ -323,40 +323,28 @@ def symmetrize(c: "Crystal", symmetry, tol: float = 1e-3) -> "Crystal":
     symmetry attached, so the atoms are symmetric to rounding and the simulator may use
     one reflection per Laue orbit. Raises StructureError if an operation does not map every
     atom onto one of the same species, occupancy and B within ``tol`` (fractional, per axis
-    in the periodic sense). O(m n log n) with a periodic k-d tree.
+    in the periodic sense). The partner search is the compiled cell-list kernel
+    ``xtalhpc_kernels.symmetry.symmetry_partners`` (O(m n) at ordinary densities).
     """
-    from scipy.spatial import cKDTree
+    from xtalhpc_kernels.symmetry import symmetry_partners
 
     ops = check_symmetry_metric(symmetry, c.cell, c.source or c.name)
     n = c.n_atoms
     sp = np.asarray(c.species)
-    base = c.frac % 1.0
-    tree = cKDTree(base, boxsize=1.0 + 1e-12)
+    kind = np.unique(sp, return_inverse=True)[1].reshape(-1).astype(np.int64)
+    rot = np.ascontiguousarray(ops[:, :, :3])
+    trans = np.ascontiguousarray(ops[:, :, 3])
+    partner = np.empty((len(ops), n), dtype=np.int64)
     acc = np.zeros((n, 3))
-    k_near = min(n, 4)
-    for op in ops:
-        r, t = op[:, :3], op[:, 3]
-        x = c.frac @ r.T + t                      # image of every atom j
-        dist, idx = tree.query(x % 1.0, k=k_near, p=np.inf, distance_upper_bound=tol)
-        dist = dist.reshape(n, -1)
-        idx = idx.reshape(n, -1)
-        k = np.full(n, -1)
-        for col in range(idx.shape[1]):           # nearest partner of the same species and occupancy
-            cand = idx[:, col]
-            okc = (k < 0) & (cand < n)
-            safe = np.where(cand < n, cand, 0)
-            okc &= ((sp[safe] == sp) & (np.abs(c.occupancy[safe] - c.occupancy) < 1e-6)
-                    & (np.abs(c.b_iso[safe] - c.b_iso) < 1e-6))
-            k[okc] = cand[okc]
-        if np.any(k < 0):
-            j = int(np.flatnonzero(k < 0)[0])
-            raise StructureError(f"symmetry operation {np.round(op, 4).tolist()} maps atom {j} ({sp[j]}) onto no "
-                                 f"atom of the same species, occupancy and B within {tol:.3g} (fractional)", c.source or c.name,
-                                 "symmetry")
-        # g^-1 applied to the partner, unwrapped next to atom j: x_j + R^-1 (x_k - (R x_j + t))
-        delta = c.frac[k] - x
-        delta -= np.round(delta)
-        acc += delta @ np.linalg.inv(r).T
+    bad = symmetry_partners(np.ascontiguousarray(c.frac, dtype=np.float64), kind,
+                            np.ascontiguousarray(c.occupancy, dtype=np.float64),
+                            np.ascontiguousarray(c.b_iso, dtype=np.float64), rot, trans,
+                            np.ascontiguousarray(np.linalg.inv(rot)), float(tol), partner, acc)
+    if bad >= 0:
+        op, j = ops[bad // n], bad % n
+        raise StructureError(f"symmetry operation {np.round(op, 4).tolist()} maps atom {j} ({sp[j]}) onto no "
+                             f"atom of the same species, occupancy and B within {tol:.3g} (fractional)", c.source or c.name,
+                             "symmetry")
     # The metric too: G <- mean of R^T G R, so symmetry-equivalent reflections have exactly
     # equal d (a CIF cell rounded to 1e-4 would otherwise split them by ~1e-3 deg).
     g = cell_metric(c.cell)
