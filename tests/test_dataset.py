@@ -288,7 +288,7 @@ def _reference_write_shard(path, data: ShardData, digest: str) -> None:
     sums = {}
     with h5py.File(path, "w", libver=("v110", "latest")) as f:
         pat = np.ascontiguousarray(data.patterns, dtype=np.float32)
-        f.create_dataset("patterns", data=pat, **({"chunks": (max(1, min(16, n)), n_points)} if n else {}))
+        f.create_dataset("patterns", data=pat)  # unfiltered: contiguous
         sums["patterns"] = array_sha256(pat)
         for name, (dtype, tail, _) in schema.PER_PATTERN.items():
             arr = np.asarray(data.per_pattern[name])
@@ -336,6 +336,23 @@ def test_shard_objects_match_h5py_high_level_writing(tmp_path, rng, peaks, n_rej
     assert _h5_objects(info.path) == _h5_objects(tmp_path / "ref.h5")
     # and write_shard_info says what shard_info reads back
     assert info == shard_info(info.path, expect_digest=DIGEST, expect_index=3)
+
+
+def test_pattern_layout_contiguous_unless_filtered(tmp_path, rng):
+    """Unfiltered patterns are one contiguous block; gzip needs (and gets) 16-row chunks.
+    Both read back identically through the master's Virtual Dataset."""
+    import h5py
+
+    from xtalhpc.dataset import write_shard_info
+    from xtalhpc.dataset.shard import PATTERN_CHUNK_ROWS
+
+    sd = _shard(rng, 0, 40, n_reject=3, peaks=False)
+    for comp, chunks in (("none", None), ("gzip", (PATTERN_CHUNK_ROWS, sd.patterns.shape[1]))):
+        info = write_shard_info(tmp_path / comp, sd, config_digest=DIGEST, compression=comp)
+        with h5py.File(info.path, "r") as f:
+            assert f["patterns"].chunks == chunks
+            assert f["patterns"].compression == (None if comp == "none" else "gzip")
+            np.testing.assert_array_equal(f["patterns"][17], sd.patterns[17])
 
 
 def test_master_virtual_datasets_match_h5py_virtual_layout(tmp_path, rng):

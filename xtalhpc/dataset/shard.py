@@ -22,10 +22,10 @@ import numpy as np
 from ..errors import XtalhpcError
 from . import schema
 
-#: Largest chunk of pattern rows. 16 rows of the 3296-point BT-1 grid are 211 kB
-#: uncompressed: big enough for gzip to see structure across patterns (shuffle
-#: filter), small enough that random access to one pattern decompresses little.
-#: Measured in benchmarks/bench_generate.py (see docs/dataset.md).
+#: Largest chunk of pattern rows when a filter is on (unfiltered patterns are contiguous).
+#: 16 rows of the 3296-point BT-1 grid are 211 kB uncompressed: big enough for gzip to see
+#: structure across patterns (shuffle filter), small enough that random access to one
+#: pattern decompresses little. Measured in benchmarks/bench_generate.py (see docs/dataset.md).
 PATTERN_CHUNK_ROWS = 16
 #: Pattern blocks at least this large are hashed on a helper thread while the shard's
 #: HDF5 objects are written (hashlib releases the GIL): SHA-256 of a 256-pattern BT-1
@@ -165,7 +165,9 @@ def write_shard_info(directory: str | Path, data: ShardData, *, config_digest: s
         pat = np.ascontiguousarray(data.patterns, dtype=np.float32)
         pat_sum = _Sha256Job(pat, thread=pat.nbytes >= THREAD_HASH_BYTES)
         rows = max(1, min(PATTERN_CHUNK_ROWS, n))
-        f.create_dataset("patterns", data=pat, **({"chunks": (rows, n_points), **comp} if n else {}))
+        # Unfiltered patterns are stored contiguously (one write; a pattern is one hyperslab read);
+        # a filter needs chunks.
+        f.create_dataset("patterns", data=pat, **({"chunks": (rows, n_points), **comp} if n and comp else {}))
         for name, (dtype, tail, _) in schema.PER_PATTERN.items():
             arr = np.asarray(data.per_pattern[name])
             if dtype != schema.STR:
