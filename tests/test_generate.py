@@ -269,6 +269,28 @@ def test_resume_after_sigkill_of_one_rank_equals_uninterrupted(reference, inputs
     assert not list((out / "shards").glob("*.tmp"))
 
 
+@needs_mpi
+@pytest.mark.mpi
+@pytest.mark.parametrize("missing", [1, 2])
+def test_fewer_shards_to_compute_than_ranks(reference, inputs, tmp_path, missing):
+    """Ranks start on todo[rank] without asking; ranks beyond the shards left have none and stop.
+    Resuming with 1 or 2 missing shards on 3 ranks finishes (no rank waits for an answer that
+    never comes) and gives the reference arrays."""
+    out = tmp_path / "ds"
+    shutil.copytree(reference, out)
+    (out / "dataset.h5").unlink()
+    gone = sorted((out / "shards").glob("part-*.h5"))[-missing:]
+    for p in gone:
+        p.unlink()
+    cmd = [str(MPIEXEC), "-n", "3", sys.executable, "-m", "xtalhpc.cli", *_generate_cmd(inputs, out)]
+    r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1, r.stderr
+    assert f"{7 - missing} already complete, {missing} to compute" in r.stderr, r.stderr
+    assert sorted(set(re.findall(r"shard (\d+) rank", r.stderr))) == sorted(p.name[5:10] for p in gone)
+    _assert_same(_arrays(reference), _arrays(out))
+    assert verify_dataset(out).ok
+
+
 def test_srun_without_pmi_is_refused(inputs, tmp_path):
     """srun without --mpi=pmi2 starts singletons: Slurm says 2 tasks, MPI says 1 rank."""
     out = tmp_path / "ds"

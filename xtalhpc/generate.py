@@ -529,10 +529,14 @@ class _Coordinator:
 
     def __init__(self, comm, todo: list[int], progress: "Progress"):
         self.comm = comm
-        self.queue = list(todo)
+        # The first shards go out without a message: worker r starts on todo[r] (see
+        # first_shard), so no rank waits for rank 0 to reach its first poll (rank 0's first
+        # shard also loads the compiled kernels: ~0.3 s without answering).
+        pre = len(todo[1:comm.size])
+        self.queue = list(todo[:1]) + list(todo[comm.size:])
         self.progress = progress
-        self.closed = 0  # workers told "no more shards"
-        self.assigned = 0  # shards handed to workers
+        self.closed = comm.size - 1 - pre  # workers told "no more shards" (those with no first shard: implicitly)
+        self.assigned = pre  # shards handed to workers
         self.reported = 0  # of those, reported done
         self.infos: dict = {}  # shard index -> ShardInfo of the shards the workers wrote
 
@@ -572,18 +576,31 @@ class _Coordinator:
             time.sleep(0.002)
 
 
+def first_shard(todo: list[int], rank: int) -> int | None:
+    """The shard a rank starts on without asking (rank r: todo[r]), None when there is none."""
+    return todo[rank] if rank < len(todo) else None
+
+
 class _Worker:
     """A non-zero rank's side: ask early, so the next assignment is waiting when a shard finishes."""
 
-    def __init__(self, comm):
+    def __init__(self, comm, todo: list[int]):
         self.comm = comm
         self.pending = None
+        self.first = first_shard(todo, comm.rank)
+        self.started = False
 
     def request(self) -> None:
         self.comm.comm.send(None, dest=0, tag=TAG_REQUEST)
         self.pending = self.comm.comm.irecv(source=0, tag=TAG_ASSIGN)
 
     def next(self) -> int | None:
+        if not self.started:
+            self.started = True
+            if self.first is None:
+                return None  # no shard for this rank; the coordinator counted it as told
+            self.request()  # one ahead
+            return int(self.first)
         if self.pending is None:
             self.request()
         while True:
@@ -1222,7 +1239,7 @@ def run_generate(cfg: GenerateConfig, comm=None, *, log_stream=None, quiet: bool
             t_wait += time.perf_counter() - t
             known.update(coord.infos)
         else:
-            worker = _Worker(comm)
+            worker = _Worker(comm, todo)
 
             def report_w(s, info, msg):
                 worker.report(info=info, **msg)
