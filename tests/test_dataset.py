@@ -412,6 +412,8 @@ def test_shard_checksums_are_the_same_when_hashed_on_a_helper_thread(tmp_path, r
     monkeypatch.setattr(shard_mod, "THREAD_HASH_BYTES", 0)  # every pattern block on the helper thread
     threaded = shard_mod.write_shard_info(tmp_path / "b", sd, config_digest=DIGEST)
     assert threaded.sha256 == inline.sha256
+    assert shard_mod.write_shard_info(tmp_path / "c", sd, config_digest=DIGEST, hash_thread=False).sha256 \
+        == inline.sha256
     assert not shard_mod.check_shard_checksums(threaded.path)
     job = shard_mod._Sha256Job(np.array([1.5], dtype=object), thread=True)  # an error on the thread reaches result()
     with pytest.raises(TypeError):

@@ -519,6 +519,12 @@ def test_background_writer_gives_the_same_shards_and_follows_the_core_policy(ref
     assert g.background_writes(g.SerialComm()) == (4 > threads)
     monkeypatch.setattr(g.os, "sched_getaffinity", lambda pid: set(range(threads)), raising=False)
     assert not g.background_writes(g.SerialComm())  # no core left over
+    # the SHA-256 helper thread takes the core after the writer's
+    for extra, sync, want in ((0, "0", (False, False)), (1, "0", (True, False)), (2, "0", (True, True)),
+                              (1, "1", (False, True)), (0, "1", (False, False))):
+        monkeypatch.setenv(g.SYNC_WRITE_ENV, sync)
+        monkeypatch.setattr(g.os, "sched_getaffinity", lambda pid: set(range(threads + extra)), raising=False)
+        assert g.write_threads(g.SerialComm()) == want, (extra, sync)
     monkeypatch.setenv(g.SYNC_WRITE_ENV, "1")
     monkeypatch.setattr(g.os, "sched_getaffinity", lambda pid: set(range(threads + 8)), raising=False)
     assert not g.background_writes(g.SerialComm())  # forced off

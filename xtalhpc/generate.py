@@ -1057,13 +1057,8 @@ def _diff(a: dict, b: dict) -> list[str]:
     return [f"{k} {a.get(k)!r} -> {b.get(k)!r}" for k in keys if schema.canonical_json(a.get(k)) != schema.canonical_json(b.get(k))]
 
 
-def background_writes(comm) -> bool:
-    """Write shards on a background thread only where a core is left over: the cores this rank
-    may run on exceed (ranks on this node) x (Numba threads per rank). On a full node the
-    thread would only take time from the kernels. ``XTALHPC_SYNC_WRITE=1`` forces writes
-    onto the computing thread."""
-    if os.environ.get(SYNC_WRITE_ENV, "0") not in ("", "0"):
-        return False
+def spare_cores(comm) -> int:
+    """Cores this rank may run on beyond (ranks on this node) x (Numba threads per rank), >= 0."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
@@ -1077,7 +1072,22 @@ def background_writes(comm) -> bool:
         node.Free()
     import numba
 
-    return cores > local * numba.get_num_threads()
+    return max(0, cores - local * numba.get_num_threads())
+
+
+def write_threads(comm) -> tuple[bool, bool]:
+    """(background shard writer, SHA-256 on a helper thread): each only where a core is left
+    over for it. The writer thread takes the first spare core, the hash thread the next: on a
+    full node either would only take time from the kernels (or from the rank's own writes).
+    ``XTALHPC_SYNC_WRITE=1`` forces writes onto the computing thread."""
+    spare = spare_cores(comm)
+    background = spare >= 1 and os.environ.get(SYNC_WRITE_ENV, "0") in ("", "0")
+    return background, spare >= 1 + int(background)
+
+
+def background_writes(comm) -> bool:
+    """Whether this rank writes its shards on a background thread (see :func:`write_threads`)."""
+    return write_threads(comm)[0]
 
 
 class _ShardWriter:
@@ -1193,10 +1203,10 @@ def run_generate(cfg: GenerateConfig, comm=None, *, log_stream=None, quiet: bool
         """Write one shard (on the writer thread); returns (ShardInfo, seconds)."""
         t1 = time.perf_counter()
         info = write_shard_info(cfg.output, data, config_digest=digest, compression=cfg.compression,
-                                compression_level=cfg.compression_level)
+                                compression_level=cfg.compression_level, hash_thread=hash_thread)
         return info, time.perf_counter() - t1
 
-    background = background_writes(comm)
+    background, hash_thread = write_threads(comm)
     writer = _ShardWriter(write, background)
 
     def do_shard(s: int, t0: float, between=None, sub_batch_s=None):
@@ -1264,7 +1274,7 @@ def run_generate(cfg: GenerateConfig, comm=None, *, log_stream=None, quiet: bool
         writer.close()
     t_compute = time.perf_counter() - t_loop
     stats = comm.gather({"rank": comm.rank, "shards": n_mine, "times": dataclasses.asdict(times),
-                         "background_writes": background,
+                         "background_writes": background, "hash_thread": hash_thread,
                          "wait": t_wait, "compute_wall": t_compute, "peak_rss_kb": _peak_rss_kb(),
                          "cpu_s": _cpu_seconds()})
 

@@ -28,8 +28,9 @@ from . import schema
 #: pattern decompresses little. Measured in benchmarks/bench_generate.py (see docs/dataset.md).
 PATTERN_CHUNK_ROWS = 16
 #: Pattern blocks at least this large are hashed on a helper thread while the shard's
-#: HDF5 objects are written (hashlib releases the GIL): SHA-256 of a 256-pattern BT-1
-#: shard takes ~2 ms of the ~6 ms a shard's writing costs. Smaller ones are hashed inline.
+#: HDF5 objects are written (hashlib releases the GIL), when the caller has a core for it
+#: (``hash_thread``): SHA-256 of a 256-pattern BT-1 shard takes ~2 ms of the ~6 ms a
+#: shard's writing costs. Smaller ones, or any without a spare core, are hashed inline.
 THREAD_HASH_BYTES = 1 << 20
 
 
@@ -137,10 +138,13 @@ def write_shard(directory: str | Path, data: ShardData, *, config_digest: str,
 
 
 def write_shard_info(directory: str | Path, data: ShardData, *, config_digest: str,
-                     compression: str = "none", compression_level: int | None = None) -> "ShardInfo":
+                     compression: str = "none", compression_level: int | None = None,
+                     hash_thread: bool = True) -> "ShardInfo":
     """Write ``data`` as ``DIR/shards/part-XXXXX.h5`` (via ``.tmp`` and an atomic rename).
 
-    Returns the :class:`ShardInfo` of the new file, equal to what :func:`shard_info`
+    ``hash_thread``: hash a large pattern block on a helper thread while the other objects
+    are written (give False where no core is free for it). Returns the :class:`ShardInfo`
+    of the new file, equal to what :func:`shard_info`
     reads back from it (so ``xtalhpc generate`` need not reopen the shards it wrote
     to build the master file). The root attributes ``complete`` (True) and the item
     counts are written after every dataset, so a crash leaves either no final
@@ -163,7 +167,7 @@ def write_shard_info(directory: str | Path, data: ShardData, *, config_digest: s
     with h5py.File(tmp, "w", libver=("v110", "latest")) as f:
         fid = f.id
         pat = np.ascontiguousarray(data.patterns, dtype=np.float32)
-        pat_sum = _Sha256Job(pat, thread=pat.nbytes >= THREAD_HASH_BYTES)
+        pat_sum = _Sha256Job(pat, thread=hash_thread and pat.nbytes >= THREAD_HASH_BYTES)
         rows = max(1, min(PATTERN_CHUNK_ROWS, n))
         # Unfiltered patterns are stored contiguously (one write; a pattern is one hyperslab read);
         # a filter needs chunks.
