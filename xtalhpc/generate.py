@@ -1147,6 +1147,9 @@ def run_generate(cfg: GenerateConfig, comm=None, *, log_stream=None, quiet: bool
     _tune_malloc()
     instrument = resolve_instrument(cfg)
     throttle = float(os.environ.get(THROTTLE_ENV, "0") or 0)
+    t = time.perf_counter()
+    warm_up(instrument, cfg.device, cfg.peaks)
+    t_warm = time.perf_counter() - t
 
     # Enumerate inputs, then decide (rank 0) what is left to do; errors are broadcast so all ranks stop.
     t = time.perf_counter()
@@ -1322,7 +1325,7 @@ def run_generate(cfg: GenerateConfig, comm=None, *, log_stream=None, quiet: bool
         agg.add(ShardTimes(**st["times"]))
     summary = RunSummary(n_items=n_items, n_patterns=n_pat, n_rejected=n_rej, n_shards=n_shards,
                          shards_computed=len(todo), wall_s=time.perf_counter() - t_start, ranks=comm.size,
-                         times={"enumerate": t_enum, "master": t_master, "compute_wall": t_compute,
+                         times={"warm_up": t_warm, "enumerate": t_enum, "master": t_master, "compute_wall": t_compute,
                                 "per_rank": stats, "sum": dataclasses.asdict(agg)},
                          master=str(Path(cfg.output) / schema.MASTER_NAME))
     # Where the time and memory of this run went (per rank), for benchmarks and post-mortems.
@@ -1331,6 +1334,29 @@ def run_generate(cfg: GenerateConfig, comm=None, *, log_stream=None, quiet: bool
     if lock is not None:
         lock.close()  # releases the flock
     return summary
+
+
+def warm_up(instrument, device: str, peaks: bool) -> None:
+    """Load every compiled kernel a run uses, on every rank, before the ranks wait on each other.
+
+    The first call of a cached Numba function in a process costs ~0.3 s (Numba's typing and
+    code-generation set-up) and each further kernel ~0.03 s to load. Paid inside the
+    enumeration (one CIF that gemmi cannot count is read in full, and reading symmetrises)
+    it kept the other ranks waiting for the one rank that read it; paid here, every rank
+    loads its kernels at the same time. A one-atom cubic crystal with the 48 operations of
+    m-3m exercises the symmetry-partner kernel, the orbit tables and the four simulation
+    kernels on the run's instrument and device.
+    """
+    from itertools import permutations, product
+
+    from .crystal import Crystal, symmetrize
+    from .simulate import simulate_batch
+
+    rots = [np.eye(3)[list(p)] * np.array(sg)[:, None] for p in permutations(range(3)) for sg in product((1, -1), repeat=3)]
+    ops = np.array([np.hstack([r, np.zeros((3, 1))]) for r in rots])
+    c = symmetrize(Crystal([4.0, 4.0, 4.0, 90.0, 90.0, 90.0], [[0.0, 0.0, 0.0]], ["Fe"], [1.0], [0.5], name="warm-up"),
+                   ops)
+    simulate_batch([c], instrument, device=device, on_error="raise", peaks=peaks)
 
 
 def resolve_instrument(cfg: GenerateConfig):
