@@ -230,3 +230,49 @@ def test_incoherent_background_of_hydrogen():
     level = incoherent_background_level(c, lam)
     assert level == pytest.approx(4 * math.pi / 180 * c.volume / lam**3 * 4 * 80.26 * 100, rel=2e-3)
     assert incoherent_background_level(c, 2 * lam) == pytest.approx(level / 8, rel=1e-12)
+
+
+def _sites_reference(frac, lat, tol):
+    """The greedy site merge written plainly: atom i opens a site unless taken; later free atoms
+    within ``tol`` (Cartesian, fractional difference reduced per axis) join it."""
+    n = len(frac)
+    site = np.full(n, -1)
+    nsite = 0
+    for i in range(n):
+        if site[i] >= 0:
+            continue
+        d = frac[i + 1:] - frac[i]
+        d -= np.round(d)
+        close = np.flatnonzero(np.linalg.norm(d @ lat, axis=1) < tol) + i + 1
+        site[i] = nsite
+        site[close[site[close] < 0]] = nsite
+        nsite += 1
+    return site, nsite
+
+
+def test_site_merging_kernel_matches_the_plain_greedy_scan(rng):
+    from xtalhpc.crystal import lattice_vectors
+    from xtalhpc_kernels.sites import merge_sites
+
+    for cell in ([4.0, 5.0, 6.0, 90, 90, 90], [5.1, 5.1, 7.3, 90, 90, 120], [4.2, 5.3, 6.1, 81, 97, 104]):
+        lat = lattice_vectors(cell)
+        for n in (1, 7, 60):
+            frac = rng.random((n, 3))
+            # clusters: copies within a few hundredths of an angstrom, some across the cell edge
+            dup = rng.integers(0, n, n // 2)
+            frac = np.vstack([frac, (frac[dup] + rng.normal(0, 0.004, (len(dup), 3))) % 1.0])
+            for tol in (0.05, 0.3):
+                site = np.empty(len(frac), dtype=np.int64)
+                nsite = merge_sites(frac, lat, tol, site)
+                ref, nref = _sites_reference(frac, lat, tol)
+                assert nsite == nref
+                np.testing.assert_array_equal(site, ref)
+
+
+def test_mixed_sites_count_once_in_the_structure_type_key():
+    # (Fe, Mg) sharing the octahedral site of a rock-salt oxide: one cation site, "AB"
+    c = Crystal([4.2] * 3 + [90] * 3, [[0, 0, 0], [0, 0, 1e-4], [0.5, 0.5, 0.5]], ["Fe", "Mg", "O"], [0.5, 0.5, 1.0],
+                [0.5, 0.5, 0.5], space_group=221)
+    assert structure_type_key(c) == "AB|221"
+    apart = c.replace(frac=np.array([[0, 0, 0], [0, 0, 0.1], [0.5, 0.5, 0.5]]))  # 0.42 A apart: two sites
+    assert structure_type_key(apart) != "AB|221"

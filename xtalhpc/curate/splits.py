@@ -37,32 +37,29 @@ SITE_TOL = 0.05
 
 
 def _crystal_site_counts(crystal) -> list[float]:
-    """Per-species counts of a Crystal with mixed-occupancy sites merged into one pseudo-species."""
+    """Per-species counts of a Crystal with mixed-occupancy sites merged into one pseudo-species.
+
+    Atoms within :data:`SITE_TOL` of a site's first atom share it (compiled greedy scan,
+    ``xtalhpc_kernels.sites.merge_sites``); a site's label is the set of elements on it,
+    and sites with the same label pool their occupancies, in site order.
+    """
+    from xtalhpc_kernels.sites import merge_sites
+
     from ..crystal import element_of, lattice_vectors
 
-    frac = crystal.frac
-    L = lattice_vectors(crystal.cell)
     n = crystal.n_atoms
-    site = np.full(n, -1)
-    nsite = 0
-    for i in range(n):
-        if site[i] >= 0:
-            continue
-        d = frac[i + 1:] - frac[i]
-        d -= np.round(d)
-        close = np.flatnonzero(np.linalg.norm(d @ L, axis=1) < SITE_TOL) + i + 1
-        site[i] = nsite
-        site[close[site[close] < 0]] = nsite
-        nsite += 1
-    # the label of a site = the set of elements on it; sites with the same set pool their counts
-    members: dict[int, set[str]] = {}
-    occ: dict[int, float] = {}
-    for i in range(n):
-        members.setdefault(int(site[i]), set()).add(element_of(crystal.species[i]))
-        occ[int(site[i])] = occ.get(int(site[i]), 0.0) + float(crystal.occupancy[i])
+    site = np.empty(n, dtype=np.int64)
+    nsite = merge_sites(np.ascontiguousarray(crystal.frac, dtype=np.float64),
+                        np.ascontiguousarray(lattice_vectors(crystal.cell), dtype=np.float64), SITE_TOL, site)
+    # occupancy per site, summed in atom order
+    occ = np.bincount(site, weights=np.asarray(crystal.occupancy, dtype=np.float64), minlength=nsite)
+    element = {sp: element_of(sp) for sp in set(crystal.species)}
+    members: list[set[str]] = [set() for _ in range(nsite)]
+    for s_, sp in zip(site.tolist(), crystal.species):
+        members[s_].add(element[sp])
     counts: Counter[str] = Counter()
-    for s, els in members.items():
-        counts["+".join(sorted(els))] += occ[s]
+    for s_ in range(nsite):
+        counts["+".join(sorted(members[s_]))] += float(occ[s_])
     # sites of a mixed set that also hold a pure element of the set are kept apart on purpose
     return list(counts.values())
 
