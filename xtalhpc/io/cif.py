@@ -659,18 +659,18 @@ def _metric_deviation(ops, cell6) -> float:
 
 
 def _unique_images(images: np.ndarray, lattice: np.ndarray) -> np.ndarray:
-    """Mask of images kept: the first of each group closer than MERGE_TOL (minimum image)."""
-    d = images[:, None, :] - images[None, :, :]
-    d -= np.round(d)
-    cart = d @ lattice
-    close = np.sum(cart * cart, axis=-1) < MERGE_TOL ** 2
+    """Mask of images kept: the first of each group closer than MERGE_TOL (minimum image).
+
+    An image is dropped when it lies within MERGE_TOL of an earlier kept one: the greedy
+    site merge of ``xtalhpc_kernels.sites.merge_sites``, whose site openers are the kept images.
+    """
+    from xtalhpc_kernels.sites import merge_sites
+
+    site = np.empty(len(images), dtype=np.int64)
+    merge_sites(np.ascontiguousarray(images, dtype=np.float64), np.ascontiguousarray(lattice, dtype=np.float64),
+                MERGE_TOL, site)
     keep = np.ones(len(images), dtype=bool)
-    np.fill_diagonal(close, False)
-    if not close.any():  # general position: every image is a distinct atom
-        return keep
-    for i in range(1, len(images)):
-        if np.any(close[i, :i] & keep[:i]):
-            keep[i] = False
+    keep[1:] = site[1:] > np.maximum.accumulate(site)[:-1]  # opens a new site
     return keep
 
 
