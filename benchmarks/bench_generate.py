@@ -14,6 +14,7 @@ Usage::
     python benchmarks/bench_generate.py                          # 10k and 100k patterns, 1 and 2 ranks
     python benchmarks/bench_generate.py --n 2000 --ranks 1 2     # quick
     python benchmarks/bench_generate.py --formats-only --n 4096  # storage-format study only
+    python benchmarks/bench_generate.py --n 100000 --ranks 2 --shard-study 256 512 1024   # shard sizes
 
 Prints a Markdown table (paste into BENCHMARKS.md) and writes the raw numbers as JSON.
 """
@@ -162,8 +163,9 @@ def format_study(dataset: Path, n: int) -> list[dict]:
     picks = rng.integers(0, len(pats), 200)
     tmp = dataset.parent / "format-study.h5"
     for comp, level, rows_per_chunk, fl32 in [
-            ("none", None, 16, False), ("lzf", None, 16, False), ("gzip", 1, 16, False), ("gzip", 4, 1, False),
-            ("gzip", 4, 16, False), ("gzip", 4, 64, False), ("gzip", 9, 16, False), ("gzip", 4, 16, True)]:
+            ("none", None, None, False), ("none", None, 16, False), ("lzf", None, 16, False), ("gzip", 1, 16, False),
+            ("gzip", 4, 1, False), ("gzip", 4, 16, False), ("gzip", 4, 64, False), ("gzip", 9, 16, False),
+            ("gzip", 4, 16, True)]:
         kw = {}
         if comp == "gzip":
             kw = {"compression": "gzip", "compression_opts": level, "shuffle": True}
@@ -173,7 +175,7 @@ def format_study(dataset: Path, n: int) -> list[dict]:
             kw["fletcher32"] = True
         t = time.perf_counter()
         with h5py.File(tmp, "w") as f:
-            f.create_dataset("p", data=pats, chunks=(rows_per_chunk, pats.shape[1]), **kw)
+            f.create_dataset("p", data=pats, chunks=(rows_per_chunk, pats.shape[1]) if rows_per_chunk else None, **kw)
         tw = time.perf_counter() - t
         size = tmp.stat().st_size
         t = time.perf_counter()
@@ -207,6 +209,9 @@ def main(argv=None) -> int:
     ap.add_argument("--quiet-pairs", type=int, default=0, metavar="R",
                     help="instead: R repeats of the 1-rank/2-rank pair at --n[0], each run started only when the "
                          "machine is idle (>= 90%% idle over 2 s); reports the best of the repeats")
+    ap.add_argument("--shard-study", type=int, nargs="+", metavar="K",
+                    help="instead: one run per shard size K (and per --ranks) at --n[0], each started when the "
+                         "machine is idle; the sizes are run twice, in order then reversed")
     ap.add_argument("--all-real", action="store_true",
                     help="instead: every structure file under ../shared/data/structures once (distinct files, "
                          "parse cost included, costs 1000x apart), shard size 32")
@@ -215,6 +220,8 @@ def main(argv=None) -> int:
         args.json = args.json.with_name("bench_generate_all_real.json")
     if args.quiet_pairs and args.json == ap.get_default("json"):
         args.json = args.json.with_name("bench_generate_quiet_pairs.json")
+    if args.shard_study and args.json == ap.get_default("json"):
+        args.json = args.json.with_name("bench_generate_shard_sizes.json")
 
     if not SHARED.is_dir():
         print(f"shared data {SHARED} absent (set XTALHPC_SHARED_DATA)", file=sys.stderr)
@@ -246,6 +253,23 @@ def main(argv=None) -> int:
               f"({best[1]['cpu_share']:.2f} cores), 2 ranks {best[2]['patterns_per_s']:,.0f}/s "
               f"({best[2]['cpu_share']:.2f} cores): speed-up "
               f"{best[2]['patterns_per_s'] / best[1]['patterns_per_s']:.2f}")
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=1) + "\n")
+        return 0
+    if args.shard_study:
+        n = args.n[0]
+        for k in [*args.shard_study, *reversed(args.shard_study)]:
+            for r in args.ranks:
+                idle = wait_quiet()
+                out = args.workdir / f"k{k}-r{r}"
+                res = run_generate(inputs, out, n, r, k)
+                res.update(idle_before=idle, shard_size=k)
+                results["runs"].append(res)
+                print(f"shard size {k}, {r} rank(s): {res['patterns_per_s']:,.0f} patterns/s, outside kernels "
+                      f"{100 * res['outside_kernels']:.1f}% of the run, {100 * res['outside_kernels_in_loop']:.1f}% "
+                      f"in the shard loop, write {res['generator_parts_us_per_pattern']['write']:.1f} us/pattern, "
+                      f"peak RSS {res['peak_rss_mb_per_rank']} MB", flush=True)
+                shutil.rmtree(out)
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=1) + "\n")
         return 0
@@ -304,7 +328,7 @@ def main(argv=None) -> int:
         for f in results["formats"]:
             name = f["compression"] + (f" {f['level']}" if f["level"] else "")
             rr = "" if f["random_read_us"] is None else f"{f['random_read_us']:.0f}"
-            print(f"| {name} | {f['chunk_rows'] or ''} | {f['fletcher32']} | {f['bytes_per_pattern']:,.0f} "
+            print(f"| {name} | {f['chunk_rows'] or 'contiguous'} | {f['fletcher32']} | {f['bytes_per_pattern']:,.0f} "
                   f"| {f['write_us_per_pattern']:.1f} | {rr} |")
     return 0
 
