@@ -11,7 +11,6 @@ atom), more than simulating its pattern.
 """
 from __future__ import annotations
 
-
 from numba import njit
 
 
