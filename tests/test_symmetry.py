@@ -172,35 +172,6 @@ def test_group_tables_equal_the_per_column_search(rng):
     assert a[3].max() > 2  # orbits of more than a Friedel pair were read from the table
 
 
-def test_table_arena_restarts_and_leaves_handed_out_tables_alone(rng, monkeypatch):
-    """Group tables live in one process-wide arena: batches get views, later groups are appended
-    (or the arena starts afresh past its byte budget) without touching what earlier batches
-    hold, and the patterns do not depend on what the arena held before."""
-    import xtalhpc.simulate as sim
-    from xtalhpc.instruments import get_instrument
-
-    crystals = []
-    for number, cell in [(225, "cubic"), (167, "hex"), (62, "ort"), (88, "tet"), (2, "mon")]:
-        ops = _ops(number)
-        frac, sps = _expand(ops, rng.random((2, 3)), ["Fe", "O"])
-        crystals.append(Crystal(CELLS[cell], frac, sps, np.ones(len(sps)), np.full(len(sps), 0.5), symmetry=ops))
-    ref = simulate_batch(crystals, "bt1-cu311").patterns
-    qmax = sim.qmax_of(get_instrument("bt1-cu311"))
-    for budget in (sim._TABLE_CACHE_BYTES, 1):  # 1 byte: every new group restarts the arena
-        monkeypatch.setattr(sim, "_TABLE_CACHE_BYTES", budget)
-        monkeypatch.setattr(sim, "_arena", sim._TableArena())
-        p, _ = sim.pack(crystals[:1], "neutron")
-        sim.column_tables(p, qmax)
-        held = (p.table.copy(), p.orbit.copy())
-        for c in crystals[::-1]:
-            one = simulate_batch([c], "bt1-cu311").patterns[0]
-            assert np.array_equal(one, ref[crystals.index(c)])
-        assert np.array_equal(simulate_batch(crystals, "bt1-cu311").patterns, ref)
-        assert np.array_equal(p.table, held[0]) and np.array_equal(p.orbit, held[1])
-        assert len(sim._arena.index) == 4  # four groups of order >= 4 (P-1 has none)
-        assert (sim._arena.resets >= 4) if budget == 1 else (sim._arena.resets == 0)
-
-
 def _dense_partners(frac, kind, occ, b, ops, tol):
     """Reference: every (operation, atom) against every atom, periodic Chebyshev distance, O(m n^2)."""
     same = (kind[:, None] == kind[None, :]) & (np.abs(occ[:, None] - occ[None, :]) < 1e-6) \

@@ -13,6 +13,7 @@ import time
 import types
 from dataclasses import dataclass, field
 from itertools import chain
+from collections import OrderedDict
 from pathlib import Path
 from typing import Sequence
 
@@ -348,79 +349,37 @@ _TABLE_ROUND = 16
 #: Orbits are tabulated for a group's box only up to this many canonical reflections
 #: (16 bytes each); larger boxes (huge cells) apply the rotations per reflection instead.
 MAX_ORBIT_ENTRIES = 1 << 21
-#: The process keeps the tables of the groups and sizes it has used up to this many bytes
-#: (then it starts afresh).
+#: The process keeps the tables of recently used groups and sizes up to this many bytes.
 _TABLE_CACHE_BYTES = 256 << 20
+_table_cache: "OrderedDict[tuple, tuple[np.ndarray, np.ndarray]]" = OrderedDict()
 
 
-class _TableArena:
-    """Every cached group table of the process in one pair of arrays.
-
-    The column tables of all (group, size class) pairs seen so far are stored one after the
-    other in ``cols``, with their orbit rows in ``orbit`` (column rows already point at their
-    group's orbit rows), so a batch hands the kernels views of the arena and offsets into it:
-    no per-call concatenation of its groups' tables (that had cost ~0.4 ms per
-    ``simulate_batch`` call, ~2 us per pattern of a 256-pattern shard). Appending never
-    writes over rows already handed out, and the views a batch holds stay valid when the
-    arena grows (a larger copy) or starts afresh past ``_TABLE_CACHE_BYTES`` (new arrays).
-    """
-
-    def __init__(self) -> None:
-        self.resets = -1
-        self.reset()
-
-    def reset(self) -> None:
-        self.resets += 1
-        self.cols = np.zeros((1024, 3), dtype=np.int64)
-        self.orbit = np.zeros((1024, 4), dtype=np.int32)
-        self.n_cols = 0
-        self.n_orbit = 1  # row 0: the placeholder of groups without orbit rows
-        self.index: dict[tuple, int] = {}
-
-    @property
-    def nbytes(self) -> int:
-        return self.n_cols * self.cols.itemsize * 3 + self.n_orbit * self.orbit.itemsize * 4
-
-    @staticmethod
-    def _grow(a: np.ndarray, need: int) -> np.ndarray:
-        if need <= len(a):
-            return a
-        b = np.zeros((max(need, 2 * len(a)), a.shape[1]), dtype=a.dtype)
-        b[:len(a)] = a
-        return b
-
-    def add(self, key: tuple, cols: np.ndarray, orbit: np.ndarray | None) -> int:
-        """Append one group's tables; returns the row of its first column."""
-        ostart = self.n_orbit
-        if orbit is not None:
-            self.orbit = self._grow(self.orbit, ostart + len(orbit))
-            self.orbit[ostart:ostart + len(orbit)] = orbit
-            self.n_orbit += len(orbit)
-            cols = cols.copy()
-            cols[:, 2] += np.where(cols[:, 2] >= 0, ostart, 0)
-        start = self.n_cols
-        self.cols = self._grow(self.cols, start + len(cols))
-        self.cols[start:start + len(cols)] = cols
-        self.n_cols += len(cols)
-        self.index[key] = start
-        return start
-
-
-_arena = _TableArena()
-
-
-def _group_table(rot: np.ndarray, hmax: int, kmax: int, lmax: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """(columns, orbits or None) of one Laue group over the box h <= hmax, |k| <= kmax,
-    |l| <= lmax: kernels/cpu.canonical_table and orbit_table (no orbits past MAX_ORBIT_ENTRIES)."""
+def _group_table(rot: np.ndarray, hmax: int, kmax: int, lmax: int) -> tuple[np.ndarray, np.ndarray]:
+    """(columns, orbits) of one Laue group over the box h <= hmax, |k| <= kmax, |l| <= lmax:
+    kernels/cpu.canonical_table and orbit_table, cached per process (least recently used
+    dropped past _TABLE_CACHE_BYTES)."""
     from xtalhpc_kernels.cpu import canonical_table, orbit_table
 
+    key = (rot.tobytes(), hmax, kmax, lmax)
+    hit = _table_cache.get(key)
+    if hit is not None:
+        _table_cache.move_to_end(key)
+        return hit
     cols = np.empty(((hmax + 1) * (2 * kmax + 1), 3), dtype=np.int64)
     n = canonical_table(rot, 0, len(rot), hmax, kmax, lmax, cols)
-    if n > MAX_ORBIT_ENTRIES:
+    if n <= MAX_ORBIT_ENTRIES:
+        orbit = np.empty((max(n, 1), 4), dtype=np.int32)
+        orbit_table(rot, 0, len(rot), hmax, kmax, cols, orbit)
+    else:
         cols[:, 2] = -1
-        return cols, None
-    orbit = np.empty((max(n, 1), 4), dtype=np.int32)
-    orbit_table(rot, 0, len(rot), hmax, kmax, cols, orbit)
+        orbit = np.zeros((1, 4), dtype=np.int32)
+    cols.flags.writeable = False
+    orbit.flags.writeable = False
+    _table_cache[key] = (cols, orbit)
+    size = sum(a.nbytes + b.nbytes for a, b in _table_cache.values())
+    while size > _TABLE_CACHE_BYTES and len(_table_cache) > 1:
+        a, b = _table_cache.popitem(last=False)[1]
+        size -= a.nbytes + b.nbytes
     return cols, orbit
 
 
@@ -428,8 +387,8 @@ def column_tables(p: PackedBatch, qmax: float) -> None:
     """Attach to ``p`` the canonical l interval of every (h, k) column and the orbit of every
     canonical reflection for each Laue group in the batch (order >= MIN_LAUE_ORDER). They
     depend on the group alone, so they are computed once per group and size class per
-    process (kept in the process's table arena) and shared by all its structures; the kernels
-    then need no per-column search of the group and no per-reflection pass over its rotations."""
+    process (cached) and shared by all its structures; the kernels then need no per-column
+    search of the group and no per-reflection pass over its rotations."""
     from xtalhpc_kernels.cpu import MIN_LAUE_ORDER
 
     n = p.recip.shape[0]
@@ -444,33 +403,29 @@ def column_tables(p: PackedBatch, qmax: float) -> None:
     need = np.zeros((ng, 3), dtype=np.int64)
     np.maximum.at(need, p.laue_gid, bounds)
     need = -(-need // _TABLE_ROUND) * _TABLE_ROUND
-    used = np.zeros(ng, dtype=bool)
-    used[p.laue_gid] = True
-    wanted = []
-    for g in np.flatnonzero(used):
-        rot = p.laue_groups[g]
-        if len(rot) >= MIN_LAUE_ORDER:
-            hm, km, lm = (int(x) for x in need[g])
-            wanted.append((g, (rot.tobytes(), hm, km, lm), rot))
-    arena = _arena
-    missing = [w for w in wanted if w[1] not in arena.index]
-    if missing:
-        built = [(key, *_group_table(rot, key[1], key[2], key[3])) for _, key, rot in missing]
-        extra = sum(c.nbytes + (0 if o is None else o.nbytes) for _, c, o in built)
-        if arena.nbytes + extra > _TABLE_CACHE_BYTES:
-            arena.reset()  # the views earlier batches hold keep the old arrays alive
-            built += [(key, *_group_table(rot, key[1], key[2], key[3])) for _, key, rot in wanted
-                      if key not in {b[0] for b in built}]
-        for key, cols, orbit in built:
-            arena.add(key, cols, orbit)
     g_off = np.zeros(ng, dtype=np.int64)
     g_k = np.full(ng, -1, dtype=np.int64)
     g_l = np.full(ng, -1, dtype=np.int64)
-    for g, key, _ in wanted:
-        g_off[g], g_k[g], g_l[g] = arena.index[key], key[2], key[3]
+    cols_parts, orb_parts, start, ostart = [], [], 0, 0
+    used = np.zeros(ng, dtype=bool)
+    used[p.laue_gid] = True
+    for g in np.flatnonzero(used):
+        rot = p.laue_groups[g]
+        if len(rot) < MIN_LAUE_ORDER:
+            continue
+        hm, km, lm = (int(x) for x in need[g])
+        cols, orbit = _group_table(rot, hm, km, lm)
+        if ostart:
+            cols = cols.copy()
+            cols[:, 2] += np.where(cols[:, 2] >= 0, ostart, 0)
+        cols_parts.append(cols)
+        orb_parts.append(orbit)
+        g_off[g], g_k[g], g_l[g] = start, km, lm
+        start += len(cols)
+        ostart += len(orbit)
     p.tab_off, p.tab_k, p.tab_l = g_off[p.laue_gid], g_k[p.laue_gid], g_l[p.laue_gid]
-    p.table = arena.cols[:max(arena.n_cols, 1)]
-    p.orbit = arena.orbit[:arena.n_orbit]
+    p.table = np.concatenate(cols_parts) if cols_parts else np.zeros((1, 3), dtype=np.int64)
+    p.orbit = np.concatenate(orb_parts) if orb_parts else np.zeros((1, 4), dtype=np.int32)
 
 
 def qmax_of(instrument: Instrument) -> float:
