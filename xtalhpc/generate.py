@@ -66,7 +66,7 @@ SYNC_WRITE_ENV = "XTALHPC_SYNC_WRITE"
 POLL_INTERVAL_S = 0.05
 #: Structure files parsed and kept per process (consecutive items share files).
 FILE_CACHE = 256
-#: Base items whose labels and group key are remembered per process (see _item_meta).
+#: Base items remembered per process (their _ItemRecord: source id, labels, group key, H level).
 META_MEMO = 65536
 #: Lock file held by rank 0 while a run writes the dataset.
 LOCK_NAME = "generate.lock"
@@ -683,33 +683,23 @@ def _group_key_fn():
         return "reduced formula|space group", lambda c: schema.fallback_group_key(c.formula, c.space_group)
 
 
-def _item_meta(c, key_fn, split, memo: dict | None, base):
-    """Labels, formula, group key and split of a crystal, or an error text.
-
-    Memoised per *base* item (file block) in ``memo``: the structure-type key
-    costs about a millisecond per structure, as much as its pattern, and the
-    same block recurs when inputs are cycled or resumed in one process.
-    """
-    if memo is not None and base in memo:
-        return memo[base]
+def _item_meta(c, key_fn, split):
+    """Labels, formula, group key and split of a crystal, or an error text. Computed once per
+    base item and kept in its :class:`_ItemRecord`: the structure-type key costs as much as a
+    pattern, and the same block recurs when inputs are cycled or resumed in one process."""
     try:
         key = key_fn(c)
-        out = (int(c.space_group), schema.VOCABULARIES["crystal_system"].index(c.crystal_system),
-               schema.VOCABULARIES["bravais_lattice"].index(c.bravais_lattice), c.formula, key,
-               schema.assign_split(key, split))
+        return (int(c.space_group), schema.VOCABULARIES["crystal_system"].index(c.crystal_system),
+                schema.VOCABULARIES["bravais_lattice"].index(c.bravais_lattice), c.formula, key,
+                schema.assign_split(key, split))
     except Exception as exc:  # noqa: BLE001 - one structure's problem becomes its reject row
-        out = _reason(exc)
-    if memo is not None:
-        if len(memo) >= META_MEMO:
-            memo.pop(next(iter(memo)))
-        memo[base] = out
-    return out
+        return _reason(exc)
 
 
 class _ItemRecord:
     """What a shard row needs of a base item besides its pattern, remembered per process.
 
-    Keyed like :func:`_item_meta`'s memo (file block, or the synthetic item itself): the
+    Keyed by the file block (or the synthetic item itself) in the shard loop's memo: the
     source id, the file, the lattice, the atom count, whether it holds hydrogen isotopes, and,
     computed on first need, the flat H background level and the labels (:func:`_item_meta`).
     """
@@ -826,7 +816,7 @@ def compute_shard(index: int, cfg: GenerateConfig, man: Manifest, instrument, *,
                 continue
             meta = rec.meta
             if meta is None:
-                meta = rec.meta = _item_meta(crystals[sel[r]], key_fn, cfg.split, None, None)
+                meta = rec.meta = _item_meta(crystals[sel[r]], key_fn, cfg.split)
             if isinstance(meta, str):
                 rejects.append((i, rec.fname, f"{rec.sid}: no structure-type key: {meta}"))
                 continue
@@ -1340,22 +1330,19 @@ def warm_up(instrument, device: str, peaks: bool) -> None:
     """Load every compiled kernel a run uses, on every rank, before the ranks wait on each other.
 
     The first call of a cached Numba function in a process costs ~0.3 s (Numba's typing and
-    code-generation set-up) and each further kernel ~0.03 s to load. Paid inside the
+    code-generation set-up) and each further kernel 3-8 ms to load. Paid inside the
     enumeration (one CIF that gemmi cannot count is read in full, and reading symmetrises)
     it kept the other ranks waiting for the one rank that read it; paid here, every rank
     loads its kernels at the same time. A one-atom cubic crystal with the 48 operations of
-    m-3m exercises the symmetry-partner kernel, the orbit tables and the four simulation
+    Pm-3m exercises the symmetry-partner kernel, the orbit tables and the four simulation
     kernels on the run's instrument and device.
     """
-    from itertools import permutations, product
-
     from .crystal import Crystal, symmetrize
     from .simulate import simulate_batch
+    from .spacegroups import standard_operations
 
-    rots = [np.eye(3)[list(p)] * np.array(sg)[:, None] for p in permutations(range(3)) for sg in product((1, -1), repeat=3)]
-    ops = np.array([np.hstack([r, np.zeros((3, 1))]) for r in rots])
     c = symmetrize(Crystal([4.0, 4.0, 4.0, 90.0, 90.0, 90.0], [[0.0, 0.0, 0.0]], ["Fe"], [1.0], [0.5], name="warm-up"),
-                   ops)
+                   standard_operations(221))
     simulate_batch([c], instrument, device=device, on_error="raise", peaks=peaks)
 
 

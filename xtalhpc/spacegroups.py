@@ -71,6 +71,22 @@ def bravais_lattice(number: int) -> str:
     return {"P": "cP", "I": "cI", "F": "cF"}[c]
 
 
+def operations_array(ops):
+    """gemmi operations as an (m, 3, 4) float64 array of [R | t] (fractions), the layout of
+    ``Crystal.symmetry``."""
+    import numpy as np
+
+    return np.array([np.hstack([np.array(op.rot, dtype=float) / op.DEN,
+                                np.array(op.tran, dtype=float)[:, None] / op.DEN]) for op in ops])
+
+
+def standard_operations(number: int):
+    """The operations of space group ``number`` in its standard setting (gemmi's table), (m, 3, 4)."""
+    import gemmi
+
+    return operations_array(gemmi.find_spacegroup_by_number(check_space_group(number)).operations())
+
+
 def labels(number: int) -> tuple[int, str, str]:
     """``(space_group, crystal_system, bravais_lattice)`` for space group ``number``."""
     n = check_space_group(number)

@@ -38,6 +38,7 @@ import numpy as np
 
 from ..crystal import DEFAULT_B_ISO, Crystal, cell_volume, lattice_vectors, parse_species, with_symmetry
 from ..errors import InputError, StructureError
+from ..spacegroups import operations_array
 
 #: Images of one site closer than this (angstrom) are one atom on a special
 #: position. gemmi's ``get_all_unit_cell_sites`` uses 0.4 A, which also merges
@@ -640,8 +641,7 @@ def _read_block(block, src: str, stem: str) -> Crystal:
         return crystal
     # The operators the atoms were expanded with, for the simulator's one-|F|^2-per-Laue-orbit
     # path; images merged within MERGE_TOL are symmetrised back onto their site.
-    symmetry = np.array([np.hstack([np.array(op.rot, dtype=float) / op.DEN,
-                                    np.array(op.tran, dtype=float)[:, None] / op.DEN]) for op in ops])
+    symmetry = operations_array(ops)
     return with_symmetry(crystal, symmetry, tol_angstrom=MERGE_TOL, what=f"CIF operators ({_origin or 'symbol'})")
 
 

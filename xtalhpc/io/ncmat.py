@@ -356,11 +356,9 @@ def read_ncmat(path: str | Path, temperature: float | None = None) -> Crystal:
         return crystal
     # NCrystal files list every atom of the cell in the standard setting of @SPACEGROUP:
     # attach those operators when the atoms fit them (checked), for one |F|^2 per Laue orbit.
-    import gemmi
+    from ..spacegroups import standard_operations
 
-    ops = gemmi.find_spacegroup_by_number(space_group).operations()
-    symmetry = np.array([np.hstack([np.array(op.rot, dtype=float) / op.DEN,
-                                    np.array(op.tran, dtype=float)[:, None] / op.DEN]) for op in ops])
+    symmetry = standard_operations(space_group)
     try:
         return with_symmetry(crystal, symmetry, tol_angstrom=1e-3, what=f"standard operators of group {space_group}")
     except StructureError:  # operators of another setting do not even keep the metric
