@@ -4,12 +4,16 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_OUT ?= demo-out
+TORCH_SPEC ?= torch==2.13.0
 
 .PHONY: venv test demo bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	# CPU build of PyTorch first (a plain `torch` requirement would pull the multi-GB CUDA build);
+	# on a GPU machine install the CUDA build instead, see README.
+	$(PY) -m pip install -q $(TORCH_SPEC)
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
