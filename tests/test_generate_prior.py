@@ -57,3 +57,23 @@ def test_bad_prior_tables(tmp_path, header, rows, needle):
 def test_prior_needs_synthetic(tmp_path):
     assert main(["generate", str(tmp_path), "--synthetic-prior", str(_table(tmp_path, [14])), "--output",
                  str(tmp_path / "x")]) == 2
+
+
+def test_tempered_prior(tmp_path):
+    from xtalhpc.generate import GenerateConfig, tempered_prior
+
+    counts = space_group_prior(_table(tmp_path, [14] * 16 + [62] * 4 + [225]))
+    w = tempered_prior(counts, 0.5)
+    assert w[13] == 4 and w[61] == 2 and w[224] == 1 and w.sum() == 7  # sqrt of 16, 4, 1; absent groups stay 0
+    assert np.array_equal(tempered_prior(counts, 1.0), counts)
+    w0 = tempered_prior(counts, 0.0)
+    assert w0.sum() == 3 and w0[13] == w0[61] == w0[224] == 1
+    base = GenerateConfig(sources=(), output="x", synthetic=5, synthetic_prior="p.csv")
+    # the default power leaves the digest fields of datasets made before the option unchanged
+    assert "synthetic_prior_power" not in base.digest_fields()
+    half = GenerateConfig(sources=(), output="x", synthetic=5, synthetic_prior="p.csv", synthetic_prior_power=0.5)
+    assert half.digest_fields()["synthetic_prior_power"] == 0.5
+    with pytest.raises(InputError, match="--synthetic-prior-power"):
+        GenerateConfig(sources=(), output="x", synthetic=5, synthetic_prior="p.csv", synthetic_prior_power=2)
+    with pytest.raises(InputError, match="needs --synthetic-prior"):
+        GenerateConfig(sources=(), output="x", synthetic=5, synthetic_prior_power=0.5)

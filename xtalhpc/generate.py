@@ -130,6 +130,11 @@ class GenerateConfig:
         ../shared/data/metadata): the synthetic crystals' space groups follow its class
         frequencies (deterministic low-discrepancy sampling, see ``Manifest.locate``)
         instead of cycling through 1-230.
+    synthetic_prior_power : float
+        Temper the prior: space group g is drawn with weight ``count_g ** power`` (1: the
+        table's frequencies; 0.5: square root, a compromise between a database's imbalance
+        and balanced coverage; 0: every group the table holds equally). Groups absent from the
+        table are never drawn.
     h_background : bool
         Neutrons only: add the flat incoherent background of the hydrogen isotopes
         (``xtalhpc.curate.hd.incoherent_background_level``: ~80 barn per H, 2 per D) to
@@ -154,6 +159,7 @@ class GenerateConfig:
     deuterate: bool = False
     h_background: bool = True
     synthetic_prior: str | None = None
+    synthetic_prior_power: float = 1.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sources", tuple(str(s) for s in self.sources))
@@ -187,6 +193,12 @@ class GenerateConfig:
                 raise InputError("--synthetic-prior needs --synthetic N without --per-space-group",
                                  field="--synthetic-prior")
             object.__setattr__(self, "synthetic_prior", str(self.synthetic_prior))
+        if not (isinstance(self.synthetic_prior_power, (int, float)) and 0 <= self.synthetic_prior_power <= 1):
+            raise InputError(f"prior power {self.synthetic_prior_power!r} must be a number in [0, 1]",
+                             field="--synthetic-prior-power")
+        if self.synthetic_prior_power != 1 and self.synthetic_prior is None:
+            raise InputError("--synthetic-prior-power needs --synthetic-prior", field="--synthetic-prior-power")
+        object.__setattr__(self, "synthetic_prior_power", float(self.synthetic_prior_power))
         if self.cycle_to is not None and self.cycle_to < 1:
             raise InputError(f"--cycle-to {self.cycle_to} must be >= 1", field="--cycle-to")
 
@@ -198,6 +210,8 @@ class GenerateConfig:
         d = self.to_dict()
         d.pop("device")
         d.pop("output")
+        if d["synthetic_prior_power"] == 1.0:
+            d.pop("synthetic_prior_power")  # the default: digests of datasets made before the option stay valid
         return d
 
 
@@ -915,8 +929,8 @@ def _enumerate(comm, cfg: GenerateConfig) -> Manifest:
     syn = cfg.synthetic * 230 if cfg.per_space_group else cfg.synthetic
     cdf = None
     if cfg.synthetic_prior is not None:
-        counts = space_group_prior(cfg.synthetic_prior)
-        cdf = (np.cumsum(counts) / counts.sum()).tolist()
+        weights = tempered_prior(space_group_prior(cfg.synthetic_prior), cfg.synthetic_prior_power)
+        cdf = (np.cumsum(weights) / weights.sum()).tolist()
     return Manifest(files, blocks, sizes, labels=labels, synthetic=syn, per_space_group=cfg.per_space_group,
                     cycle_to=cfg.cycle_to, prior_cdf=cdf)
 
@@ -954,6 +968,14 @@ def space_group_prior(path: str | Path) -> np.ndarray:
     if counts.sum() == 0:
         raise InputError("the prior table has no rows", str(p), col)
     return counts
+
+
+def tempered_prior(counts: np.ndarray, power: float) -> np.ndarray:
+    """Weights ``counts ** power`` for the groups with counts > 0, zero elsewhere (float64)."""
+    counts = np.asarray(counts, dtype=np.float64)
+    if power == 1.0:
+        return counts
+    return np.where(counts > 0, np.power(counts, power, where=counts > 0, out=np.zeros_like(counts)), 0.0)
 
 
 def _size(path: str) -> int:
@@ -1431,6 +1453,8 @@ def config_to_argv(cfg: GenerateConfig, ranks: int | None = None) -> list[str]:
         argv += ["--radiation", cfg.radiation]
     if cfg.synthetic_prior is not None:
         argv += ["--synthetic-prior", cfg.synthetic_prior]
+        if cfg.synthetic_prior_power != 1.0:
+            argv += ["--synthetic-prior-power", repr(cfg.synthetic_prior_power)]
     if cfg.deuterate:
         argv.append("--deuterate")
     argv.append("--h-background" if cfg.h_background else "--no-h-background")

@@ -61,6 +61,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--synthetic-prior", metavar="CSV", default=None,
                    help="with --synthetic N: draw the space groups with the frequencies of this table's "
                         "space-group column (e.g. an ICSD export), instead of cycling through 1-230")
+    p.add_argument("--synthetic-prior-power", type=float, default=1.0, metavar="P",
+                   help="with --synthetic-prior: draw group g with weight count_g**P (1: the table's frequencies, "
+                        "0.5: square root, 0: every group of the table equally; default 1)")
     p.add_argument("--cycle-to", type=int, default=None, metavar="N",
                    help="reuse the inputs cyclically until N items (benchmarks)")
     p.add_argument("--deuterate", action="store_true",
@@ -82,7 +85,7 @@ def config_from_args(args):
         device=args.device, compression=args.compression, compression_level=args.compression_level,
         peaks=args.peaks, split=args.split, synthetic=args.synthetic, per_space_group=args.per_space_group,
         cycle_to=args.cycle_to, radiation=args.radiation, deuterate=args.deuterate, h_background=args.h_background,
-        synthetic_prior=args.synthetic_prior)
+        synthetic_prior=args.synthetic_prior, synthetic_prior_power=args.synthetic_prior_power)
 
 
 def run(args) -> int:
