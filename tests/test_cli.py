@@ -49,7 +49,7 @@ def test_simulate_batch_lists_failures_and_goes_on(tmp_path, capsys):
                        "_atom_site_fract_x\n_atom_site_fract_y\n_atom_site_fract_z\nQ1 Qq 0 0 0\n")
     out = tmp_path / "out"
     rc = main(["simulate", *good, str(bad), str(unknown), "--device", "cpu", "--xye", str(out) + "/"])
-    assert rc == 1
+    assert rc == 3  # EXIT_REJECTS: simulate fails on any rejected input
     captured = capsys.readouterr()
     assert "2 simulated, 2 failed, of 4 inputs" in captured.out
     assert "FAILED" in captured.err and "broken.cif" in captured.err and "Xx.cif" in captured.err
@@ -59,7 +59,7 @@ def test_simulate_batch_lists_failures_and_goes_on(tmp_path, capsys):
 def test_cuda_without_gpu_is_a_clear_error(capsys):
     cif = str(bundled_structures()[0])
     rc = main(["simulate", cif, "--device", "cuda"])
-    assert rc == 2
+    assert rc == 1  # an environment error (docs/exit-status.md)
     assert "cuda" in capsys.readouterr().err.lower()
 
 

@@ -111,7 +111,7 @@ def reference(inputs, tmp_path_factory) -> Path:
     """One rank, in-process through the CLI: the dataset every other run must reproduce."""
     out = tmp_path_factory.mktemp("ref") / "ds"
     rc = cli.main(_generate_cmd(inputs, out, "--quiet"))
-    assert rc == 1  # 1: some inputs were rejected (the planted ones)
+    assert rc == 0  # the 4 planted rejects of 34 items are within --max-reject-fraction 0.20
     return out
 
 
@@ -202,7 +202,7 @@ def test_rerun_is_a_no_op_and_other_config_is_refused(reference, tmp_path, input
     copy = tmp_path / "copy"
     shutil.copytree(reference, copy)
     before = (copy / "shards" / "part-00000.h5").stat().st_mtime_ns
-    assert cli.main(_generate_cmd(inputs, copy)) == 1
+    assert cli.main(_generate_cmd(inputs, copy)) == 0
     err = capsys.readouterr().err
     assert "7 already complete, 0 to compute" in err
     assert (copy / "shards" / "part-00000.h5").stat().st_mtime_ns == before
@@ -217,7 +217,7 @@ def test_three_ranks_give_the_same_arrays_as_one(reference, inputs, tmp_path):
     out = tmp_path / "ds3"
     cmd = [str(MPIEXEC), "-n", "3", sys.executable, "-m", "xtalhpc.cli", *_generate_cmd(inputs, out)]
     r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
-    assert r.returncode == 1, r.stderr  # 1 = some inputs rejected
+    assert r.returncode == 0, r.stderr  # rank 0's status through mpiexec: rejects within the allowed share
     ranks_used = set(re.findall(r"shard \d+ rank (\d+):", r.stderr))
     assert len(ranks_used) >= 2, r.stderr  # dynamic scheduling really shared the work
     assert f"generated {N_GOOD} + rejected {len(BAD)} = {N_ITEMS} of {N_ITEMS} inputs (OK)" in r.stderr
@@ -259,7 +259,7 @@ def test_resume_after_sigkill_of_one_rank_equals_uninterrupted(reference, inputs
     assert not verify_dataset(out).ok  # no master yet: verify says so
 
     r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
-    assert r.returncode == 1, r.stderr
+    assert r.returncode == 0, r.stderr
     m = re.search(r"(\d+) already complete, (\d+) to compute", r.stderr)
     assert m and int(m.group(1)) >= len(done) and int(m.group(1)) + int(m.group(2)) == 7, r.stderr
     computed = set(re.findall(r"shard (\d+) rank", r.stderr))
@@ -284,7 +284,7 @@ def test_fewer_shards_to_compute_than_ranks(reference, inputs, tmp_path, missing
         p.unlink()
     cmd = [str(MPIEXEC), "-n", "3", sys.executable, "-m", "xtalhpc.cli", *_generate_cmd(inputs, out)]
     r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
-    assert r.returncode == 1, r.stderr
+    assert r.returncode == 0, r.stderr
     assert f"{7 - missing} already complete, {missing} to compute" in r.stderr, r.stderr
     assert sorted(set(re.findall(r"shard (\d+) rank", r.stderr))) == sorted(p.name[5:10] for p in gone)
     _assert_same(_arrays(reference), _arrays(out))
@@ -295,30 +295,32 @@ def test_fewer_shards_to_compute_than_ranks(reference, inputs, tmp_path, missing
 @pytest.mark.mpi
 def test_cuda_without_gpu_stops_every_rank_before_any_shard(inputs, tmp_path, capsys):
     """--device cuda on a machine without a GPU: the warm-up on every rank raises the device
-    error before the enumeration, so one rank or two all stop with exit 2 and no shard."""
+    error before the enumeration, so one rank or two all stop with exit 1 (an environment error,
+    docs/exit-status.md) and no shard; under MPI the first rank to fail ends the others."""
     from xtalhpc.backend import cuda_available
 
     if cuda_available():
         pytest.skip("a CUDA device (or the simulator) is visible")
     out = tmp_path / "one"
-    assert cli.main(_generate_cmd(inputs, out, "--device", "cuda", "--quiet")) == 2
+    assert cli.main(_generate_cmd(inputs, out, "--device", "cuda", "--quiet")) == 1
     assert "no CUDA GPU is visible" in capsys.readouterr().err
     assert not list(out.glob("shards/*"))
     out = tmp_path / "two"
     cmd = [str(MPIEXEC), "-n", "2", sys.executable, "-m", "xtalhpc.cli", *_generate_cmd(inputs, out, "--device", "cuda")]
     r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2, r.stderr
-    assert r.stderr.count("no CUDA GPU is visible") == 2, r.stderr  # each rank says why it stopped
+    assert r.returncode == 1, r.stderr
+    assert 1 <= r.stderr.count("no CUDA GPU is visible") <= 2, r.stderr  # the failing rank says why
     assert not list(out.glob("shards/*"))
 
 
 def test_srun_without_pmi_is_refused(inputs, tmp_path):
-    """srun without --mpi=pmi2 starts singletons: Slurm says 2 tasks, MPI says 1 rank."""
+    """srun without --mpi=pmi2 starts singletons: Slurm says 2 tasks, MPI says 1 rank. An MPI
+    world that is not the one the job needs is an environment error: exit 1."""
     out = tmp_path / "ds"
     env = _env(SLURM_NTASKS="2", SLURM_STEP_NUM_TASKS="2", SLURM_PROCID="1", SLURM_JOB_ID="1")
     r = subprocess.run([sys.executable, "-m", "xtalhpc.cli", *_generate_cmd(inputs, out)], env=env,
                        capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2, r.stderr
+    assert r.returncode == 1, r.stderr
     assert "srun --mpi=pmi2" in r.stderr
     assert not (out / "shards").exists()
 
@@ -394,7 +396,7 @@ def test_csv_structure_list_with_labels(inputs, tmp_path):
                    f"{rel}/ZnO.cif,,no label: the file's\n"
                    "missing.cif,1,no such file\n")
     out = tmp_path / "ds"
-    assert cli.main(["generate", str(lst), "--output", str(out), "--quiet"]) == 1
+    assert cli.main(["generate", str(lst), "--output", str(out), "--quiet"]) == 3  # 1 reject of 4 > 0.20
     with open_dataset(out) as ds:
         sg = dict(zip((Path(s).name for s in ds.read("source_id")), ds.read("space_group")))
         assert sg == {"Aluminium.cif": 225, "Copper.cif": 229, "ZnO.cif": 186}
@@ -432,7 +434,7 @@ def test_block_count_mismatch_rejects_the_whole_file(inputs, tmp_path, monkeypat
     real = gen.count_items
     monkeypatch.setattr(gen, "count_items", lambda p: 3 if p.endswith("multi.cif") else real(p))
     out = tmp_path / "ds"
-    assert cli.main(["generate", str(src), "--output", str(out), "--quiet"]) == 1
+    assert cli.main(["generate", str(src), "--output", str(out), "--quiet"]) == 3  # 3 rejects of 4
     with open_dataset(out) as ds:
         rej = ds.rejects()
         assert len(ds) == 1 and list(rej["item_index"]) == [1, 2, 3]
@@ -448,7 +450,7 @@ def test_a_second_run_on_the_same_output_is_refused_while_one_runs(reference, tm
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         assert cli.main(_generate_cmd(inputs, copy)) == 2
         assert "another `xtalhpc generate` is writing" in capsys.readouterr().err
-    assert cli.main(_generate_cmd(inputs, copy, "--quiet")) == 1  # lock released: resumes (nothing to do)
+    assert cli.main(_generate_cmd(inputs, copy, "--quiet")) == 0  # lock released: resumes (nothing to do)
 
 
 def test_cli_flags_are_frozen():
@@ -461,7 +463,8 @@ def test_cli_flags_are_frozen():
         "generate": sorted(["-h", "--help", "-o", "--output", "-i", "--instrument", "-n", "--ranks", "-k",
                             "--shard-size", "--seed", "--device", "--compression", "--compression-level", "--peaks",
                             "--no-peaks", "--split", "--synthetic", "--per-space-group", "--cycle-to", "-q",
-                            "--quiet", "--radiation", "--deuterate", "--h-background", "--no-h-background", "--synthetic-prior"]),
+                            "--quiet", "--radiation", "--deuterate", "--h-background", "--no-h-background", "--synthetic-prior",
+                            "--max-reject-fraction"]),
         "info": sorted(["-h", "--help", "--json", "--top", "--class-report", "--before"]),
         "verify": sorted(["-h", "--help", "--no-checksums"]),
     }
@@ -554,7 +557,7 @@ def test_background_writer_gives_the_same_shards_and_follows_the_core_policy(ref
     monkeypatch.setenv(g.SYNC_WRITE_ENV, "1" if ref_background else "0")
     monkeypatch.setattr(g.os, "sched_getaffinity", lambda pid: set(range(threads + 8)), raising=False)
     out = tmp_path / "ds"
-    assert cli.main(_generate_cmd(inputs, out, "--quiet")) == 1
+    assert cli.main(_generate_cmd(inputs, out, "--quiet")) == 0
     run = json.loads((out / g.RUN_STATS_NAME).read_text())["times"]["per_rank"][0]
     assert run["background_writes"] != ref_background
     _assert_same(_arrays(reference), _arrays(out))

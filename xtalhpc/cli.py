@@ -3,6 +3,12 @@
 Each subcommand lives in its own module under ``xtalhpc/commands`` with
 ``add_parser(subparsers)`` and ``run(args) -> int``; ``main(argv)`` can be
 called in-process (tests do), and heavy imports happen inside ``run``.
+
+Exit statuses follow :mod:`xtalhpc.job` (docs/exit-status.md): a command returns
+0 or 3 itself; :func:`main` maps bad input (:class:`~xtalhpc.errors.InputError`) to 2,
+every other error (a :class:`~xtalhpc.errors.JobError`, or any exception, described by
+:func:`~xtalhpc.errors.job_error`) to 1, Ctrl-C to 130. Every ``--help`` ends with the
+one table :data:`xtalhpc.job.EXIT_STATUS_HELP`.
 """
 from __future__ import annotations
 
@@ -11,7 +17,8 @@ import importlib
 import sys
 
 from . import __version__
-from .errors import XtalhpcError
+from .errors import InputError, XtalhpcError, job_error
+from .job import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_STATUS_HELP, EXIT_USAGE
 
 #: Subcommand modules, in the order ``--help`` lists them.
 COMMANDS: tuple[str, ...] = (
@@ -27,31 +34,62 @@ COMMANDS: tuple[str, ...] = (
 )
 
 
+def _with_raw_epilog(base: type) -> type:
+    """``base`` formatter, except that the exit-status epilog keeps its line breaks."""
+    class Formatter(base):
+        def _fill_text(self, text, width, indent):
+            if text == EXIT_STATUS_HELP:
+                return "".join(indent + line for line in text.splitlines(keepends=True))
+            return super()._fill_text(text, width, indent)
+
+    return Formatter
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xtalhpc",
-        description="Simulate powder-diffraction patterns at scale and classify crystal symmetry.")
+        description="Simulate powder-diffraction patterns at scale and classify crystal symmetry.",
+        epilog=EXIT_STATUS_HELP, formatter_class=_with_raw_epilog(argparse.HelpFormatter))
     parser.add_argument("--version", action="version", version=f"xtalhpc {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMANDS:
         mod = importlib.import_module(f".commands.{name}", __package__)
         p = mod.add_parser(sub)
+        p.epilog = EXIT_STATUS_HELP
+        p.formatter_class = _with_raw_epilog(p.formatter_class)
         p.set_defaults(_run=mod.run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; returns the exit status (0 ok, 1 some inputs failed, 2 usage or input error)."""
+    """Run the CLI; returns the exit status of docs/exit-status.md (:mod:`xtalhpc.job`):
+    the command's own 0 or 3, 2 for bad input, 1 for any other error, 130 for Ctrl-C."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args._run(args) or 0)
-    except XtalhpcError as exc:
+    except InputError as exc:
         print(f"xtalhpc {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except KeyboardInterrupt:
-        return 130
+        print(f"xtalhpc {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - the job failed: one message with the cause and the fix
+        err = exc if isinstance(exc, XtalhpcError) else job_error(exc, f"xtalhpc {args.command}{_where(exc)}")
+        print(f"xtalhpc {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _where(exc: BaseException) -> str:
+    """`` (at file.py:123 in func)``: the innermost frame of an unexpected error, for the report."""
+    import traceback
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return ""
+    f = frames[-1]
+    return f" (at {f.filename}:{f.lineno} in {f.name})"
 
 
 def entry(argv: list[str] | None = None) -> None:

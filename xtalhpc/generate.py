@@ -39,7 +39,6 @@ import shutil
 import subprocess
 import sys
 import time
-import traceback
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -233,11 +232,11 @@ def read_file_items(path: str) -> tuple:
         # read_blocks keeps the good blocks of a file whose other blocks are bad.
         reader = getattr(io, "read_blocks", None) or io.read_structures
         got = reader(p)
-    except Exception as exc:  # noqa: BLE001 - every failure of one input becomes a reject row
-        return (_reason(exc),)
+    except Exception as exc:  # noqa: BLE001 - a failure of this input is its reject row (_reason: or a JobError)
+        return (_reason(exc, f"reading {path}"),)
     if not got:
         return ("no structure in the file",)
-    return tuple(c if not isinstance(c, BaseException) else _reason(c) for c in got)
+    return tuple(c if not isinstance(c, BaseException) else _reason(c, f"reading {path}") for c in got)
 
 
 def count_items(path: str) -> int:
@@ -265,10 +264,13 @@ def count_items(path: str) -> int:
     return max(1, sum(1 for b in doc if _is_structural(b)))
 
 
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, XtalhpcError):
-        return str(exc)
-    return f"{type(exc).__name__}: {exc}"
+def _reason(exc: BaseException, doing: str) -> str:
+    """The reject-row text of one item's error, or a :class:`~xtalhpc.errors.JobError` raised for an
+    error that would fail every item (a missing dependency, a kernel that does not compile, out of
+    memory): the rule is :func:`xtalhpc.errors.reject_reason`'s, shared by every batch job."""
+    from .errors import reject_reason
+
+    return reject_reason(exc, doing)
 
 
 @dataclass
@@ -427,8 +429,8 @@ def load_item(man: Manifest, i: int, seed: int):
                          field="--synthetic") from None
     try:
         return generate_crystal(int(where), seed, int(k))
-    except Exception as exc:  # noqa: BLE001
-        return _reason(exc)
+    except Exception as exc:  # noqa: BLE001 - this crystal's reject row, unless it is a JobError (_reason)
+        return _reason(exc, f"generating synthetic crystal {i} (space group {where})")
 
 
 def item_source_id(man: Manifest, i: int, seed: int) -> tuple[str, str]:
@@ -706,8 +708,8 @@ def _item_meta(c, key_fn, split):
         return (int(c.space_group), schema.VOCABULARIES["crystal_system"].index(c.crystal_system),
                 schema.VOCABULARIES["bravais_lattice"].index(c.bravais_lattice), c.formula, key,
                 schema.assign_split(key, split))
-    except Exception as exc:  # noqa: BLE001 - one structure's problem becomes its reject row
-        return _reason(exc)
+    except Exception as exc:  # noqa: BLE001 - one structure's problem becomes its reject row (_reason)
+        return _reason(exc, "computing the labels and structure-type key")
 
 
 class _ItemRecord:
@@ -771,11 +773,8 @@ def compute_shard(index: int, cfg: GenerateConfig, man: Manifest, instrument, *,
     while pos < len(crystals):
         sel = list(range(pos, min(len(crystals), pos + step)))
         t = time.perf_counter()
-        try:
-            res = simulate_batch([crystals[j] for j in sel], instrument, device=cfg.device, on_error="collect",
-                                 peaks=cfg.peaks)
-        except XtalhpcError:
-            raise
+        res = simulate_batch([crystals[j] for j in sel], instrument, device=cfg.device, on_error="collect",
+                             peaks=cfg.peaks)
         dt = time.perf_counter() - t
         times.simulate += dt
         times.kernels += sum(v for kk, v in res.timings.items() if kk not in ("total", "pack"))
@@ -1140,14 +1139,59 @@ class _ShardWriter:
             self.pool.shutdown(wait=True)
 
 
+def stop_all_ranks(comm, exc: BaseException) -> None:
+    """Under MPI, end every rank when this one fails (the others would wait for it forever).
+
+    Prints the error once, as the CLI would (:func:`xtalhpc.errors.job_error` for anything but
+    bad input), and aborts the MPI world with the exit status of docs/exit-status.md
+    (:data:`~xtalhpc.job.EXIT_USAGE` for an :class:`InputError`, else
+    :data:`~xtalhpc.job.EXIT_FAILED`). The dataset keeps no master file, so ``xtalhpc verify``
+    reports it incomplete and a rerun resumes. One rank: returns, and the caller raises.
+    """
+    if comm.size <= 1:
+        return
+    from .errors import job_error
+    from .job import EXIT_FAILED, EXIT_USAGE
+
+    if isinstance(exc, InputError):
+        msg, status = str(exc), EXIT_USAGE
+    else:
+        msg, status = str(job_error(exc, f"generate (rank {comm.rank} of {comm.size})")), EXIT_FAILED
+    sys.stderr.write(f"xtalhpc generate: error: {msg}\n")
+    sys.stderr.flush()
+    sys.stdout.flush()
+    comm.comm.Abort(status)
+    # MPICH's MPI_Abort returns while the process manager ends the ranks: stop here, not in a
+    # second handler (which would print the error again).
+    os._exit(status)
+
+
 def run_generate(cfg: GenerateConfig, comm=None, *, log_stream=None, quiet: bool = False) -> RunSummary | None:
     """Generate (or resume) the dataset of ``cfg`` on the ranks of ``comm``.
 
     Every rank calls this; rank 0 returns the :class:`RunSummary`, the others None.
+    An error that only some ranks meet ends every rank (:func:`stop_all_ranks`); bad
+    input found before the work is decided on rank 0 and raised on every rank alike.
     """
+    comm = comm or SerialComm()
+    held: list = []  # the output lock, released however the run ends
+    try:
+        return _run_generate(cfg, comm, log_stream=log_stream, quiet=quiet, held=held)
+    except InputError:
+        raise
+    except Exception as exc:
+        stop_all_ranks(comm, exc)
+        raise
+    finally:
+        for fh in held:
+            if fh is not None:
+                fh.close()
+
+
+def _run_generate(cfg: GenerateConfig, comm, *, log_stream=None, quiet: bool = False,
+                  held: list) -> RunSummary | None:
     from .dataset import build_master, shard_info, write_shard_info
 
-    comm = comm or SerialComm()
     stream = log_stream or sys.stderr
 
     def log(msg: str) -> None:
@@ -1192,6 +1236,7 @@ def run_generate(cfg: GenerateConfig, comm=None, *, log_stream=None, quiet: bool
                     raise InputError(f"--synthetic needs xtalhpc.synth.generate_crystal, not available here ({exc})",
                                      field="--synthetic") from None
             todo, done, lock = _prepare_output(cfg, digest, record, n_shards, log)
+            held.append(lock)
             known.update((i.index, i) for i in done)
             decision = ("ok", todo)
         except XtalhpcError as exc:
@@ -1278,12 +1323,8 @@ def run_generate(cfg: GenerateConfig, comm=None, *, log_stream=None, quiet: bool
                 finished(do_shard(s, time.perf_counter()), report_w)
                 n_mine += 1
             finished(writer.wait(), report_w)
-    except Exception:
-        if comm.size > 1:
-            # One rank failing must not leave the others waiting forever for it.
-            traceback.print_exc()
-            sys.stderr.flush()
-            comm.comm.Abort(1)
+    except Exception as exc:
+        stop_all_ranks(comm, exc)
         raise
     finally:
         writer.close()

@@ -13,7 +13,8 @@ The three jobs (``generate``, ``train``, ``evaluate``) have one shape:
 * one log convention: ``[job] message`` lines, one ``write`` per line (ranks share stderr),
   progress lines from :class:`Progress` with counts, rate and ETA.
 
-Exit statuses (the convention ``sbatch --dependency=afterok`` chains rely on; docs/exit-status.md):
+Exit statuses (the convention ``sbatch --dependency=afterok`` chains rely on; the full table,
+with each command's rule, is docs/exit-status.md; ``--help`` shows :data:`EXIT_STATUS_HELP`):
 
 ======  ==================  =============================================================
 status  name                meaning
@@ -50,6 +51,35 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_REJECTS = 3
 EXIT_INTERRUPTED = 130
+
+#: ``generate --max-reject-fraction`` default: a real ICSD or Materials Project export with a few
+#: percent of bad entries passes (and one with a tenth, such as 5 bad CIFs among 45); a run where
+#: every item, or most, fails does not.
+DEFAULT_MAX_REJECT_FRACTION = 0.20
+
+#: The exit-status table every command's ``--help`` ends with (one text, added by ``xtalhpc.cli``).
+EXIT_STATUS_HELP = f"""\
+exit status (the same for every xtalhpc command; docs/exit-status.md):
+  {EXIT_OK:<4} ok: the output is complete; rejected inputs, if any, are listed and
+       within the allowed share
+  {EXIT_FAILED:<4} the job failed: environment, code or resource error (missing
+       dependency, compile error, out of memory, CUDA driver, lost MPI rank),
+       said in one message with the likely cause and the fix; a dataset left
+       behind reads as incomplete in `xtalhpc verify` and a rerun resumes.
+       verify, info: the dataset is incomplete or damaged
+  {EXIT_USAGE:<4} refused before any work: bad flag, config value or input path
+  {EXIT_REJECTS:<4} finished, but too many inputs were rejected: generate, more than
+       --max-reject-fraction (default {DEFAULT_MAX_REJECT_FRACTION:.2f}); simulate, synthesize: any
+  {EXIT_INTERRUPTED:<4} interrupted (Ctrl-C)
+"""
+
+
+def reject_status(n_rejected: int, n_total: int, max_fraction: float) -> int:
+    """:data:`EXIT_OK` if ``n_rejected / n_total <= max_fraction``, else :data:`EXIT_REJECTS`
+    (``max_fraction`` 0: any reject fails, as simulate and predict do)."""
+    if n_rejected == 0:
+        return EXIT_OK
+    return EXIT_OK if n_total > 0 and n_rejected / n_total <= max_fraction else EXIT_REJECTS
 
 
 # ---------------------------------------------------------------------------- logging and progress

@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from .crystal import Crystal
-from .errors import InputError, ScatteringError
+from .errors import InputError, ScatteringError, XtalhpcError, is_item_error, job_error
 from .instruments import Instrument, get_instrument
 from .scattering import N_COEFF, scattering_coefficients
 
@@ -504,6 +504,10 @@ def simulate_batch(crystals: Sequence[Crystal], instrument: "str | Instrument" =
     device : {"cpu", "cuda", "auto"}
     on_error : {"raise", "collect"}
         ``collect`` records a failing structure in ``errors`` (zero pattern) and goes on.
+        Only a structure's own errors are collected (unknown species, too many reflections);
+        an error that would fail every structure (a missing dependency, a kernel that does not
+        compile, out of memory, a CUDA driver error: :func:`xtalhpc.errors.is_item_error`)
+        raises :class:`~xtalhpc.errors.JobError` in either mode.
     max_reflections : int
         Cap on half-sphere reflections per structure (:data:`MAX_REFLECTIONS`).
     peaks : bool
@@ -511,6 +515,19 @@ def simulate_batch(crystals: Sequence[Crystal], instrument: "str | Instrument" =
         ``xtalhpc generate`` stores by default) ``peak_offsets`` is all zeros and the
         gathering of the families is skipped.
     """
+    try:
+        return _simulate_batch(crystals, instrument, device=device, on_error=on_error,
+                               max_reflections=max_reflections, peaks=peaks)
+    except XtalhpcError:
+        raise
+    except Exception as exc:
+        if is_item_error(exc):
+            raise  # a batch-wide failure no single structure can be blamed for: a code error, left as it is
+        raise job_error(exc, f"simulating {len(crystals)} structure(s) (device {device})") from exc
+
+
+def _simulate_batch(crystals: Sequence[Crystal], instrument, *, device: str, on_error: str,
+                    max_reflections: int, peaks: bool) -> BatchResult:
     if on_error not in ("raise", "collect"):
         raise InputError(f"on_error {on_error!r} is not 'raise' or 'collect'", field="on_error")
     inst = get_instrument(instrument)

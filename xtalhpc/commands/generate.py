@@ -7,9 +7,12 @@ import platform
 import sys
 
 from ..dataset import schema
+from ..job import DEFAULT_MAX_REJECT_FRACTION
 
 #: Shown in --help without importing the generator (kept equal to generate.DEFAULT_SHARD_SIZE by a test).
 DEFAULT_SHARD_SIZE_TEXT = "256"
+#: Rejects listed in the closing summary (all of them are in the master file's /entry/rejects).
+SUMMARY_REJECTS = 20
 
 
 def _split(text: str):
@@ -71,6 +74,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--h-background", action=argparse.BooleanOptionalAction, default=True,
                    help="neutrons: add the flat incoherent background of H/D/T (~80 barn per H) to each pattern "
                         "(default: on)")
+    p.add_argument("--max-reject-fraction", type=float, default=None, metavar="F",
+                   help="exit status 3 (docs/exit-status.md) when more than this share of the input items is "
+                        "rejected; the dataset is written and complete either way (default "
+                        f"{DEFAULT_MAX_REJECT_FRACTION:.2f}: a real ICSD or Materials Project export with a few "
+                        "percent of bad entries passes, a run where everything fails does not)")
     p.add_argument("-q", "--quiet", action="store_true", help="no per-shard log lines")
     return p
 
@@ -91,13 +99,22 @@ def config_from_args(args):
 def run(args) -> int:
     from ..errors import InputError
     from ..generate import get_comm, in_mpi_world, relaunch, run_generate, slurm_ntasks
+    from ..job import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_REJECTS, EXIT_USAGE, reject_status
 
     cfg = config_from_args(args)
     if args.ranks is not None and args.ranks < 1:
         raise InputError(f"--ranks {args.ranks} must be >= 1", field="--ranks")
+    max_rej = DEFAULT_MAX_REJECT_FRACTION if args.max_reject_fraction is None else args.max_reject_fraction
+    if not 0.0 <= max_rej <= 1.0:
+        raise InputError(f"{max_rej!r} must be a fraction in [0, 1]", field="--max-reject-fraction")
     if args.ranks and args.ranks > 1 and not in_mpi_world() and slurm_ntasks() <= 1:
         extra = ["--quiet"] if args.quiet else []
-        return relaunch(cfg, args.ranks, extra)
+        extra += ["--max-reject-fraction", repr(max_rej)]
+        status = relaunch(cfg, args.ranks, extra)
+        # mpiexec passes on rank 0's status (0, 2, 3) or an aborted rank's; anything else (a rank
+        # killed by a signal, the launcher's own failure) is a failed job.
+        known = (EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REJECTS, EXIT_INTERRUPTED)
+        return status if status in known else EXIT_FAILED
     comm = get_comm(args.ranks)
     if comm.size > 1:
         # One write per line: ranks share stderr under mpiexec. Tests read the pid to kill a rank.
@@ -115,4 +132,24 @@ def run(args) -> int:
           f"{summary.shards_computed} of {summary.n_shards} shards computed on {summary.ranks} rank(s) in "
           f"{summary.wall_s:.1f} s; simulate_batch {100 * sums['simulate'] / busy if busy else 0:.0f}% of rank time; "
           f"{summary.master}")
-    return 1 if summary.n_rejected else 0
+    status = reject_status(summary.n_rejected, summary.n_items, max_rej)
+    if summary.n_rejected:
+        _list_rejects(summary.master, summary.n_rejected)
+        share = summary.n_rejected / summary.n_items
+        verdict = "exit status 3" if status == EXIT_REJECTS else "within"
+        print(f"rejected {summary.n_rejected} of {summary.n_items} items ({100 * share:.1f}%): {verdict} "
+              f"--max-reject-fraction {max_rej:g}")
+    return status
+
+
+def _list_rejects(master: str, n: int) -> None:
+    """Print the first :data:`SUMMARY_REJECTS` reject rows of the finished dataset."""
+    from ..dataset import open_dataset
+
+    with open_dataset(master, check=False) as ds:
+        rej = ds.rejects()
+    shown = min(n, SUMMARY_REJECTS)
+    print(f"rejected items ({'all ' + str(n) if shown == n else f'first {shown} of {n}'}; all in {master} "
+          "/entry/rejects, `xtalhpc info` groups the reasons):")
+    for i, src, reason in list(zip(rej["item_index"].tolist(), rej["source"], rej["reason"]))[:shown]:
+        print(f"  item {i}: {reason if reason.startswith(src) else f'{src}: {reason}'}")

@@ -3,7 +3,9 @@
 Writes the pattern as .xye, the reflection families as CSV and a PNG plot.
 With one structure each OUT is a file name; with several, OUT names a
 directory and files are named after each structure. A file that cannot be
-read or simulated is reported and the others still run (exit status 1).
+read or simulated is reported and the others still run (exit status 3: any
+rejected input; an error that would fail every input stops the run with
+status 1; docs/exit-status.md).
 """
 from __future__ import annotations
 
@@ -58,7 +60,7 @@ def _targets(out: str | None, names: list[str], suffix: str) -> list[Path | None
 
 def run(args) -> int:
     from ..backend import resolve_device
-    from ..errors import XtalhpcError
+    from ..errors import reject_reason
     from ..instruments import get_instrument
     from ..io import read_structures
     from ..simulate import Pattern, simulate_batch
@@ -69,8 +71,8 @@ def run(args) -> int:
     for f in args.files:
         try:
             cs = read_structures(f)
-        except XtalhpcError as exc:
-            failures.append((f, str(exc)))
+        except Exception as exc:  # noqa: BLE001 - this file's reject, unless it fails every file (JobError)
+            failures.append((f, reject_reason(exc, f"reading {f}")))
             continue
         for c in cs:
             crystals.append(c)
@@ -99,4 +101,6 @@ def run(args) -> int:
         print(f"FAILED {msg}" if msg.startswith(str(src)) else f"FAILED {src}: {msg}", file=sys.stderr)
     n_ok = int(res.ok.sum())
     print(f"{n_ok} simulated, {len(failures)} failed, of {n_ok + len(failures)} inputs")
-    return 1 if failures else 0
+    from ..job import EXIT_OK, EXIT_REJECTS
+
+    return EXIT_REJECTS if failures else EXIT_OK

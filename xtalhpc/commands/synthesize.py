@@ -39,7 +39,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
             "coordinates with a minimum-distance check) and writes each as a CIF file NAME.cif "
             "(NAME = syn-sg<N>-<i>, i the global item index) with the space group's operations and the "
             "asymmetric unit, plus synthesize.json with the resolved settings. Item i depends only on "
-            "(seed, i)."))
+            "(seed, i). A crystal that cannot be drawn (no placement fits after max_attempts) is "
+            "rejected: listed on stderr and in synthesize.json, the others still written, exit status 3 "
+            "(every crystal asked for is expected). An error that would fail every crystal (a missing "
+            "dependency, a kernel that does not compile) stops the run with status 1."))
     p.add_argument("--space-groups", default="1-230", metavar="SPEC",
                    help="space groups, e.g. '1-230' (default) or '1,2,14,62,225-230'")
     p.add_argument("--per-group", type=int, required=True, metavar="K", help="crystals per space group (>= 1)")
@@ -64,7 +67,8 @@ def run(args) -> int:
     from pathlib import Path
 
     from .. import __version__
-    from ..errors import InputError
+    from ..errors import InputError, reject_reason
+    from ..job import EXIT_OK, EXIT_REJECTS
     from ..synth import SynthConfig, generate_crystal, min_atoms, write_cif
 
     groups = parse_space_groups(args.space_groups)
@@ -102,11 +106,18 @@ def run(args) -> int:
     n = len(groups) * args.per_group
     t0 = time.perf_counter()
     t_gen = 0.0
+    rejects = []
     for i in range(n):
         sg = groups[i // args.per_group]
         t = time.perf_counter()
-        crystal = generate_crystal(sg, args.seed, i, config)
-        t_gen += time.perf_counter() - t
+        try:
+            crystal = generate_crystal(sg, args.seed, i, config)
+        except Exception as exc:  # noqa: BLE001 - this crystal's reject, unless it fails every one (JobError)
+            rejects.append({"item": i, "space_group": sg,
+                            "reason": reject_reason(exc, f"drawing crystal {i} of space group {sg}")})
+            continue
+        finally:
+            t_gen += time.perf_counter() - t
         write_cif(crystal, out / f"{crystal.name}.cif")
     elapsed = time.perf_counter() - t0
     settings = {
@@ -116,12 +127,16 @@ def run(args) -> int:
         "config": {f: getattr(config, f) for f in config.__dataclass_fields__ if f != "pool"},
         "element_pool": pool_info,
         "seconds_total": round(elapsed, 3), "seconds_generating": round(t_gen, 3),
+        "n_rejected": len(rejects), "rejects": rejects,
     }
     (out / "synthesize.json").write_text(json.dumps(settings, indent=2) + "\n")
-    print(f"xtalhpc synthesize: wrote {n} CIF files for {len(groups)} space groups to {out} "
-          f"in {elapsed:.1f} s ({t_gen:.1f} s generating, including one-time table and kernel loading)",
+    for r in rejects:
+        print(f"REJECTED item {r['item']} (space group {r['space_group']}): {r['reason']}", file=sys.stderr)
+    print(f"xtalhpc synthesize: wrote {n - len(rejects)} CIF files for {len(groups)} space groups to {out} "
+          f"in {elapsed:.1f} s ({t_gen:.1f} s generating, including one-time table and kernel loading)"
+          f"{f'; {len(rejects)} rejected (listed in synthesize.json)' if rejects else ''}",
           file=sys.stdout)
-    return 0
+    return EXIT_REJECTS if rejects else EXIT_OK
 
 
 def _pool_from(sources):

@@ -8,7 +8,7 @@ import sys
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "verify", help="check a generated dataset: shards complete, checksums, VDS mapping",
-        description="Exit 0 if the dataset is complete and intact, 1 if any problem is found. Reads every "
+        description="Exit 0 if the dataset is complete and intact, 1 if any problem is found (an unfinished or failed `generate` leaves no master file: incomplete). Reads every "
                     "pattern through the master file's Virtual Datasets and compares SHA-256 checksums "
                     "with those each shard recorded when written.")
     p.add_argument("dataset", metavar="DATASET", help="dataset directory or its dataset.h5")
@@ -32,4 +32,6 @@ def run(args) -> int:
     status = "OK" if rep.ok else f"FAILED ({len(rep.problems)} problem(s))"
     print(f"{rep.path}: {status}: {rep.n_shards} shards, {rep.n_patterns} patterns + {rep.n_rejected} rejected "
           f"of {rep.n_items} inputs; {rep.bytes_checked / 1e6:.1f} MB checksummed through the VDS in {dt:.1f} s")
-    return 0 if rep.ok else 1
+    from ..job import EXIT_FAILED, EXIT_OK
+
+    return EXIT_OK if rep.ok else EXIT_FAILED

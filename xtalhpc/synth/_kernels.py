@@ -139,10 +139,42 @@ def _geometry(cell, lat, spacing, combos, generic_tol, climit):
         cy = u[2] * v[0] - u[0] * v[2]
         cz = u[0] * v[1] - u[1] * v[0]
         spacing[k] = vol / np.sqrt(cx * cx + cy * cy + cz * cz)
-    gstar = np.linalg.inv(lat @ lat.T)
+    gstar = _reciprocal_metric(lat)
     for k in range(combos.shape[0]):
-        c = combos[k]
-        climit[k] = 24.0 * generic_tol * np.sqrt(c @ gstar @ c)
+        c0, c1, c2 = combos[k, 0], combos[k, 1], combos[k, 2]
+        q = (gstar[0, 0] * c0 * c0 + gstar[1, 1] * c1 * c1 + gstar[2, 2] * c2 * c2
+             + 2.0 * (gstar[0, 1] * c0 * c1 + gstar[0, 2] * c0 * c2 + gstar[1, 2] * c1 * c2))
+        climit[k] = 24.0 * generic_tol * np.sqrt(q)
+    return gstar
+
+
+@numba.njit(cache=True, nogil=True)
+def _reciprocal_metric(lat):
+    """G* = (L L^T)^-1 for the lattice rows ``lat``, written out (3x3 cofactors).
+
+    Numba's ``@``/``np.dot``/``np.linalg.inv`` in njit code call SciPy's BLAS/LAPACK,
+    which a plain ``pip install xtalhpc`` does not bring (issue 16); for a 3x3 the
+    products by hand are as fast (BENCHMARKS.md, "Synthetic kernels without SciPy").
+    """
+    g = np.empty((3, 3))
+    for i in range(3):
+        for j in range(i, 3):
+            g[i, j] = lat[i, 0] * lat[j, 0] + lat[i, 1] * lat[j, 1] + lat[i, 2] * lat[j, 2]
+            g[j, i] = g[i, j]
+    c00 = g[1, 1] * g[2, 2] - g[1, 2] * g[1, 2]
+    c01 = g[0, 2] * g[1, 2] - g[0, 1] * g[2, 2]
+    c02 = g[0, 1] * g[1, 2] - g[0, 2] * g[1, 1]
+    c11 = g[0, 0] * g[2, 2] - g[0, 2] * g[0, 2]
+    c12 = g[0, 1] * g[0, 2] - g[0, 0] * g[1, 2]
+    c22 = g[0, 0] * g[1, 1] - g[0, 1] * g[0, 1]
+    inv_det = 1.0 / (g[0, 0] * c00 + g[0, 1] * c01 + g[0, 2] * c02)
+    gstar = np.empty((3, 3))
+    gstar[0, 0] = c00 * inv_det
+    gstar[1, 1] = c11 * inv_det
+    gstar[2, 2] = c22 * inv_det
+    gstar[0, 1] = gstar[1, 0] = c01 * inv_det
+    gstar[0, 2] = gstar[2, 0] = c02 * inv_det
+    gstar[1, 2] = gstar[2, 1] = c12 * inv_det
     return gstar
 
 
