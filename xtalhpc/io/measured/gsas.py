@@ -230,7 +230,8 @@ def _wavelength(src: str, wavelength, instrument_file, named_prm, comment_wl):
 # --------------------------------------------------------------------------- parameter files
 
 def read_instrument_parameters(path: str | os.PathLike, bank: int = 1) -> dict:
-    """Wavelength, zero and CW profile terms of a GSAS ``.prm``/``.inst`` or GSAS-II ``.instprm``.
+    """Wavelength, zero and CW profile terms of a GSAS ``.prm``/``.inst``, a GSAS-II ``.instprm``
+    or an EasyDiffraction experiment CIF (``_setup_wavelength``).
 
     Returns a dict with at least ``wavelength`` (angstrom) and ``zero`` (degrees), plus
     ``U V W X Y`` (GSAS units) where the file has a constant-wavelength profile.
@@ -238,6 +239,10 @@ def read_instrument_parameters(path: str | os.PathLike, bank: int = 1) -> dict:
     lines = read_lines(path)
     if any(ln.startswith("INS") for ln in lines):
         return read_gsas_prm(path, bank=bank)
+    if any(ln.lstrip().lower().startswith("data_") for ln in lines):  # EasyDiffraction experiment CIF
+        from .pdcif import read_easydiffraction_instrument
+
+        return read_easydiffraction_instrument(path)
     return read_instprm(path)
 
 
