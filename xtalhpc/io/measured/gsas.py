@@ -80,14 +80,15 @@ def _bank_line(ln: str, src: str, lineno: int) -> dict:
 
 
 def _field(s: str, src: str, lineno: int, col: int, what: str) -> float:
-    s = s.strip()
-    if not s:
+    """The number in fixed-width field ``s`` that starts at 0-based column ``col`` (blank = 0)."""
+    t = s.strip()
+    if not t:
         return 0.0
     try:
-        return float(s)
+        return float(t)
     except ValueError:
-        raise PatternFileError(f"{what} {s!r} at columns {col + 1}-{col + 8 if what != 'scale factor' else col + 2} "
-                               "is not a number", src, lineno, what) from None
+        raise PatternFileError(f"{what} {t!r} at columns {col + 1}-{col + len(s)} is not a number", src, lineno,
+                               what) from None
 
 
 def read_gsas_raw(path: str | os.PathLike, bank: int | None = None, *, wavelength: float | None = None,
