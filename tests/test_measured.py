@@ -24,8 +24,8 @@ import xtalhpc
 from xtalhpc.instruments import Instrument, get_instrument
 from xtalhpc.io import read_structures
 
-from measured_helpers import (Measured, fit_linear, peak_offsets, read_easydiffraction_instrument, read_gsas_prm,
-                              read_gsas_raw, read_instprm, read_pdcif, read_xye_measured)
+from measured_helpers import (MeasuredPattern, fit_linear, peak_offsets, read_easydiffraction_instrument, read_gsas_prm,
+                              read_gsas_raw, read_instprm, read_pdcif, read_xye)
 
 REPO = Path(__file__).resolve().parents[1]
 G2 = "patterns/gsas2_tutorials"
@@ -130,9 +130,9 @@ CASES += [
 IDS = [c.key for c in CASES]
 
 
-def _read(case: Case, root: Path) -> Measured:
+def _read(case: Case, root: Path) -> MeasuredPattern:
     p = root / case.data
-    return {"gsas": read_gsas_raw, "pdcif": read_pdcif, "xye": read_xye_measured}[case.fmt](p)
+    return {"gsas": read_gsas_raw, "pdcif": read_pdcif, "xye": read_xye}[case.fmt](p)
 
 
 def _instrument(case: Case, root: Path) -> Instrument:
@@ -151,7 +151,7 @@ def _instrument(case: Case, root: Path) -> Instrument:
     return get_instrument(case.instrument)
 
 
-def on_grid(inst: Instrument, meas: Measured, zero: float) -> Instrument:
+def on_grid(inst: Instrument, meas: MeasuredPattern, zero: float) -> Instrument:
     """The instrument unchanged except its 2theta grid (the file's) and zero shift.
 
     A non-uniform measured grid (HB-2A .dat) is simulated on a 0.005 deg grid and interpolated.
@@ -163,18 +163,18 @@ def on_grid(inst: Instrument, meas: Measured, zero: float) -> Instrument:
     return Instrument(**kw)
 
 
-def simulate_on(crystal, inst: Instrument, meas: Measured, zero: float):
+def simulate_on(crystal, inst: Instrument, meas: MeasuredPattern, zero: float):
     i2 = on_grid(inst, meas, zero)
     pat = xtalhpc.simulate(crystal, i2)
     if meas.uniform:
-        assert pat.intensity.shape == meas.y.shape and np.allclose(pat.two_theta, meas.two_theta, atol=1e-6)
+        assert pat.intensity.shape == meas.intensity.shape and np.allclose(pat.two_theta, meas.two_theta, atol=1e-6)
         y = pat.intensity
     else:
         y = np.interp(meas.two_theta, pat.two_theta, pat.intensity)
     return y, pat, i2
 
 
-def zero_scan(crystal, inst: Instrument, meas: Measured, half_range: float = 0.3):
+def zero_scan(crystal, inst: Instrument, meas: MeasuredPattern, half_range: float = 0.3):
     """Best zero shift (deg) by a coarse then fine 1-D scan of Rwp; returns (zero, fit)."""
     def rwp_at(z):
         return fit_linear(meas, simulate_on(crystal, inst, meas, inst.zero + z)[0], N_BKG)
@@ -247,17 +247,17 @@ def test_wrong_structure_fits_much_worse(shared_data, key):
 def test_gsas_readers_match_headers(shared_data):
     """Point counts and grids of the GSAS files agree with their BANK records and the presets' grids."""
     m = read_gsas_raw(shared_data / f"{G2}/Magnetic-I/data/LaMnO3_50k.gsas")  # ESD format
-    assert len(m.y) == 3296 and m.two_theta[0] == pytest.approx(3.0) and m.two_theta[-1] == pytest.approx(167.75)
-    assert m.y[:3].tolist() == [523.0, 442.0, 527.0] and m.sigma[:3].tolist() == [48.0, 44.0, 48.0]
+    assert len(m) == 3296 and m.two_theta[0] == pytest.approx(3.0) and m.two_theta[-1] == pytest.approx(167.75)
+    assert m.intensity[:3].tolist() == [523.0, 442.0, 527.0] and m.sigma[:3].tolist() == [48.0, 44.0, 48.0]
     bt1 = get_instrument("bt1-cu311")
     assert bt1.n_points == 3296 and bt1.two_theta_min == pytest.approx(3.0)
     p = read_gsas_raw(shared_data / f"{G2}/CWCombined/data/PBSO4.CWN")  # STD format: variance = y / n
-    assert len(p.y) == 2919 and p.two_theta[-1] == pytest.approx(155.9)
-    assert p.y[0] == 220.0 and p.sigma[0] == pytest.approx(math.sqrt(220.0))
+    assert len(p) == 2919 and p.two_theta[-1] == pytest.approx(155.9)
+    assert p.intensity[0] == 220.0 and p.sigma[0] == pytest.approx(math.sqrt(220.0))
     d1a = get_instrument("d1a")
     assert d1a.n_points == 2919 and d1a.two_theta_min == pytest.approx(10.0)
     a = read_pdcif(shared_data / "patterns/pdcifplotter/data/ALUMINA.cif")
-    assert len(a.y) == 3300 and a.y[1] == 149.0 and a.sigma[1] == 19.0
+    assert len(a) == 3300 and a.intensity[1] == 149.0 and a.sigma[1] == 19.0
     assert not a.mask[0]  # zero _pd_proc_ls_weight: excluded
 
 
@@ -293,7 +293,7 @@ def test_hb2a_toml_is_the_instprm(shared_data):
     assert (inst.U, inst.V, inst.W, inst.X, inst.Y) == pytest.approx((ip["U"], ip["V"], ip["W"], ip["X"], ip["Y"]))
     for f in ("Er2Ge2O7_op2112_Ge113_2K.gss", "Er2Ge2O7_op2112_Ge113_0p5K.gss"):
         m = read_gsas_raw(d / f)
-        assert inst.n_points == len(m.y) and np.allclose(inst.two_theta, m.two_theta, atol=1e-9)
+        assert inst.n_points == len(m) and np.allclose(inst.two_theta, m.two_theta, atol=1e-9)
     c = read_structures(d / "ErGeO_distbase.cif")[0]
     pat = xtalhpc.simulate(c, inst)
     assert pat.intensity.shape == (2459,) and np.all(np.isfinite(pat.intensity)) and pat.intensity.max() > 0
