@@ -142,6 +142,28 @@ def neutron_incoherent_xs(nuclide: str) -> float:
     return float(v)
 
 
+def absorption_per_formula_unit(crystal, wavelength: float | None = None) -> float:
+    """Neutron absorption cross-section (barn) per formula unit of ``crystal`` at ``wavelength``.
+
+    Sum over the cell's atoms of occupancy x :func:`absorption_xs` (each nuclide's, so 10B
+    and 11B differ), divided by the formula units per cell Z of the reduced formula
+    (``Crystal.formula``: element counts rounded to 1e-3, Z = their greatest common divisor).
+    """
+    from functools import reduce
+    from math import gcd
+
+    from .crystal import element_of
+
+    counts: dict[str, float] = {}
+    total = 0.0
+    for s, o in zip(crystal.species, crystal.occupancy):
+        counts[element_of(s)] = counts.get(element_of(s), 0.0) + float(o)
+        total += float(o) * absorption_xs(s, wavelength)
+    scaled = [int(round(round(c, 3) * 1000)) for c in counts.values() if c > 0]
+    z = reduce(gcd, scaled) / 1000.0 if scaled else 1.0
+    return total / z
+
+
 @lru_cache(maxsize=None)
 def xray_coefficients(nuclide: str, charge: int = 0) -> tuple[float, ...]:
     """Waasmaier-Kirfel ``(c, a1..a5, b1..b5)`` for an element (isotope ignored) and charge."""

@@ -68,6 +68,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--h-background", action=argparse.BooleanOptionalAction, default=True,
                    help="neutrons: add the flat incoherent background of H/D/T (~80 barn per H) to each pattern "
                         "(default: on)")
+    p.add_argument("--max-absorption", type=float, default=None, metavar="BARN",
+                   help="neutrons: reject items whose absorption cross-section per formula unit at the "
+                        "instrument's wavelength exceeds BARN (the per-pattern 'absorption' field; default: off)")
     p.add_argument("-q", "--quiet", action="store_true", help="no per-shard log lines")
     return p
 
@@ -82,7 +85,7 @@ def config_from_args(args):
         device=args.device, compression=args.compression, compression_level=args.compression_level,
         peaks=args.peaks, split=args.split, synthetic=args.synthetic, per_space_group=args.per_space_group,
         cycle_to=args.cycle_to, radiation=args.radiation, deuterate=args.deuterate, h_background=args.h_background,
-        synthetic_prior=args.synthetic_prior)
+        synthetic_prior=args.synthetic_prior, max_absorption=args.max_absorption)
 
 
 def run(args) -> int:
