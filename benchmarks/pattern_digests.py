@@ -39,7 +39,7 @@ def collect(shared: Path) -> dict:
     from xtalhpc.io import read_structures
     from xtalhpc.simulate import simulate_batch
 
-    files = sorted((shared / "structures" / "ncrystal").glob("*.ncmat"))
+    files = sorted((shared / "structures" / "ncrystal").rglob("*.ncmat"))
     files += sorted((REPO / "xtalhpc" / "data" / "structures").glob("*.cif"))
     crystals, names = [], []
     with warnings.catch_warnings():
