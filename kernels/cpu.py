@@ -7,12 +7,14 @@ The batch layout (ragged, CSR-style) shared with the CUDA launchers:
 * ``type_off``   (n+1,)   structure i owns scattering types type_off[i]:type_off[i+1]
 * ``type_atom_off`` (T+1,) type t owns atoms type_atom_off[t]:type_atom_off[t+1]
   (atoms of one structure are contiguous and grouped by type)
-* ``type_coef``  (T, 11)  f(s) coefficients (see xtalhpc.scattering); ``type_b`` (T,) B (angstrom^2)
+* ``type_coef``  (T, 12)  f(s) coefficients, column 11 the imaginary part c'' (see xtalhpc.scattering);
+  ``type_b`` (T,) B (angstrom^2)
 * ``frac`` (N, 3), ``occ`` (N,) fractional coordinates and occupancies
 
 Reflections are enumerated on the half sphere (h > 0, or h = 0 and k > 0, or
-h = k = 0 and l > 0); Friedel mates have equal |F|^2 (no anomalous
-scattering), so each counts twice in the multiplicity.
+h = k = 0 and l > 0) and each counts twice in the multiplicity: its |F|^2 is the mean
+over the Friedel pair (physics.powder_f2), which equals either mate's |F|^2 unless
+absorbing nuclides (complex lengths) sit in a non-centrosymmetric crystal.
 """
 from __future__ import annotations
 
@@ -21,8 +23,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .physics import (GAUSS_HALF_WIDTH, bragg_theta, inv_d2, lorentz_factor_sc, peak_fwhm_sc, pseudo_voigt_parts,
-                      weight_terms, window_area)
+from .physics import (GAUSS_HALF_WIDTH, bragg_theta, inv_d2, lorentz_factor_sc, peak_fwhm_sc, powder_f2,
+                      pseudo_voigt_parts, scattering_amplitude_imag, weight_terms, window_area)
 
 #: Patterns are float32 (n, npts) rows: 7 significant digits, far finer than any counting
 #: statistics, half the memory traffic of float64, and what datasets store. Everything
@@ -340,6 +342,9 @@ def _sf_one(i, recip, cell_len, qmax, refl_off, type_off, type_atom_off, type_co
       Gaussians) along a column by the exact recurrence of a Gaussian in l: Q(l) is
       quadratic in l, so v(l+1) = v(l) r(l), r(l+1) = r(l) exp(-beta C / 2).
     Both recurrences are exact up to rounding (~1e-14 over a column).
+    A structure with an absorbing type (imaginary amplitude c'' != 0) also sums
+    F'' = sum_t c''_t DW_t S_t, its weight stepped with the Debye-Waller term's recurrence,
+    and stores physics.powder_f2; the others never touch that path.
     """
     g11, g22, g33, g12, g13, g23 = recip[i, 0], recip[i, 1], recip[i, 2], recip[i, 3], recip[i, 4], recip[i, 5]
     hmax, kmax, lmax = index_bounds(cell_len[i, 0], cell_len[i, 1], cell_len[i, 2], qmax)
@@ -396,6 +401,12 @@ def _sf_one(i, recip, cell_len, qmax, refl_off, type_off, type_atom_off, type_co
     for tt in range(nt):
         for m in range(nterm[tt]):
             cc[tt, m] = math.exp(-2.0 * beta[tt, m] * g33)
+    # Absorbing types: imaginary weight c'' exp(-B s^2), stepped like the first term (same beta).
+    cplx = False
+    for tt in range(nt):
+        if scattering_amplitude_imag(type_coef, t0 + tt) != 0.0:
+            cplx = True
+    vim = np.zeros(nt)
     val = np.empty((nt, 6))
     rat = np.empty((nt, 6))
     re = np.empty(na)
@@ -417,6 +428,9 @@ def _sf_one(i, recip, cell_len, qmax, refl_off, type_off, type_atom_off, type_co
                 for m in range(nterm[tt]):
                     val[tt, m] = amp[tt, m] * math.exp(-beta[tt, m] * q0)
                     rat[tt, m] = math.exp(-beta[tt, m] * (bq + g33 * (2 * lo + 1)))
+            if cplx:
+                for tt in range(nt):
+                    vim[tt] = scattering_amplitude_imag(type_coef, t0 + tt) * math.exp(-beta[tt, 0] * q0)
             ky = k + kmax
             lz = lo + lmax
             for j in range(na):
@@ -429,6 +443,8 @@ def _sf_one(i, recip, cell_len, qmax, refl_off, type_off, type_atom_off, type_co
                 if q > 0.0 and q <= qmax:
                     fr = 0.0
                     fi = 0.0
+                    gr = 0.0
+                    gi = 0.0
                     for tt in range(nt):
                         t = t0 + tt
                         sr = 0.0
@@ -441,8 +457,11 @@ def _sf_one(i, recip, cell_len, qmax, refl_off, type_off, type_atom_off, type_co
                             wgt += val[tt, m]
                         fr += wgt * sr
                         fi += wgt * si
+                        if cplx:
+                            gr += vim[tt] * sr
+                            gi += vim[tt] * si
                     out_q[pos] = q
-                    out_f2[pos] = fr * fr + fi * fi
+                    out_f2[pos] = powder_f2(fr, fi, gr, gi)
                     if eb != NO_ORBIT:  # the orbit from the group's table
                         e = eb + l
                         out_mult[pos] = orbit[e, 0]
@@ -463,6 +482,8 @@ def _sf_one(i, recip, cell_len, qmax, refl_off, type_off, type_atom_off, type_co
                     pos += 1
                 if l < hi:
                     for tt in range(nt):
+                        if cplx:
+                            vim[tt] *= rat[tt, 0]
                         for m in range(nterm[tt]):
                             val[tt, m] *= rat[tt, m]
                             rat[tt, m] *= cc[tt, m]

@@ -2,7 +2,7 @@
 for a ragged batch of structures.
 
 The kernels call the scalar functions of ``kernels/physics.py`` (``inv_d2``,
-``scattering_amplitude``, ``debye_waller``, ``bragg_theta``, ``lorentz_factor``,
+``scattering_amplitude``, ``scattering_amplitude_imag``, ``powder_f2``, ``debye_waller``, ``bragg_theta``, ``lorentz_factor``,
 ``peak_fwhm``, ``pseudo_voigt_parts``, ``window_area``) and ``cpu.orbit_representative``:
 numba-cuda compiles an ``njit`` function for the device when a kernel calls it, so each
 formula has one definition for both targets. Host-side work (column enumeration,
@@ -60,6 +60,8 @@ def _device_fn(f):
 
 inv_d2 = _device_fn(physics.inv_d2)
 scattering_amplitude = _device_fn(physics.scattering_amplitude)
+scattering_amplitude_imag = _device_fn(physics.scattering_amplitude_imag)
+powder_f2 = _device_fn(physics.powder_f2)
 debye_waller = _device_fn(physics.debye_waller)
 bragg_theta = _device_fn(physics.bragg_theta)
 lorentz_factor = _device_fn(physics.lorentz_factor)
@@ -158,6 +160,88 @@ def _structure_factor_kernel(recip, col_struct, col_h, col_k, col_l0, col_nl, co
             if m < nl:
                 out_q[o0 + m] = inv_d2(h, k, l0 + m, g11, g22, g33, g12, g13, g23)
                 out_f2[o0 + m] = fr[m] * fr[m] + fi[m] * fi[m]
+                if r1 - r0 >= MIN_LAUE_ORDER:
+                    stab, rh, rk, rl = orbit_representative(h, k, l0 + m, laue_rot, r0, r1)
+                    out_mult[o0 + m] = (r1 - r0) // stab
+                    out_hkl[o0 + m, 0] = rh
+                    out_hkl[o0 + m, 1] = rk
+                    out_hkl[o0 + m, 2] = rl
+                else:
+                    out_mult[o0 + m] = 2
+                    out_hkl[o0 + m, 0] = h
+                    out_hkl[o0 + m, 1] = k
+                    out_hkl[o0 + m, 2] = l0 + m
+
+
+def _structure_factor_absorbing_kernel(recip, col_struct, col_h, col_k, col_l0, col_nl, col_out, col_item_off,
+                                       type_off, type_atom_off, type_coef, type_b, frac, occ, step_c, step_s, laue_off,
+                                       laue_rot, out_hkl, out_q, out_f2, out_mult):
+    """:func:`_structure_factor_kernel` for batches holding absorbing nuclides (complex lengths).
+
+    Also sums F'' = sum_t c''_t DW_t S_t over the types whose imaginary amplitude c''
+    (physics.scattering_amplitude_imag) is non-zero and stores physics.powder_f2, the mean
+    |F|^2 of the Friedel pair. A kernel of its own, launched only for such batches, so the
+    two extra running sums cost nothing (registers, occupancy) where no atom absorbs.
+    """
+    sr = cuda.local.array(L_BLOCK, float64)
+    si = cuda.local.array(L_BLOCK, float64)
+    fr = cuda.local.array(L_BLOCK, float64)
+    fi = cuda.local.array(L_BLOCK, float64)
+    gr = cuda.local.array(L_BLOCK, float64)
+    gi = cuda.local.array(L_BLOCK, float64)
+    n_items = col_item_off[col_item_off.shape[0] - 1]
+    for item in range(cuda.grid(1), n_items, cuda.gridsize(1)):
+        c = find_segment(col_item_off, item)
+        blk = item - col_item_off[c]
+        i = col_struct[c]
+        h = col_h[c]
+        k = col_k[c]
+        l0 = col_l0[c] + blk * L_BLOCK
+        nl = min(L_BLOCK, col_nl[c] - blk * L_BLOCK)
+        g11, g22, g33 = recip[i, 0], recip[i, 1], recip[i, 2]
+        g12, g13, g23 = recip[i, 3], recip[i, 4], recip[i, 5]
+        r0 = laue_off[i]
+        r1 = laue_off[i + 1]
+        for m in range(L_BLOCK):
+            fr[m] = 0.0
+            fi[m] = 0.0
+            gr[m] = 0.0
+            gi[m] = 0.0
+        for t in range(type_off[i], type_off[i + 1]):
+            for m in range(L_BLOCK):
+                sr[m] = 0.0
+                si[m] = 0.0
+            for j in range(type_atom_off[t], type_atom_off[t + 1]):
+                p = h * frac[j, 0] + k * frac[j, 1] + l0 * frac[j, 2]
+                p -= math.floor(p + 0.5)
+                ph = TWO_PI * p
+                o = occ[j]
+                cr = o * math.cos(ph)
+                ci = o * math.sin(ph)
+                zc = step_c[j]
+                zs = step_s[j]
+                for m in range(L_BLOCK):
+                    sr[m] += cr
+                    si[m] += ci
+                    r = cr * zc - ci * zs
+                    ci = cr * zs + ci * zc
+                    cr = r
+            bim = scattering_amplitude_imag(type_coef, t)
+            for m in range(L_BLOCK):
+                if m < nl:
+                    s2 = 0.25 * inv_d2(h, k, l0 + m, g11, g22, g33, g12, g13, g23)
+                    dw = debye_waller(type_b[t], s2)
+                    wgt = scattering_amplitude(type_coef, t, s2) * dw
+                    fr[m] += wgt * sr[m]
+                    fi[m] += wgt * si[m]
+                    if bim != 0.0:
+                        gr[m] += bim * dw * sr[m]
+                        gi[m] += bim * dw * si[m]
+        o0 = col_out[c] + blk * L_BLOCK
+        for m in range(L_BLOCK):
+            if m < nl:
+                out_q[o0 + m] = inv_d2(h, k, l0 + m, g11, g22, g33, g12, g13, g23)
+                out_f2[o0 + m] = powder_f2(fr[m], fi[m], gr[m], gi[m])
                 if r1 - r0 >= MIN_LAUE_ORDER:
                     stab, rh, rk, rl = orbit_representative(h, k, l0 + m, laue_rot, r0, r1)
                     out_mult[o0 + m] = (r1 - r0) // stab
@@ -396,6 +480,7 @@ def _render_kernel(fam_off, fam_q, fam_f2, fam_mult, wavelengths, wweights, tt_m
 
 
 structure_factor_kernel = cuda.jit(_structure_factor_kernel)
+structure_factor_absorbing_kernel = cuda.jit(_structure_factor_absorbing_kernel)
 family_sort_kernel = cuda.jit(_family_sort_kernel)
 family_scan_kernel = cuda.jit(_family_scan_kernel)
 family_offsets_kernel = cuda.jit(_family_offsets_kernel)
@@ -413,6 +498,9 @@ _pattern = float32[:, ::1]  # cpu.PATTERN_DTYPE rows
 #: launchers pass exactly these dtypes and layouts, so the PTX test compiles what runs.
 SIGNATURES = {
     "structure_factor": (_structure_factor_kernel, (
+        _f64_2d, _i32, _i32, _i32, _i32, _i32, _i64, _i64, _i64, _i64, _f64_2d, _f64, _f64_2d, _f64, _f64, _f64,
+        _i64, int64[:, :, ::1], int32[:, ::1], _f64, _f64, _i32)),
+    "structure_factor_absorbing": (_structure_factor_absorbing_kernel, (
         _f64_2d, _i32, _i32, _i32, _i32, _i32, _i64, _i64, _i64, _i64, _f64_2d, _f64, _f64_2d, _f64, _f64, _f64,
         _i64, int64[:, :, ::1], int32[:, ::1], _f64, _f64, _i32)),
     "family_sort": (_family_sort_kernel, (_i64, _i64, _f64, _f64, _i32)),

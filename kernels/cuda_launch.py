@@ -250,7 +250,9 @@ def run_packed(p, counts, inst, timings: dict) -> tuple:
     from xtalhpc.simulate import ABSENT_TOL, D_TOL, F2_TOL, MIN_FWHM_STEPS, qmax_of
 
     from .cuda import (L_BLOCK, family_compact_kernel, family_offsets_kernel, family_scan_kernel,
-                       family_sort_kernel, render_kernel, structure_factor_kernel, zero_kernel)
+                       family_sort_kernel, render_kernel, structure_factor_absorbing_kernel, structure_factor_kernel,
+                       zero_kernel)
+    from .physics import IMAG
 
     t_start = time.perf_counter()
     counts = np.asarray(counts, dtype=np.int64)
@@ -306,6 +308,9 @@ def run_packed(p, counts, inst, timings: dict) -> tuple:
     d_type_off = cuda.to_device(np.ascontiguousarray(p.type_off, dtype=np.int64), stream=st)
     d_type_atom_off = cuda.to_device(np.ascontiguousarray(p.type_atom_off, dtype=np.int64), stream=st)
     d_type_coef = cuda.to_device(np.ascontiguousarray(p.type_coef, dtype=np.float64), stream=st)
+    # complex lengths (absorbing nuclides) anywhere in the chunk: the kernel that sums F'' too
+    sf_kernel = (structure_factor_absorbing_kernel if np.any(p.type_coef[:, IMAG] != 0.0)
+                 else structure_factor_kernel)
     d_type_b = cuda.to_device(np.ascontiguousarray(p.type_b, dtype=np.float64), stream=st)
     d_frac = cuda.to_device(frac, stream=st)
     d_occ = cuda.to_device(np.ascontiguousarray(p.occ, dtype=np.float64), stream=st)
@@ -367,7 +372,7 @@ def run_packed(p, counts, inst, timings: dict) -> tuple:
         n_items = int(c_items[-1])
         if n_items:
             blocks, threads = _grid(n_items, SF_BLOCK)
-            timed("structure_factors", stream, lambda: structure_factor_kernel[blocks, threads, stream](
+            timed("structure_factors", stream, lambda: sf_kernel[blocks, threads, stream](
                 d_recip, *d_cols, d_type_off, d_type_atom_off, d_type_coef, d_type_b, d_frac, d_occ, d_step_c,
                 d_step_s, d_laue_off, d_laue_rot, d_hkl, d_q, d_f2, d_mult))
         # The kernels index structures from 0: views of the chunk-wide structure arrays would

@@ -31,9 +31,10 @@ def inv_d2(h, k, l, g11, g22, g33, g12, g13, g23):
 
 @njit(cache=True, error_model="numpy", inline="always")
 def scattering_amplitude(coef, t, s2):
-    """f(s) = c + sum_i a_i exp(-b_i s^2) for row ``t`` of the (T, 11) coefficient table.
+    """f(s) = c + sum_i a_i exp(-b_i s^2) for row ``t`` of the (T, 12) coefficient table.
 
-    Neutron rows have a_i = 0 (f = b_c in fm); the exponentials are skipped then.
+    Neutron rows have a_i = 0 (f = b' in fm); the exponentials are skipped then. This is the
+    real part; :func:`scattering_amplitude_imag` the imaginary part.
     """
     f = coef[t, 0]
     for i in range(5):
@@ -58,6 +59,35 @@ def weight_terms(coef, t, b_iso, amp, beta, row):
             beta[row, m] = coef[t, 6 + g] + b_iso
             m += 1
     return m
+
+
+#: Column of a coefficient row holding c'', the imaginary part of the amplitude (neutrons: b''
+#: of an absorbing nuclide; 0 otherwise). Mirrors xtalhpc.scattering.IMAG.
+IMAG = 11
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def scattering_amplitude_imag(coef, t):
+    """Imaginary part c'' of f for row ``t``: constant in s (b'' of an absorbing nuclide).
+
+    Its scattering weight is c'' debye_waller(B, s^2): the same Gaussian in s^2 as the first
+    term of :func:`weight_terms`, so kernels stepping s^2 by recurrence advance it with that term.
+    """
+    return coef[t, IMAG]
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def powder_f2(fr, fi, gr, gi):
+    """|F|^2 of a reflection as a powder measures it, for complex scattering lengths.
+
+    With F' = fr + i fi = sum_t w'_t S_t and F'' = gr + i gi = sum_t w''_t S_t (w' + i w'' the
+    complex weight of type t, S_t = sum_j occ_j exp(2 pi i h.x_j)), F(h) = F' + i F'' and,
+    since S_t(-h) = conj(S_t(h)), F(-h) = conj(F') + i conj(F''). A powder ring holds h and
+    -h alike, and (|F(h)|^2 + |F(-h)|^2) / 2 = |F'|^2 + |F''|^2 exactly: the mean over the
+    Friedel pair, which a non-centrosymmetric crystal with absorbers splits (Bijvoet
+    differences). Without absorbers (gr = gi = 0) this is |F|^2 bit for bit.
+    """
+    return fr * fr + fi * fi + (gr * gr + gi * gi)
 
 
 @njit(cache=True, error_model="numpy", inline="always")

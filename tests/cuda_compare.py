@@ -35,12 +35,17 @@ def _expand(frac: np.ndarray, ops) -> np.ndarray:
     return out
 
 
-def random_crystals(rng: np.random.Generator, scale: str):
+#: Species of the absorbers case: complex lengths (Gd, Sm, Eu resonant; B, Cd thermal b'') beside real ones,
+#: so non-centrosymmetric structures have Bijvoet pairs (|F(h)| != |F(-h)|).
+ABSORBING_ELEMS = ("Gd", "Sm", "Eu", "B", "Cd", "O", "Fe")
+
+
+def random_crystals(rng: np.random.Generator, scale: str, elems=("Fe", "O", "Si", "Mn", "La", "Li", "D", "Ca", "Al",
+                                                                 "Ti")):
     """Mixed batch: triclinic (oblique), monoclinic 2_1, hexagonal 3-fold, cubic F with a 3-fold,
     cubic Pm-3m."""
     from xtalhpc.crystal import Crystal
 
-    elems = ("Fe", "O", "Si", "Mn", "La", "Li", "D", "Ca", "Al", "Ti")
     big = scale == "gpu"
     out = []
 
@@ -190,6 +195,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--seed", type=int, required=True)
     ap.add_argument("--scale", choices=("small", "gpu"), default="small")
+    ap.add_argument("--absorbers-only", action="store_true",
+                    help="only the neutron batch of absorbing nuclides (complex lengths; on gpu scale it always runs)")
     args = ap.parse_args(argv)
     from xtalhpc.crystal import laue_rotations
     from xtalhpc import simulate
@@ -203,7 +210,13 @@ def main(argv=None) -> int:
     # Random batches on each instrument, then the bundled real structures (CIF symmetry,
     # up to 192 operators) on the first.
     insts = instruments(args.scale)
-    cases = [(inst, random_crystals(rng, args.scale)) for inst in insts] + [(insts[0], bundled_crystals())]
+    absorbing = [(insts[0], random_crystals(rng, args.scale, ABSORBING_ELEMS))]
+    if args.absorbers_only:
+        cases = absorbing
+    else:
+        cases = [(inst, random_crystals(rng, args.scale)) for inst in insts] + [(insts[0], bundled_crystals())]
+        if args.scale == "gpu":
+            cases += absorbing
     for inst, crystals in cases:
         cpu = simulate_batch(crystals, inst, device="cpu")
         laue_path = sum(c.symmetry is not None and len(laue_rotations(c.symmetry)) >= MIN_LAUE_ORDER

@@ -36,7 +36,7 @@ def test_simulate_one_file_writes_xye_csv_png(tmp_path, capsys):
     # corundum (012) first, at d = 3.48 A
     assert (rows[0]["h"], rows[0]["k"], rows[0]["l"]) == ("0", "1", "2") and abs(d[0] - 3.4808) < 1e-3
     assert (tmp_path / "a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "1 simulated, 0 failed, of 1 inputs" in capsys.readouterr().out
+    assert "1 simulated, 0 with no intensity, 0 failed, of 1 inputs" in capsys.readouterr().out
 
 
 def test_simulate_batch_lists_failures_and_goes_on(tmp_path, capsys):
@@ -51,7 +51,7 @@ def test_simulate_batch_lists_failures_and_goes_on(tmp_path, capsys):
     rc = main(["simulate", *good, str(bad), str(unknown), "--device", "cpu", "--xye", str(out) + "/"])
     assert rc == 3  # EXIT_REJECTS: simulate fails on any rejected input
     captured = capsys.readouterr()
-    assert "2 simulated, 2 failed, of 4 inputs" in captured.out
+    assert "2 simulated, 0 with no intensity, 2 failed, of 4 inputs" in captured.out
     assert "FAILED" in captured.err and "broken.cif" in captured.err and "Xx.cif" in captured.err
     assert sorted(p.name for p in out.glob("*.xye")) == sorted(f"{p.rsplit('/', 1)[1][:-4]}.xye" for p in good)
 

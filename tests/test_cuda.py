@@ -29,11 +29,11 @@ def _seed() -> int:
     return int(os.environ.get("XTALHPC_TEST_SEED", np.random.SeedSequence().entropy % 2**32))
 
 
-def _run_compare(seed: int, scale: str, simulator: bool) -> dict:
+def _run_compare(seed: int, scale: str, simulator: bool, extra: tuple[str, ...] = ()) -> dict:
     env = dict(os.environ)
     env["NUMBA_ENABLE_CUDASIM"] = "1" if simulator else "0"
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    proc = subprocess.run([sys.executable, str(COMPARE), "--seed", str(seed), "--scale", scale],
+    proc = subprocess.run([sys.executable, str(COMPARE), "--seed", str(seed), "--scale", scale, *extra],
                           capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
     lines = proc.stdout.strip().splitlines()
     assert lines, f"cuda_compare.py printed nothing (exit {proc.returncode}):\n{proc.stderr[-4000:]}"
@@ -63,6 +63,17 @@ def test_simulator_cuda_matches_cpu():
     assert max(c["max_multiplicity"] for c in cases) > 2, "no symmetry-merged family was tested"
     assert any(c["batches"] >= 2 for c in cases), "the multi-batch pipeline was not exercised"
     assert min(c["laue_path"] for c in cases) >= 1, "no structure took the one-reflection-per-orbit path"
+
+
+@pytest.mark.skipif(SIMULATING, reason="compares in a subprocess that switches the simulator on itself")
+def test_simulator_cuda_matches_cpu_absorbers():
+    """Complex scattering lengths (Gd, Sm, Eu, B, Cd with O, Fe; non-centrosymmetric cells
+    among them): the CUDA kernel for absorbing batches gives the CPU's families and patterns."""
+    seed = _seed()
+    print(f"XTALHPC_TEST_SEED={seed}")
+    report = _run_compare(seed, "small", simulator=True, extra=("--absorbers-only",))
+    assert report["ok"]
+    assert len(report["cases"]) == 2 and {c["device"] for c in report["cases"]} == {"cuda"}
 
 
 @pytest.mark.skipif(not HAS_GPU, reason="no CUDA GPU visible (the simulator test covers the logic)")

@@ -139,6 +139,11 @@ class GenerateConfig:
         (``xtalhpc.curate.hd.incoherent_background_level``: ~80 barn per H, 2 per D) to
         each pattern before normalisation, as a real H-containing sample shows. On by
         default; ignored for X-rays.
+    max_absorption : float or None
+        Neutrons only: reject items whose absorption cross-section per formula unit at the
+        instrument's wavelength (barn; the per-pattern ``absorption`` field,
+        :func:`xtalhpc.scattering.absorption_per_formula_unit`) exceeds this. None (default):
+        keep every item.
     """
 
     sources: tuple[str, ...]
@@ -159,6 +164,7 @@ class GenerateConfig:
     h_background: bool = True
     synthetic_prior: str | None = None
     synthetic_prior_power: float = 1.0
+    max_absorption: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sources", tuple(str(s) for s in self.sources))
@@ -198,6 +204,15 @@ class GenerateConfig:
         if self.synthetic_prior_power != 1 and self.synthetic_prior is None:
             raise InputError("--synthetic-prior-power needs --synthetic-prior", field="--synthetic-prior-power")
         object.__setattr__(self, "synthetic_prior_power", float(self.synthetic_prior_power))
+        if self.max_absorption is not None:
+            try:
+                ma = float(self.max_absorption)
+            except (TypeError, ValueError):
+                ma = float("nan")
+            if not (ma >= 0 and math.isfinite(ma)):
+                raise InputError(f"--max-absorption {self.max_absorption!r} must be a number of barn >= 0",
+                                 field="--max-absorption")
+            object.__setattr__(self, "max_absorption", ma)
         if self.cycle_to is not None and self.cycle_to < 1:
             raise InputError(f"--cycle-to {self.cycle_to} must be >= 1", field="--cycle-to")
 
@@ -211,6 +226,8 @@ class GenerateConfig:
         d.pop("output")
         if d["synthetic_prior_power"] == 1.0:
             d.pop("synthetic_prior_power")  # the default: digests of datasets made before the option stay valid
+        if d["max_absorption"] is None:  # off: the digests of datasets made before the option stay
+            d.pop("max_absorption")
         return d
 
 
@@ -720,7 +737,7 @@ class _ItemRecord:
     computed on first need, the flat H background level and the labels (:func:`_item_meta`).
     """
 
-    __slots__ = ("sid", "fname", "cell", "n_atoms", "has_h", "h_level", "meta")
+    __slots__ = ("sid", "fname", "cell", "n_atoms", "has_h", "h_level", "meta", "absorption")
 
     def __init__(self, man: "Manifest", i: int, seed: int, c) -> None:
         self.sid, self.fname = item_source_id(man, i, seed)
@@ -729,6 +746,7 @@ class _ItemRecord:
         self.has_h = "H" in c.species or "D" in c.species or "T" in c.species
         self.h_level = None
         self.meta = None
+        self.absorption = None
 
 
 def compute_shard(index: int, cfg: GenerateConfig, man: Manifest, instrument, *, key_fn,
@@ -809,6 +827,8 @@ def compute_shard(index: int, cfg: GenerateConfig, man: Manifest, instrument, *,
                     memo.pop(next(iter(memo)))
                 memo[mkey] = rec
             rec_of.append(rec)
+        # before any background: a pattern without coherent intensity is a reject, whatever is added
+        coherent_max = res.patterns.max(axis=1) if res.patterns.size else np.zeros(len(sel))
         if h_bg:
             for r, rec in enumerate(rec_of):
                 if rec.has_h and ok[r]:
@@ -816,7 +836,7 @@ def compute_shard(index: int, cfg: GenerateConfig, man: Manifest, instrument, *,
                         rec.h_level = incoherent_background_level(crystals[sel[r]], instrument.wavelength)
                     res.patterns[r] += rec.h_level
         row_max = res.patterns.max(axis=1) if res.patterns.size else np.zeros(len(sel))
-        good = (ok & np.isfinite(row_max) & (row_max > 0)).tolist()
+        good = (ok & np.isfinite(row_max) & (row_max > 0) & (coherent_max > 0)).tolist()
         rows = []
         for r, rec in enumerate(rec_of):
             i = items[sel[r]]
@@ -824,8 +844,11 @@ def compute_shard(index: int, cfg: GenerateConfig, man: Manifest, instrument, *,
                 if not ok[r]:
                     rejects.append((i, rec.fname, res.errors.get(r, "simulation failed")))
                 else:
-                    rejects.append((i, rec.fname, f"{rec.sid}: no reflection on the 2theta grid "
-                                                  f"({instrument.two_theta_min}-{instrument.two_theta_max} deg)"))
+                    rejects.append((i, rec.fname, f"{rec.sid}: {_no_intensity_reason(instrument)}"))
+                continue
+            why = _absorption_reject(rec, crystals[sel[r]], instrument, cfg.max_absorption)
+            if why:
+                rejects.append((i, rec.fname, f"{rec.sid}: {why}"))
                 continue
             meta = rec.meta
             if meta is None:
@@ -860,6 +883,7 @@ def compute_shard(index: int, cfg: GenerateConfig, man: Manifest, instrument, *,
         "scale": (np.concatenate([sc for _, _, sc in kept]) if kept else np.zeros(0)).astype(np.float64, copy=False),
         "lattice": np.array([rec.cell for rec in recs], dtype=np.float64).reshape(n, 6),
         "n_atoms": np.array([rec.n_atoms for rec in recs], dtype=np.int32),
+        "absorption": np.array([rec.absorption for rec in recs], dtype=np.float64).reshape(n),
         "peak_count": (np.concatenate([np.diff(res.peak_offsets)[rows] for res, rows, _ in kept]).astype(np.int32)
                        if cfg.peaks and kept else np.zeros(n, dtype=np.int32)),
         "source_id": np.array([rec.sid for rec in recs], dtype=object).reshape(n),
@@ -891,6 +915,26 @@ def compute_shard(index: int, cfg: GenerateConfig, man: Manifest, instrument, *,
                  "reason": np.array([r[2] for r in rejects], dtype=object)})
     times.post = time.perf_counter() - t
     return data, times
+
+
+def _no_intensity_reason(instrument) -> str:
+    """The reject reason of a pattern without coherent intensity on the grid."""
+    return (f"no intensity on the 2theta grid: no reflection with |F|^2 > 0 in "
+            f"{instrument.two_theta_min}-{instrument.two_theta_max} deg (d >= {instrument.d_min:.4f} A)")
+
+
+def _absorption_reject(rec: _ItemRecord, c, instrument, max_absorption: float | None) -> str | None:
+    """Fill ``rec.absorption`` (barn per formula unit at the instrument's wavelength; NaN for
+    X-rays) and return the reject reason when it exceeds ``max_absorption`` (None: no limit)."""
+    from .scattering import absorption_per_formula_unit
+
+    if rec.absorption is None:
+        rec.absorption = (absorption_per_formula_unit(c, instrument.wavelength) if instrument.radiation == "neutron"
+                          else float("nan"))
+    if max_absorption is not None and rec.absorption > max_absorption:
+        return (f"absorption cross-section {rec.absorption:.6g} barn per formula unit ({c.formula}) at "
+                f"{instrument.wavelength:g} A exceeds --max-absorption {max_absorption:g}")
+    return None
 
 
 # ---------------------------------------------------------------------------- the run
@@ -1499,6 +1543,8 @@ def config_to_argv(cfg: GenerateConfig, ranks: int | None = None) -> list[str]:
     if cfg.deuterate:
         argv.append("--deuterate")
     argv.append("--h-background" if cfg.h_background else "--no-h-background")
+    if cfg.max_absorption is not None:
+        argv += ["--max-absorption", repr(cfg.max_absorption)]
     if ranks is not None:
         argv += ["--ranks", str(ranks)]
     return argv

@@ -22,7 +22,7 @@ import numpy as np
 from .crystal import Crystal
 from .errors import InputError, ScatteringError, XtalhpcError, is_item_error, job_error
 from .instruments import Instrument, get_instrument
-from .scattering import N_COEFF, scattering_coefficients
+from .scattering import IMAG, N_COEFF, scattering_coefficients
 
 #: Largest number of half-sphere reflections one structure may have (about 28 bytes
 #: each while computing, twice that with families: ~110 MB). On the BT-1 grid
@@ -180,12 +180,14 @@ def _rank(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.array(u, dtype=values.dtype), np.fromiter(map(at.__getitem__, vals), np.int64, len(vals))
 
 
-def _atom_scattering(crystals: Sequence[Crystal], radiation: str, natoms: np.ndarray):
+def _atom_scattering(crystals: Sequence[Crystal], radiation: str, natoms: np.ndarray,
+                     wavelength: float | None = None):
     """Every atom's scattering, batch-wide: (key per atom, coefficient rows by key, error text
     per key or None, the atoms without scattering data). Keys are numbers whose order depends on the atoms alone, not on the rest
-    of the batch: neutrons are keyed by the coherent length b itself (a crystal's override,
-    where finite, else the nuclide's; float64 row 0 of the coefficients), X-rays by
-    (nuclide, charge) ranked in sorted order. One dict lookup per atom, the rest vectorised."""
+    of the batch: neutrons are keyed by the coherent length b' + i b'' itself (a crystal's
+    real override, where finite, else the nuclide's at ``wavelength``), ordered by b' then
+    b'', X-rays by (nuclide, charge) ranked in sorted order. One dict lookup per atom, the rest
+    vectorised."""
     species = list(chain.from_iterable([c.species for c in crystals]))
     names = sorted(set(species))
     name_id = {s: i for i, s in enumerate(names)}
@@ -204,13 +206,17 @@ def _atom_scattering(crystals: Sequence[Crystal], radiation: str, natoms: np.nda
         key = key.reshape(-1)
         return key, rows, errs, np.flatnonzero(np.array([e is not None for e in errs], dtype=bool)[key])
     b_name = np.full(len(names), np.nan)
+    bi_name = np.zeros(len(names))
     err_name: list[str | None] = [None] * len(names)
     for j, name in enumerate(names):
         try:
-            b_name[j] = scattering_coefficients(name, radiation)[0]
+            row = scattering_coefficients(name, radiation, wavelength=wavelength)
+            b_name[j], bi_name[j] = row[0], row[IMAG]
         except InputError as exc:
             err_name[j] = exc.message
     b_atom = b_name[sp]
+    if bi_name.any():  # absorbing nuclides: key on (b', b'')
+        return _complex_keys(crystals, natoms, sp, b_atom, bi_name[sp], err_name)
     # key = rank of b among the batch's distinct lengths; NaN (no length at all) sorts last
     overrides = [c.scattering_length for c in crystals]
     if any(x is not None for x in overrides):
@@ -231,6 +237,31 @@ def _atom_scattering(crystals: Sequence[Crystal], radiation: str, natoms: np.nda
     return key, rows, errs, bad
 
 
+def _complex_keys(crystals, natoms, sp, b_atom, bi_atom, err_name):
+    """_atom_scattering's neutron keys for a batch holding absorbing nuclides: the rank of
+    (b', b'') in lexicographic order (a real override sets b'' = 0), so a structure without
+    absorbers gets the same type order, and bits, as in a batch of its own."""
+    overrides = [c.scattering_length for c in crystals]
+    b_atom = b_atom.copy()
+    if any(x is not None for x in overrides):
+        bl = np.concatenate([np.full(k, np.nan) if x is None else x for x, k in zip(overrides, natoms.tolist())])
+        use = np.isfinite(bl)
+        b_atom[use] = bl[use]
+        bi_atom = np.where(use, 0.0, bi_atom)
+    ub, kb = _rank(b_atom)
+    ubi, kbi = _rank(bi_atom)
+    uc, key = _rank(kb * len(ubi) + kbi)
+    rows = np.zeros((len(uc), N_COEFF))
+    rows[:, 0] = ub[uc // len(ubi)]
+    rows[:, IMAG] = ubi[uc % len(ubi)]
+    errs: list[str | None] = [None] * len(uc)
+    bad = np.flatnonzero(np.isnan(b_atom))
+    for a_ in bad.tolist():
+        if errs[key[a_]] is None:
+            errs[key[a_]] = err_name[sp[a_]]
+    return key, rows, errs, bad
+
+
 _IDENTITY_LAUE = np.array([np.eye(3, dtype=np.int64), -np.eye(3, dtype=np.int64)])
 
 
@@ -241,8 +272,12 @@ def _empty_packed() -> PackedBatch:
                        np.zeros((0, 3, 3), np.int64), laue_gid=np.zeros(0, np.int64), laue_groups=[])
 
 
-def pack(crystals: Sequence[Crystal], radiation: str) -> tuple[PackedBatch, dict[int, InputError]]:
+def pack(crystals: Sequence[Crystal], radiation: str,
+         wavelength: float | None = None) -> tuple[PackedBatch, dict[int, InputError]]:
     """Pack crystals into the kernels' layout, vectorised over the batch.
+
+    ``wavelength`` (angstrom) picks the lengths of the resonant neutron nuclides
+    (:func:`xtalhpc.scattering.neutron_length`; None: thermal, 1.798 A).
 
     Atoms are grouped into scattering types (same f(s) and same B: one form factor and one
     Debye-Waller factor per type per reflection). Returns the packed batch of the crystals
@@ -255,7 +290,7 @@ def pack(crystals: Sequence[Crystal], radiation: str) -> tuple[PackedBatch, dict
         return _empty_packed(), errors
     natoms = np.fromiter(map(len, [c.species for c in crystals]), np.int64, n)
     cid = np.repeat(np.arange(n), natoms)
-    sid, coef_table, key_err, bad_atoms = _atom_scattering(crystals, radiation, natoms)
+    sid, coef_table, key_err, bad_atoms = _atom_scattering(crystals, radiation, natoms, wavelength)
     cs = crystals
     frac = np.concatenate([c.frac for c in crystals])
     occ = np.concatenate([c.occupancy for c in crystals])
@@ -538,7 +573,8 @@ def _simulate_batch(crystals: Sequence[Crystal], instrument, *, device: str, on_
     for i, c in enumerate(crystals):
         if not isinstance(c, Crystal):
             raise InputError(f"item {i} is a {type(c).__name__}, not a Crystal", field="crystals")
-    p, failed = pack(crystals, inst.radiation)
+    # resonant lengths at the first (strongest) wavelength of the instrument
+    p, failed = pack(crystals, inst.radiation, float(inst.wavelengths[0]))
     if failed and on_error == "raise":
         raise failed[min(failed)]
     errors = {i: str(e) for i, e in failed.items()}

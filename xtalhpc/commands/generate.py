@@ -79,6 +79,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "rejected; the dataset is written and complete either way (default "
                         f"{DEFAULT_MAX_REJECT_FRACTION:.2f}: a real ICSD or Materials Project export with a few "
                         "percent of bad entries passes, a run where everything fails does not)")
+    p.add_argument("--max-absorption", type=float, default=None, metavar="BARN",
+                   help="neutrons: reject items whose absorption cross-section per formula unit at the "
+                        "instrument's wavelength exceeds BARN (the per-pattern 'absorption' field; default: off)")
     p.add_argument("-q", "--quiet", action="store_true", help="no per-shard log lines")
     return p
 
@@ -93,7 +96,8 @@ def config_from_args(args):
         device=args.device, compression=args.compression, compression_level=args.compression_level,
         peaks=args.peaks, split=args.split, synthetic=args.synthetic, per_space_group=args.per_space_group,
         cycle_to=args.cycle_to, radiation=args.radiation, deuterate=args.deuterate, h_background=args.h_background,
-        synthetic_prior=args.synthetic_prior, synthetic_prior_power=args.synthetic_prior_power)
+        synthetic_prior=args.synthetic_prior, synthetic_prior_power=args.synthetic_prior_power,
+        max_absorption=args.max_absorption)
 
 
 def run(args) -> int:

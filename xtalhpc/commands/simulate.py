@@ -3,9 +3,11 @@
 Writes the pattern as .xye, the reflection families as CSV and a PNG plot.
 With one structure each OUT is a file name; with several, OUT names a
 directory and files are named after each structure. A file that cannot be
-read or simulated is reported and the others still run (exit status 3: any
-rejected input; an error that would fail every input stops the run with
-status 1; docs/exit-status.md).
+read or simulated is reported and the others still run. A structure whose
+pattern has no intensity on the grid (no reflection there, or every |F|^2
+zero) is reported as such, and its files are still written. Exit status 3
+(EXIT_REJECTS) when any input failed or has no intensity; an error that would
+fail every input stops the run with status 1 (docs/exit-status.md).
 """
 from __future__ import annotations
 
@@ -63,6 +65,7 @@ def run(args) -> int:
     from ..errors import reject_reason
     from ..instruments import get_instrument
     from ..io import read_structures
+    from ..job import EXIT_OK, EXIT_REJECTS
     from ..simulate import Pattern, simulate_batch
 
     inst = get_instrument(args.instrument)
@@ -81,6 +84,7 @@ def run(args) -> int:
     xye = _targets(args.xye, names, ".xye")
     csvs = _targets(args.reflections, names, ".csv")
     pngs = _targets(args.plot, names, ".png")
+    empty = []
     for i, c in enumerate(crystals):
         if not res.ok[i]:
             failures.append((c.source or names[i], res.errors[i]))
@@ -90,6 +94,10 @@ def run(args) -> int:
         on = (r.two_theta >= inst.two_theta_min) & (r.two_theta <= inst.two_theta_max)
         print(f"{names[i]}: {c.formula}, SG {c.space_group}, {c.n_atoms} atoms, "
               f"{int(on.sum())} reflection families on the grid ({inst.name}, {res.device})")
+        reason = no_intensity_reason(res.patterns[i], r, inst)
+        if reason:
+            empty.append(names[i])
+            print(f"NO INTENSITY {c.source or names[i]}: {reason}", file=sys.stderr)
         if xye[i]:
             pat.write_xye(xye[i])
         if csvs[i]:
@@ -100,7 +108,27 @@ def run(args) -> int:
         # the project's errors already start with the file they name
         print(f"FAILED {msg}" if msg.startswith(str(src)) else f"FAILED {src}: {msg}", file=sys.stderr)
     n_ok = int(res.ok.sum())
-    print(f"{n_ok} simulated, {len(failures)} failed, of {n_ok + len(failures)} inputs")
-    from ..job import EXIT_OK, EXIT_REJECTS
+    print(f"{n_ok - len(empty)} simulated, {len(empty)} with no intensity, {len(failures)} failed, "
+          f"of {n_ok + len(failures)} inputs")
+    return EXIT_REJECTS if (failures or empty) else EXIT_OK
 
-    return EXIT_REJECTS if failures else EXIT_OK
+
+def no_intensity_reason(pattern, refl, inst) -> str | None:
+    """Why a simulated pattern carries no intensity on the instrument's grid, or None if it does.
+
+    Names the case: no reflection family inside the grid's 2theta range, or families whose
+    |F|^2 are all zero (scattering lengths that cancel, e.g. b' = 0 without b'').
+    """
+    import numpy as np
+
+    top = float(np.max(pattern)) if pattern.size else 0.0
+    if np.isfinite(top) and top > 0:
+        return None
+    if not np.isfinite(top):
+        return "the pattern is not finite"
+    on = (refl.two_theta >= inst.two_theta_min) & (refl.two_theta <= inst.two_theta_max)
+    if not on.any():
+        return (f"no reflection family on the 2theta grid ({inst.two_theta_min}-{inst.two_theta_max} deg, "
+                f"d >= {inst.d_min:.4f} A)")
+    return (f"{int(on.sum())} reflection families on the grid but every |F|^2 is zero "
+            "(the scattering lengths of the atoms cancel)")

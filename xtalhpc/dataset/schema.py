@@ -22,7 +22,8 @@ import numpy as np
 from ..spacegroups import BRAVAIS_LATTICES, CRYSTAL_SYSTEMS
 
 SCHEMA_NAME = "xtalhpc.powder-dataset"
-SCHEMA_VERSION = 1
+#: 2: per-pattern ``absorption`` (barn per formula unit), issue 17.
+SCHEMA_VERSION = 2
 
 MASTER_NAME = "dataset.h5"
 CONFIG_NAME = "generate.json"
@@ -49,6 +50,7 @@ PER_PATTERN: dict[str, tuple[object, tuple[int, ...], object]] = {
     "scale": (np.float64, (), np.nan),
     "lattice": (np.float64, (6,), np.nan),
     "n_atoms": (np.int32, (), -1),
+    "absorption": (np.float64, (), np.nan),
     "peak_count": (np.int32, (), -1),
     "source_id": (STR, (), None),
     "formula": (STR, (), None),
@@ -71,13 +73,15 @@ MASTER_GROUP = {
     "space_group": "entry/labels", "crystal_system": "entry/labels",
     "bravais_lattice": "entry/labels", "split": "entry/labels",
     "item_index": "entry/items", "scale": "entry/items", "lattice": "entry/items",
-    "n_atoms": "entry/items", "peak_count": "entry/peaks", "source_id": "entry/items",
+    "n_atoms": "entry/items", "absorption": "entry/items", "peak_count": "entry/peaks", "source_id": "entry/items",
     "formula": "entry/items", "group_key": "entry/items",
 }
 UNITS = {
     "pattern": "1 (normalised: max = 1; raw = pattern * scale)",
     "scale": "fm^2 (max of the raw pattern: m |F|^2 L summed over profiles, b in fm)",
     "lattice": "angstrom, angstrom, angstrom, degree, degree, degree",
+    "absorption": ("barn per formula unit: neutron absorption cross-section at the first wavelength "
+                   "(2200 m/s value x lambda / 1.798 A); NaN for X-rays"),
     "two_theta": "degree",
     "peaks/two_theta": "degree",
     "peaks/intensity": "fm^2 (integrated: m |F|^2 L; same units as scale)",
