@@ -229,10 +229,10 @@ pid_alive() {
     [[ $pid =~ ^[0-9]+$ ]] && [[ $(cat "/proc/$pid/comm" 2>/dev/null) == "$1" ]]
 }
 
-# wait_until SECONDS DESCRIPTION COMMAND...: poll COMMAND every 0.2 s.
+# wait_until SECONDS COMMAND...: poll COMMAND every 0.2 s; false if it never succeeds.
 wait_until() {
-    local limit=$1 what=$2 t0=$SECONDS
-    shift 2
+    local limit=$1 t0=$SECONDS
+    shift
     until "$@" >/dev/null 2>&1; do
         (( SECONDS - t0 < limit )) || return 1
         sleep 0.2
@@ -289,7 +289,7 @@ start_munge() {
     # A stale socket/pid from a killed munged would make it refuse to start.
     rm -f "$MUNGE_SOCKET" "$MUNGE_SOCKET.lock" /run/munge/munged.pid
     runuser -u munge -- munged --socket="$MUNGE_SOCKET"
-    wait_until 10 munged munge_ok || die "munged did not start (log: /var/log/munge/munged.log)"
+    wait_until 10 munge_ok || die "munged did not start (log: /var/log/munge/munged.log)"
     # munged writes its pid to /run/munge; our copy is what `stop` goes by.
     cp /run/munge/munged.pid "$STATE/munged.pid"
     pid_alive munged || die "munged started but /run/munge/munged.pid does not name it"
@@ -300,7 +300,9 @@ db_sql() { mariadb --defaults-file="$DB_CNF" --user=root --batch --skip-column-n
 db_ping() { mariadb-admin --defaults-file="$DB_CNF" --user=root ping; }
 
 start_mariadb() {
-    if pid_alive mariadbd && db_ping >/dev/null 2>&1; then
+    if pid_alive mariadbd; then
+        wait_until "$TIMEOUT" db_ping \
+            || die "mariadbd (pid $(cat "$DB_RUN/mariadbd.pid")) runs but does not answer (log: $DB_RUN/mariadbd.log)"
         say "mariadbd already running (pid $(cat "$DB_RUN/mariadbd.pid"))"
         return
     fi
@@ -348,7 +350,7 @@ start_slurmdbd() {
         local t0=$SECONDS
         slurmdbd || die "slurmdbd failed to start (log: $STATE/slurmdbd.log)"
         # The first start creates the tables: seconds on a busy machine.
-        wait_until "$TIMEOUT" slurmdbd dbd_ok \
+        wait_until "$TIMEOUT" dbd_ok \
             || { tail -20 "$STATE/slurmdbd.log" >&2; die "slurmdbd did not answer sacctmgr in ${TIMEOUT}s (log: $STATE/slurmdbd.log)"; }
         pid_alive slurmdbd || die "slurmdbd answers but $STATE/slurmdbd.pid does not name it"
         say "started slurmdbd (pid $(cat "$STATE/slurmdbd.pid"), log $STATE/slurmdbd.log) in $((SECONDS - t0)) s"
