@@ -1,24 +1,24 @@
 """slurm/generate.sbatch on a real Slurm cluster (DESIGN.md section 5).
 
 Start one on this machine with ``sudo bash slurm/local-cluster.sh start`` (a single
-node ``localhost``, Debian's slurm-wlm + munge); CI does that in ``.ci/run``.
+node ``localhost``, Debian's slurm-wlm + munge + slurmdbd/MariaDB); CI does that in ``.ci/run``.
+These tests need no accounting (they poll ``scontrol``); tests/test_slurm_submitit.py does.
 Without a cluster these tests skip, naming why, unless XTALHPC_REQUIRE_SLURM is
 set (CI sets it): then they fail.
 """
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
+from slurm_helpers import VENV_BIN, job_env, require_cluster
 
 pytestmark = pytest.mark.slurm
 
@@ -28,40 +28,13 @@ CIFS = sorted((REPO / "xtalhpc" / "data" / "structures").glob("*.cif"))
 SHARD = 2
 NTASKS = 2
 JOB_TIMEOUT_S = 180
-VENV_BIN = Path(sys.executable).parent
-
-
-def _no_cluster(reason: str):
-    if "XTALHPC_REQUIRE_SLURM" in os.environ:
-        pytest.fail(f"XTALHPC_REQUIRE_SLURM is set but {reason} (start one: bash slurm/local-cluster.sh start)")
-    pytest.skip(f"{reason}; start one with `bash slurm/local-cluster.sh start` (as root)")
-
-
-def _env() -> dict:
-    """The submitting environment: this venv's bin first, nothing from an enclosing Slurm job or MPI launcher."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_", "SRUN_", "SALLOC_",
-                                                                    "PMI_", "PMIX_", "OMPI_"))}
-    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
-    env.pop("XTALHPC_VENV", None)
-    return env
 
 
 @pytest.fixture(scope="module")
 def cluster() -> dict:
     """Skip (or, with XTALHPC_REQUIRE_SLURM, fail) unless a Slurm controller answers with a usable node."""
-    for cmd in ("sinfo", "sbatch", "srun", "scontrol"):
-        if shutil.which(cmd) is None:
-            _no_cluster(f"`{cmd}` is not on PATH")
-    try:
-        r = subprocess.run(["sinfo", "--noheader", "--format=%P %T %c"], capture_output=True, text=True, timeout=30)
-    except subprocess.TimeoutExpired:
-        _no_cluster("`sinfo` got no answer in 30 s")
-    if r.returncode != 0:
-        _no_cluster(f"no Slurm controller answers (`sinfo`: {r.stderr.strip() or r.returncode})")
-    usable = [line.split() for line in r.stdout.splitlines() if line.split()[1] in ("idle", "mixed")]
-    if not usable:
-        _no_cluster(f"no idle node in `sinfo`: {r.stdout.strip() or '(no nodes)'}")
-    env = _env()
+    require_cluster()
+    env = job_env()
     xtalhpc = shutil.which("xtalhpc", path=env["PATH"])
     assert xtalhpc is not None and Path(xtalhpc).parent == VENV_BIN, \
         f"the job must run this venv's xtalhpc ({VENV_BIN}), PATH gives {xtalhpc}"
