@@ -43,7 +43,7 @@ import math
 from numba import config, cuda, float32, float64, int8, int32, int64, njit, types
 
 from . import cpu, physics
-from .cpu import MIN_LAUE_ORDER
+from .reflections import MIN_LAUE_ORDER
 from .physics import GAUSS_HALF_WIDTH
 
 

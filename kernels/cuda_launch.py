@@ -39,7 +39,8 @@ import time
 import numpy as np
 from numba import njit
 
-from .cpu import MIN_LAUE_ORDER, PATTERN_DTYPE, column_run, index_bounds
+from .cpu import PATTERN_DTYPE
+from .reflections import MIN_LAUE_ORDER, column_run, index_bounds
 
 #: Fraction of the free device memory one run may hold; up to three batches are alive at
 #: once (|F|^2 of b + 1, profiles of b, results of b - 1 being copied).

@@ -201,7 +201,7 @@ def test_a_failing_kernel_import_stops_generate_with_one_message(tmp_path, monke
 def test_a_failing_kernel_call_stops_generate_from_cifs(good_and_bad, tmp_path, monkeypatch, capsys):
     """The simulation kernel raises a Numba typing error on the first real batch (the warm-up
     is skipped so the failure comes after the output directory exists)."""
-    import xtalhpc.generate as gen
+    from xtalhpc.generate import run as gen  # the module whose run calls warm_up
     from xtalhpc_kernels import cpu
 
     def broken(*a, **k):

@@ -425,7 +425,7 @@ def test_cheap_item_count_agrees_with_the_reader(inputs, shared_data):
 
 def test_block_count_mismatch_rejects_the_whole_file(inputs, tmp_path, monkeypatch):
     """If the cheap count and the reader ever disagree, the file's items become rejects, never vanish."""
-    import xtalhpc.generate as gen
+    from xtalhpc.generate import items as gen  # the module whose enumeration calls count_items
 
     src = tmp_path / "in"
     src.mkdir()
@@ -536,26 +536,26 @@ def test_background_writer_gives_the_same_shards_and_follows_the_core_policy(ref
     from xtalhpc import generate as g
 
     monkeypatch.setenv(g.SYNC_WRITE_ENV, "0")
-    monkeypatch.setattr(g.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
     import numba
 
     threads = numba.get_num_threads()
     assert g.background_writes(g.SerialComm()) == (4 > threads)
-    monkeypatch.setattr(g.os, "sched_getaffinity", lambda pid: set(range(threads)), raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(threads)), raising=False)
     assert not g.background_writes(g.SerialComm())  # no core left over
     # the SHA-256 helper thread takes the core after the writer's
     for extra, sync, want in ((0, "0", (False, False)), (1, "0", (True, False)), (2, "0", (True, True)),
                               (1, "1", (False, True)), (0, "1", (False, False))):
         monkeypatch.setenv(g.SYNC_WRITE_ENV, sync)
-        monkeypatch.setattr(g.os, "sched_getaffinity", lambda pid: set(range(threads + extra)), raising=False)
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(threads + extra)), raising=False)
         assert g.write_threads(g.SerialComm()) == want, (extra, sync)
     monkeypatch.setenv(g.SYNC_WRITE_ENV, "1")
-    monkeypatch.setattr(g.os, "sched_getaffinity", lambda pid: set(range(threads + 8)), raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(threads + 8)), raising=False)
     assert not g.background_writes(g.SerialComm())  # forced off
 
     ref_background = json.loads((reference / g.RUN_STATS_NAME).read_text())["times"]["per_rank"][0]["background_writes"]
     monkeypatch.setenv(g.SYNC_WRITE_ENV, "1" if ref_background else "0")
-    monkeypatch.setattr(g.os, "sched_getaffinity", lambda pid: set(range(threads + 8)), raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(threads + 8)), raising=False)
     out = tmp_path / "ds"
     assert cli.main(_generate_cmd(inputs, out, "--quiet")) == 0
     run = json.loads((out / g.RUN_STATS_NAME).read_text())["times"]["per_rank"][0]

@@ -354,11 +354,15 @@ class OutputDir:
         The directory (created if missing).
     job : str
         Job name, for messages and the lock file ``<job>.lock``.
+    holds : str, optional
+        How :meth:`refuse_other_config` names what the directory holds: ``"{path} holds {holds}
+        (changed: ...)"``; default ``"the output of another <job> config"``.
     """
 
-    def __init__(self, path: str | Path, job: str):
+    def __init__(self, path: str | Path, job: str, *, holds: str | None = None):
         self.path = Path(path)
         self.job = job
+        self.holds = holds or f"the output of another {job} config"
         self._lock = None
 
     def check_empty_or_ours(self, marker: str) -> bool:
@@ -372,13 +376,27 @@ class OutputDir:
                              "choose a new --output", str(self.path))
         return False
 
+    def read_json(self, name: str) -> dict:
+        """``path/name`` parsed as JSON (the config an earlier run wrote), or a clear error naming it."""
+        p = self.path / name
+        try:
+            return json.loads(p.read_text())
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise InputError(f"cannot read the existing config: {exc}", str(p)) from None
+
     def refuse_other_config(self, name: str, old: dict, new: dict, *, extra: list[str] | None = None,
-                            hint: str = "rerun the same command to resume, or choose a new --output") -> None:
-        """Raise if ``old`` (read from ``name``) differs from ``new``, naming the keys that changed."""
+                            hint: str = "rerun the same command to resume, or choose a new --output",
+                            differ: bool | None = None) -> None:
+        """Raise if ``old`` (read from ``name``) differs from ``new``, naming the keys that changed.
+
+        ``differ``, when given, decides instead (e.g. the two configs' digests differ, and a digest
+        covers more than the keys): the keys and ``extra`` then only explain the refusal
+        (``unknown`` when there are none).
+        """
         changed = config_diff(old, new) + list(extra or [])
-        if changed:
-            raise InputError(f"{self.path} holds the output of another {self.job} config (changed: "
-                             f"{', '.join(changed)}); {hint}", str(self.path / name))
+        if changed if differ is None else differ:
+            raise InputError(f"{self.path} holds {self.holds} (changed: {', '.join(changed) or 'unknown'}); {hint}",
+                             str(self.path / name))
 
     def lock(self) -> None:
         """Hold an exclusive lock on ``<path>/<job>.lock`` until :meth:`unlock` or exit, or refuse.

@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 
 from ..dataset import schema
 from ..job import DEFAULT_MAX_REJECT_FRACTION
@@ -102,8 +101,8 @@ def config_from_args(args):
 
 def run(args) -> int:
     from ..errors import InputError
-    from ..generate import get_comm, in_mpi_world, relaunch, run_generate, slurm_ntasks
-    from ..job import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_REJECTS, EXIT_USAGE, reject_status
+    from ..generate import JOB, get_comm, in_mpi_world, relaunch, run_generate, slurm_ntasks
+    from ..job import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_REJECTS, EXIT_USAGE, Log, reject_status
 
     cfg = config_from_args(args)
     if args.ranks is not None and args.ranks < 1:
@@ -121,11 +120,11 @@ def run(args) -> int:
         return status if status in known else EXIT_FAILED
     comm = get_comm(args.ranks)
     if comm.size > 1:
-        # One write per line: ranks share stderr under mpiexec. Tests read the pid to kill a rank.
-        sys.stderr.write(f"[generate] rank {comm.rank}/{comm.size} pid {os.getpid()} host {platform.node()}\n")
+        # Every rank says who it is (tests read the pid to kill a rank); Log writes one line at a time.
+        log = Log(JOB)
+        log(f"rank {comm.rank}/{comm.size} pid {os.getpid()} host {platform.node()}")
         if args.ranks is not None and args.ranks != comm.size and comm.rank == 0:
-            sys.stderr.write(f"[generate] --ranks {args.ranks} ignored: running on the MPI world of {comm.size} ranks\n")
-        sys.stderr.flush()
+            log(f"--ranks {args.ranks} ignored: running on the MPI world of {comm.size} ranks")
     summary = run_generate(cfg, comm, quiet=args.quiet)
     if summary is None:
         return 0
