@@ -463,7 +463,7 @@ def test_cli_flags_are_frozen():
         "generate": sorted(["-h", "--help", "-o", "--output", "-i", "--instrument", "-n", "--ranks", "-k",
                             "--shard-size", "--seed", "--device", "--compression", "--compression-level", "--peaks",
                             "--no-peaks", "--split", "--synthetic", "--per-space-group", "--cycle-to", "-q",
-                            "--quiet", "--radiation", "--deuterate", "--h-background", "--no-h-background", "--synthetic-prior",
+                            "--quiet", "--radiation", "--deuterate", "--h-background", "--no-h-background", "--synthetic-prior", "--synthetic-prior-power",
                             "--max-reject-fraction", "--max-absorption"]),
         "info": sorted(["-h", "--help", "--json", "--top", "--class-report", "--before"]),
         "verify": sorted(["-h", "--help", "--no-checksums"]),
