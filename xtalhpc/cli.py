@@ -24,6 +24,7 @@ COMMANDS: tuple[str, ...] = (
     "split",
     "balance",
     "synthesize",
+    "train",
 )
 
 
