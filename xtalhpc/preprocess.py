@@ -64,7 +64,7 @@ class Normalisation:
 
     baseline: Literal["none", "blockmin"] = "none"
     baseline_window_deg: float = 5.0
-    transform: Literal["linear", "sqrt"] = "sqrt"
+    transform: Literal["linear", "sqrt"] = "linear"
     channels: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:

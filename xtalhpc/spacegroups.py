@@ -152,8 +152,8 @@ def extinction_groups() -> tuple[tuple[int, ...], ...]:
     of rows apart although their reflection conditions are identical: ``P 3_1 - -`` (00l: l = 3n;
     P3_1, P3_2, P3_112, ...) and ``P 6_2 - -`` (00l: l = 3n; P6_2, P6_4, ...); and cubic
     ``P 2_1 - -`` (P2_13, h00: h = 2n) and ``P 4_2 - -`` (P4_232, h00: h = 2n). Here each pair is
-    one class (a head asked to separate them could only learn the prior); everything else
-    coincides with their 99 classes (tested). Enantiomorphs (P4_1/P4_3, ...) and the
+    one class (a head asked to separate them could only learn the prior); every other class
+    is one of theirs (tested against the class table published with their code). Enantiomorphs (P4_1/P4_3, ...) and the
     centrosymmetric/non-centrosymmetric pairs (P1/P-1, ...) share their absences and so one class.
 
     Returns

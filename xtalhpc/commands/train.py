@@ -40,6 +40,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--cpus-per-task", type=int, default=None, metavar="C",
                    help="Slurm CPUs per process (default: data.workers + 1)")
     p.add_argument("--resume", action="store_true", help="continue the run in RUN from its newest checkpoint")
+    p.add_argument("--stop-at", type=int, default=None, metavar="STEP",
+                   help="stop after STEP with a checkpoint (the schedule still runs to run.steps; continue with "
+                        "--resume): slices of a long run")
     p.add_argument("--no-wait", action="store_true", help="submit and return (the job keeps running)")
     p.add_argument("--prepare-only", action="store_true",
                    help="check and write RUN/config.toml and RUN/job.json, submit nothing (for slurm/train.sbatch)")
@@ -103,7 +106,9 @@ def run(args) -> int:
     if args.prepare_only:
         log(f"prepared; start it with: srun python -m xtalhpc.train.task {run_dir}")
         return EXIT_OK
-    job = submit(cfg, args.dataset, args.output, spec)
+    if args.stop_at is not None and args.stop_at < 1:
+        raise InputError(f"--stop-at {args.stop_at} must be >= 1", field="--stop-at")
+    job = submit(cfg, args.dataset, args.output, spec, args.stop_at)
     logs = run_dir / "logs"
     err0 = Path(str(job.paths.stderr).replace("%t", "0")) if spec.cluster != "debug" else None
     log(f"submitted job {job.job_id} ({spec.cluster}, {spec.nodes * spec.tasks_per_node} process(es), "
@@ -121,7 +126,8 @@ def run(args) -> int:
                 time.sleep(1.0)
             _follow(err0, pos)
             results = job.results()
-            log(f"done: {results[0].get('model', '')}")
+            r0 = results[0]
+            log(f"done: {r0.get('model') or 'stopped at step %d of %d' % (r0['step'], r0['total'])}")
     except KeyboardInterrupt:
         if spec.cluster != "debug":
             job.cancel()

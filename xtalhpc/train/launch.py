@@ -200,10 +200,11 @@ def build_executor(spec: LaunchSpec, folder: Path, workers: int = 1):
     return ex
 
 
-def submit(cfg: TrainConfig, dataset: str, output: str, spec: LaunchSpec):
+def submit(cfg: TrainConfig, dataset: str, output: str, spec: LaunchSpec, stop_at: int | None = None):
     """Submit a prepared run; returns the submitit job."""
     from .task import TrainTask
 
     ex = build_executor(spec, Path(output) / LOG_DIR, cfg.data.workers)
-    task = TrainTask(config_to_dict(cfg), str(Path(dataset).resolve()), str(Path(output).resolve()), spec.device)
+    task = TrainTask(config_to_dict(cfg), str(Path(dataset).resolve()), str(Path(output).resolve()), spec.device,
+                     stop_at)
     return ex.submit(task)

@@ -123,20 +123,25 @@ class TrainTask:
     output : str
         The run directory (``config.toml`` already written by the launcher).
     device : ``"cpu"`` or ``"cuda"``.
+    stop_at : int, optional
+        Stop after this step with a checkpoint (the schedule still runs to ``run.steps``;
+        ``--resume`` continues): slices of a long run on machines with a session limit.
     """
 
-    def __init__(self, config: dict, dataset: str, output: str, device: str = "cpu"):
+    def __init__(self, config: dict, dataset: str, output: str, device: str = "cpu", stop_at: int | None = None):
         self.config = config
         self.dataset = str(dataset)
         self.output = str(output)
         self.device = device
+        self.stop_at = stop_at
 
     # -- submitit -------------------------------------------------------------------
     def checkpoint(self, *args, **kwargs):
         """Requeue on preemption/timeout: the same task, which resumes from the newest checkpoint."""
         import submitit
 
-        return submitit.helpers.DelayedSubmission(TrainTask(self.config, self.dataset, self.output, self.device))
+        return submitit.helpers.DelayedSubmission(TrainTask(self.config, self.dataset, self.output, self.device,
+                                                            self.stop_at))
 
     # -- the job --------------------------------------------------------------------
     def __call__(self) -> dict:
@@ -229,7 +234,8 @@ class TrainTask:
         val_ds = StepDataset(data, val_plan, rank=rank, heads=heads, normalisation=cfg.normalise, augment=None,
                              seed=cfg.run.seed)
         spe = train_plan.steps_per_epoch
-        sampler = StepSampler(spe, step // spe, step % spe, max(0, total - step))
+        end = total if not self.stop_at else min(total, max(step, int(self.stop_at)))
+        sampler = StepSampler(spe, step // spe, step % spe, max(0, end - step))
         loader = make_loader(train_ds, sampler, cfg.data.workers)
 
         ce = {h: torch.nn.CrossEntropyLoss(weight=weights[h], reduction="sum",
@@ -279,7 +285,7 @@ class TrainTask:
                 self._evaluate(ddp, val_ds, val_plan, heads, head_w, ce, device, amp, dist_on, rank, run, step, spe,
                                train_metrics)
                 train_metrics.reset()
-            due = step % cfg.run.checkpoint_every == 0 or step == total
+            due = step % cfg.run.checkpoint_every == 0 or step == end
             if cfg.run.checkpoint_minutes > 0 and time.monotonic() - t_last_ckpt > 60 * cfg.run.checkpoint_minutes:
                 due = True
             if dist_on:  # rank 0's clock decides for everyone, so the ranks stay in step
@@ -293,7 +299,17 @@ class TrainTask:
             t_fetch = time.perf_counter()
 
         result = {"step": step, "total": total}
-        if rank == 0:
+        import hashlib
+
+        digest = hashlib.sha256()
+        for name, p in sorted(model.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(p.detach().cpu().contiguous().numpy().tobytes())
+        log(f"rank {rank} of world_size={world}: step {step}, parameters sha256 {digest.hexdigest()}")
+        result["parameters_sha256"] = digest.hexdigest()
+        if step < total:
+            log0(f"stopped at step {step} of {total} (--stop-at); continue with --resume")
+        elif rank == 0:
             last = _last_metrics(run / METRICS_NAME)
             path = save_model(run / MODEL_NAME, model=model, cfg=cfg, data=data, heads=heads, step=step, metrics=last)
             log0(f"wrote {path}")
