@@ -177,6 +177,7 @@ class TrainTask:
         heads = cfg.loss.heads
         n_points = data.two_theta.size
         in_ch = cfg.normalise.in_channels
+        torch.manual_seed(_seed_of(cfg.run.seed, 0x1417))  # the same initial weights on every rank and every run
         model = build_model(cfg.model, n_points, in_ch, heads).to(device)
         if rank == 0:
             fl = flops_per_sample(model, n_points, in_ch)
