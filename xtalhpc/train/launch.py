@@ -23,6 +23,9 @@ from ..job import OutputDir, config_from_dict, config_to_dict, to_toml, write_at
 from .config import TrainConfig
 
 CONFIG_NAME = "config.toml"
+#: Keys a resumed run may change: how it runs, not what it computes.
+EXECUTION_KEYS = ("run.threads", "data.workers", "run.log_every", "run.eval_every", "run.checkpoint_every",
+                  "run.checkpoint_minutes", "run.keep_checkpoints")
 JOB_NAME = "job.json"
 LOG_DIR = "logs"
 
@@ -136,7 +139,14 @@ def prepare_run(cfg: TrainConfig, dataset: str, output: str, spec: LaunchSpec, *
                              str(run.path / CONFIG_NAME), "--resume")
         import tomllib
 
-        old = tomllib.loads((run.path / CONFIG_NAME).read_text())
+        # the old config resolved by this version (keys added since take their defaults), execution keys aside
+        old = config_to_dict(config_from_dict(TrainConfig, tomllib.loads((run.path / CONFIG_NAME).read_text()),
+                                              source=str(run.path / CONFIG_NAME)))
+        cmp_new = json.loads(json.dumps(new_cfg))
+        for key in EXECUTION_KEYS:
+            sec, name = key.split(".")
+            old[sec].pop(name, None)
+            cmp_new[sec].pop(name, None)
         extra = []
         old_job = json.loads((run.path / JOB_NAME).read_text()) if (run.path / JOB_NAME).exists() else {}
         if old_job.get("grid") and old_job["grid"] != job["grid"]:
@@ -146,7 +156,7 @@ def prepare_run(cfg: TrainConfig, dataset: str, output: str, spec: LaunchSpec, *
             extra.append(f"dataset {old_job.get('dataset')} -> {job['dataset']} (another digest)")
         if old_job.get("world_size") and old_job["world_size"] != job["world_size"] and checkpoint_paths(run.path):
             extra.append(f"processes {old_job['world_size']} -> {job['world_size']} (the sampler order depends on them)")
-        run.refuse_other_config(CONFIG_NAME, old, new_cfg, extra=extra,
+        run.refuse_other_config(CONFIG_NAME, old, cmp_new, extra=extra,
                                 hint="resume with the same config, dataset and process count, or choose a new --output")
     elif resume:
         raise InputError(f"--resume: {run.path} holds no training run to resume", str(run.path), "--resume")

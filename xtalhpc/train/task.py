@@ -47,6 +47,20 @@ def _seed_of(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0] % (2**63))
 
 
+def default_threads(local_procs: int, workers: int) -> int:
+    """Torch threads per process when ``run.threads = 0``: the cores this process may use, shared by the
+    node's processes, less one per DataLoader worker (at least 1).
+
+    Oversubscribing hurts far more than an idle core: on a 2-core machine with another busy
+    process, 2 threads ran the ResNet at 20 patterns/s and 1 thread at 115 (BENCHMARKS.md).
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(1, local_procs) - workers)
+
+
 def checkpoint_paths(run: Path) -> list[Path]:
     """Checkpoints of a run directory, oldest first."""
     d = Path(run) / CHECKPOINT_DIR
@@ -169,7 +183,7 @@ class TrainTask:
             device = torch.device("cuda", torch.cuda.current_device() if torch.cuda.is_available() else 0)
         else:
             device = torch.device("cpu")
-            threads = cfg.run.threads or max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+            threads = cfg.run.threads or default_threads(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), cfg.data.workers)
             torch.set_num_threads(threads)
         amp = cfg.run.amp and device.type == "cuda"
 
@@ -181,6 +195,7 @@ class TrainTask:
         model = build_model(cfg.model, n_points, in_ch, heads).to(device)
         if rank == 0:
             fl = flops_per_sample(model, n_points, in_ch)
+            log0(f"{torch.get_num_threads()} torch thread(s) and {cfg.data.workers} loader worker(s) per process")
             log0(f"model {cfg.model.arch}: {count_parameters(model):,} parameters, "
                  f"{fl['forward_backward'] / 1e6:.1f} MFLOP per sample forward+backward; input {in_ch} x {n_points}")
         ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
@@ -306,7 +321,11 @@ class TrainTask:
         for name, p in sorted(model.state_dict().items()):
             digest.update(name.encode())
             digest.update(p.detach().cpu().contiguous().numpy().tobytes())
-        log(f"rank {rank} of world_size={world}: step {step}, parameters sha256 {digest.hexdigest()}")
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        log(f"rank {rank} of world_size={world}: step {step}, parameters sha256 {digest.hexdigest()}, "
+            f"peak RSS {peak:.0f} MB")
         result["parameters_sha256"] = digest.hexdigest()
         if step < total:
             log0(f"stopped at step {step} of {total} (--stop-at); continue with --resume")
