@@ -192,6 +192,20 @@ def test_bad_input_refused_before_submitting(dataset, tmp_path, capsys):
     assert ei.value.code == EXIT_USAGE
 
 
+def test_checkpoint_requeues_the_same_task():
+    import submitit
+
+    from xtalhpc.train.task import TrainTask
+
+    t = TrainTask({"run": {"steps": 5}}, "/data/ds", "/runs/r", "cpu", stop_at=3)
+    d = t.checkpoint()
+    assert isinstance(d, submitit.helpers.DelayedSubmission)
+    again = d.function
+    assert isinstance(again, TrainTask) and again is not t
+    assert (again.config, again.dataset, again.output, again.device, again.stop_at) == (
+        t.config, t.dataset, t.output, t.device, t.stop_at)
+
+
 def test_default_threads_leave_cores_to_workers():
     from xtalhpc.train.task import default_threads
 
