@@ -39,6 +39,9 @@ METRICS_NAME = "metrics.jsonl"
 CURVES_NAME = "curves.png"
 MODEL_NAME = "model.pt"
 TOPK = (1, 3, 5)
+#: Below this mean standard deviation of the logits across validation patterns the network is
+#: taken to ignore its input (measured: ~1e-4-1e-3 in collapsed runs, > 0.1 in learning ones).
+COLLAPSE_SPREAD = 1e-2
 
 
 def _seed_of(*parts: int) -> int:
@@ -379,6 +382,7 @@ class TrainTask:
 
         ddp.eval()
         m = _Metrics(heads)
+        spread = None
         with torch.no_grad():
             for s in range(val_plan.steps_per_epoch):
                 b = val_ds[(0, s)]
@@ -390,6 +394,8 @@ class TrainTask:
                     out = ddp.module(x) if hasattr(ddp, "module") else ddp(x)
                 loss = sum(head_w[h] * ce[h](out[h].float(), labels[h]) for h in heads)
                 m.add(out, labels, float(loss))
+                if spread is None and x.shape[0] > 1:
+                    spread = float(out[heads[0]].float().std(dim=0).mean())
         val = m.reduce(dist_on, device)
         tr = train_metrics.reduce(dist_on, device)
         ddp.train()
@@ -399,6 +405,8 @@ class TrainTask:
         lines = []
         for split, vals in (("train", tr), ("val", val)):
             rec = {"epoch": epoch, "step": step, "split": split, "loss": vals["loss"], "n": vals["n"]}
+            if split == "val":
+                rec["logit_spread"] = spread
             for h in HEADS:
                 for k in TOPK:
                     rec[f"{h}/top{k}"] = vals.get(f"{h}/top{k}")
@@ -406,6 +414,10 @@ class TrainTask:
         with open(run / METRICS_NAME, "a") as fh:
             fh.write("\n".join(lines) + "\n")
         heads_txt = " ".join(f"{h} {val[f'{h}/top1']:.3f}" for h in heads)
+        if spread is not None and spread < COLLAPSE_SPREAD:
+            Log("train")(f"WARNING: the network's outputs hardly depend on its input (logits vary by {spread:.1e} "
+                         "across validation patterns): it has collapsed to the label prior. Lower optim.lr, or use "
+                         "model.norm = 'group' (docs/training.md, 'Collapse')")
         Log("train")(f"eval step {step}: val loss {val['loss']:.4f} top-1 {heads_txt} ({val['n']} patterns)")
         try:
             from .curves import plot_curves
