@@ -31,6 +31,7 @@ COMMANDS: tuple[str, ...] = (
     "split",
     "balance",
     "synthesize",
+    "train",
 )
 
 
