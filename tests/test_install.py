@@ -6,7 +6,9 @@ installs the CPU build of PyTorch first (what the Makefile does: a plain ``torch
 requirement would pull the multi-GB CUDA build) and then the wheel, and runs every
 console command on small inputs in one venv: synthesize, generate from CIFs and with
 --synthetic, simulate, verify, balance, split, dedup, info. Each must exit 0 and write
-non-empty output. train (issue 11) and predict (issue 12) join when they land.
+non-empty output. evaluate and predict run with a tiny model file this test writes through the
+real model-file writer (random weights; xtalhpc/data/models ships no model yet); train (issue 11)
+joins when it lands.
 
 Skips, with the reason printed, when pip cannot reach a package index (offline).
 Prints how long the install took.
@@ -136,3 +138,22 @@ def test_every_command_runs_in_a_plain_install(clean_venv):
     assert len(nonempty(work / "split.csv").read_text().splitlines()) == 13
     run("balance", "syn", "--output", "plan.csv", "--target", "5", "--max-variants", "2")
     assert len(nonempty(work / "plan.csv").read_text().splitlines()) > 12
+
+    # evaluate and predict with a tiny model on the synthetic dataset's grid (written here, loaded there)
+    from model_helpers import write_tiny_model
+
+    from xtalhpc.dataset.reader import open_dataset
+
+    with open_dataset(work / "ds_syn" / "dataset.h5") as ds:
+        grid = ds.two_theta
+        wl = float(ds.attrs["wavelength_angstrom"])
+    write_tiny_model(work / "tiny.pt", grid, wl)
+    run("evaluate", "tiny.pt", "--dataset", "ds_syn", "--split", "all", "--output", "ev")
+    m = json.loads(nonempty(work / "ev" / "metrics.json").read_text())
+    assert m["n"] == 20 and set(m["heads"]) >= {"space_group", "crystal_system", "bravais_lattice"}
+    for f in ("report.md", "predictions.npz", "confusion_crystal_system.png"):
+        nonempty(work / "ev" / f)
+    run("predict", "one.xye", "--wavelength", str(wl), "--model", "tiny.pt", "--json", "p.json", "--plot", "p.png")
+    doc = json.loads(nonempty(work / "p.json").read_text())
+    assert doc[0]["error"] is None and len(doc[0]["space_group"]) == 5
+    nonempty(work / "p.png")

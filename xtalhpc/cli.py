@@ -32,6 +32,8 @@ COMMANDS: tuple[str, ...] = (
     "balance",
     "synthesize",
     "train",
+    "evaluate",
+    "predict",
 )
 
 

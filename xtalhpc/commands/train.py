@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import sys
-import time
 
 
 def _minutes(text: str) -> int:
@@ -64,27 +62,14 @@ OVERRIDES = {"steps": "run.steps", "epochs": "run.epochs", "batch_size": "data.b
              "eval_every": "run.eval_every"}
 
 
-def _follow(path, pos: int) -> int:
-    """Copy what ``path`` gained since ``pos`` to stderr; returns the new position."""
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(pos)
-            chunk = fh.read()
-    except OSError:
-        return pos
-    if chunk:
-        sys.stderr.write(chunk.decode("utf-8", "replace"))
-        sys.stderr.flush()
-    return pos + len(chunk)
-
-
 def run(args) -> int:
     from pathlib import Path
 
     from ..errors import InputError
-    from ..job import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, Log, replace_config
+    from ..job import EXIT_OK, Log, replace_config
+    from ..launch import LaunchSpec, rank0_stderr, wait_for_job
     from ..train.config import load_train_config
-    from ..train.launch import LaunchSpec, prepare_run, submit
+    from ..train.launch import prepare_run, submit
 
     log = Log("train")
     cfg = load_train_config(args.config)
@@ -110,36 +95,15 @@ def run(args) -> int:
         raise InputError(f"--stop-at {args.stop_at} must be >= 1", field="--stop-at")
     job = submit(cfg, args.dataset, args.output, spec, args.stop_at)
     logs = run_dir / "logs"
-    err0 = Path(str(job.paths.stderr).replace("%t", "0")) if spec.cluster != "debug" else None
+    err0 = rank0_stderr(job, spec)
     log(f"submitted job {job.job_id} ({spec.cluster}, {spec.nodes * spec.tasks_per_node} process(es), "
         f"{'GPU' if spec.gpus else 'CPU'}); logs in {logs}/")
     if args.no_wait:
         log(f"not waiting (--no-wait); follow {err0 or logs}; resume a stopped run with the same command + --resume")
         return EXIT_OK
-    try:
-        if spec.cluster == "debug":
-            job.result()
-        else:
-            pos = 0
-            while not job.done():
-                pos = _follow(err0, pos)
-                time.sleep(1.0)
-            _follow(err0, pos)
-            results = job.results()
-            r0 = results[0]
-            log(f"done: {r0.get('model') or 'stopped at step %d of %d' % (r0['step'], r0['total'])}")
-    except KeyboardInterrupt:
-        if spec.cluster != "debug":
-            job.cancel()
-        log("interrupted; the job was cancelled. Continue with the same command + --resume")
-        return EXIT_INTERRUPTED
-    except Exception as exc:  # submitit's FailedJobError/UncompletedJobError carry the task's traceback
-        text = str(exc)
-        tail = "\n".join(text.strip().splitlines()[-12:])
-        log(f"the training job failed (logs in {logs}/):\n{tail}")
-        if "InputError" in text or "ShardError" in text:
-            from ..job import EXIT_USAGE
-
-            return EXIT_USAGE
-        return EXIT_FAILED
-    return EXIT_OK
+    status, results = wait_for_job(job, spec, log, what="training", logs=logs,
+                                   resume_hint="Continue with the same command + --resume")
+    if status == EXIT_OK and spec.cluster != "debug":
+        r0 = results[0]
+        log(f"done: {r0.get('model') or 'stopped at step %d of %d' % (r0['step'], r0['total'])}")
+    return status

@@ -100,6 +100,40 @@ def head_metrics(scores, labels, classes: Sequence, *, ks: Sequence[int] = TOP_K
     return out
 
 
+def head_metrics_from_top(top, labels, classes: Sequence, *, ks: Sequence[int] = TOP_K, head: str = "") -> dict:
+    """:func:`head_metrics` from the best classes alone: ``top`` (N, K) class indices, best first, as
+    ``ranks(scores)[:, :K]`` gives them (so the numbers equal :func:`head_metrics` on the full scores
+    for every k <= K; a larger k counts the K best). What ``xtalhpc evaluate`` streams and what
+    ``predictions.npz`` stores, so its numbers can be recomputed."""
+    t = np.asarray(top, dtype=np.int64)
+    y = np.asarray(labels)
+    where = f"head {head!r}" if head else None
+    if t.ndim != 2 or y.shape != (t.shape[0],):
+        raise InputError(f"top must be (N, K) and labels (N,); got {t.shape} and {y.shape}", where, "top")
+    c = len(classes)
+    if y.size and (not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= c):
+        raise InputError(f"labels must be integer indices 0..{c - 1}", where, "labels")
+    y = y.astype(np.int64)
+    out: dict = {}
+    for k in ks:
+        kk = min(int(k), t.shape[1])
+        out[f"top{k}"] = float((t[:, :kk] == y[:, None]).any(axis=1).mean()) if y.size else math.nan
+    cm = confusion_matrix(y, t[:, 0] if y.size else np.zeros(0, dtype=np.int64), c)
+    support = cm.sum(axis=1)
+    correct = np.diag(cm)
+    per, accs = {}, []
+    for i, name in enumerate(classes):
+        acc = float(correct[i] / support[i]) if support[i] else None
+        if acc is not None:
+            accs.append(acc)
+        per[str(name)] = {"accuracy": acc, "support": int(support[i])}
+    out["macro_accuracy"] = float(np.mean(accs)) if accs else math.nan
+    out["n"] = int(y.size)
+    out["per_class"] = per
+    out["confusion"] = cm
+    return out
+
+
 def evaluate_heads(scores: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray],
                    classes: Mapping[str, Sequence], *, ks: Sequence[int] = TOP_K) -> dict:
     """Metrics of every head: ``{"n": N, "heads": {head: head_metrics(...)}}``.

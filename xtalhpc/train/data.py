@@ -82,8 +82,11 @@ class TrainingData:
         return np.bincount(self.labels[head][self.rows(split)], minlength=HEADS[head])
 
 
-def load_training_data(path: str | Path) -> TrainingData:
-    """Open ``DIR`` (or ``DIR/dataset.h5``) for training; InputError naming the file and field if unusable."""
+def load_training_data(path: str | Path, require_split: bool = True) -> TrainingData:
+    """Open ``DIR`` (or ``DIR/dataset.h5``) for training; InputError naming the file and field if unusable.
+
+    ``require_split=False`` (evaluation) accepts a dataset without train or validation rows
+    (one generated with ``--split none`` holds only ``unassigned`` ones)."""
     master = resolve_master(path)
     try:
         ds = open_dataset(master)
@@ -108,7 +111,7 @@ def load_training_data(path: str | Path) -> TrainingData:
                              f"{int(sg[bad[0]])}); training needs every pattern labelled",
                              str(master), "entry/labels/space_group")
         counts = {name: int(np.sum(split == code)) for name, code in SPLIT_CODES.items()}
-        if counts["train"] == 0 or counts["val"] == 0:
+        if require_split and (counts["train"] == 0 or counts["val"] == 0):
             raise InputError(f"the split has {counts['train']} train and {counts['val']} val patterns; training "
                              "needs both (generate with --split TRAIN,VAL,TEST, or `xtalhpc split`)",
                              str(master), "entry/labels/split")

@@ -13,6 +13,7 @@ state_dict          the weights
 two_theta           the grid (float64 tensor, degrees); wavelength_angstrom; instrument (dict)
 normalisation       :class:`xtalhpc.preprocess.Normalisation` as a dict (with its version)
 temperatures        head -> calibration temperature (1.0 until calibrated)
+calibration         (calibrated files only) how the temperatures were fitted: split, patterns, NLL before/after
 train_config        the resolved training config (dict); step; metrics (last validation record)
 dataset             config and manifest digests, counts per split, path of the training data
 xtalhpc_version     the version that wrote it
@@ -69,6 +70,50 @@ def save_model(path, *, model, cfg, data, heads, step: int, metrics: dict) -> Pa
     torch.save(blob, tmp)
     tmp.replace(p)
     return p
+
+
+def write_calibrated(src, dst, temperatures: dict, record: dict) -> Path:
+    """Copy the model file ``src`` to ``dst`` with fitted calibration ``temperatures`` (head -> T; heads
+    left out keep theirs) and ``record`` (how they were fitted) under ``calibration``. ``dst`` may be
+    ``src``; written through a temporary name."""
+    import torch
+
+    blob = read_model_file(src)
+    unknown = sorted(set(temperatures) - set(blob["heads"]))
+    if unknown:
+        raise InputError(f"temperatures for heads {unknown} the model does not have ({', '.join(blob['heads'])})",
+                         str(src), "temperatures")
+    old = blob.get("temperatures", {})
+    blob["temperatures"] = {h: float(temperatures.get(h, old.get(h, 1.0))) for h in blob["heads"]}
+    blob["calibration"] = _plain(record)
+    p = Path(dst)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(p.name + ".tmp")
+    torch.save(blob, tmp)
+    tmp.replace(p)
+    return p
+
+
+def grid_text(tt) -> str:
+    """``3296 points, 3-167.75 deg, step 0.05``: a 2theta grid in a message."""
+    import numpy as np
+
+    tt = np.asarray(tt, dtype=float)
+    step = (tt[-1] - tt[0]) / (tt.size - 1) if tt.size > 1 else 0.0
+    return f"{tt.size} points, {tt[0]:g}-{tt[-1]:g} deg, step {step:.6g}"
+
+
+def check_same_grid(model_two_theta, data_two_theta, model_source, data_source) -> None:
+    """InputError naming both grids and both files unless the model's 2theta grid is the dataset's
+    (same length, every point within 1e-9 degrees)."""
+    import numpy as np
+
+    a = np.asarray(model_two_theta, dtype=float)
+    b = np.asarray(data_two_theta, dtype=float)
+    if a.shape != b.shape or not np.allclose(a, b, rtol=0, atol=1e-9):
+        raise InputError(f"the model's 2theta grid ({grid_text(a)}) differs from the dataset's ({grid_text(b)}, "
+                         f"{data_source}): a model only reads patterns on the grid it was trained on",
+                         str(model_source), "two_theta")
 
 
 def read_model_file(path) -> dict:

@@ -345,36 +345,10 @@ class TrainTask:
 
     # -- pieces ---------------------------------------------------------------------
     def _init_distributed(self):
-        """(rank, world, local_rank, distributed?) from submitit's environment, or a single process."""
-        import torch
+        """(rank, world, local_rank, distributed?): :func:`xtalhpc.launch.init_distributed`."""
+        from ..launch import init_distributed
 
-        world = 1
-        rank = local_rank = 0
-        try:
-            import submitit
-
-            env = submitit.JobEnvironment()
-            world = env.num_tasks
-        except RuntimeError:  # not under submitit (plain srun entry sets the variables itself)
-            env = None
-        if env is not None and world > 1:
-            dist_env = submitit.helpers.TorchDistributedEnvironment().export(
-                set_cuda_visible_devices=self.device == "cuda", overwrite=True)
-            rank, world, local_rank = dist_env.rank, dist_env.world_size, dist_env.local_rank
-        elif "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
-            rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-            local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        else:
-            os.environ.setdefault("LOCAL_WORLD_SIZE", "1")
-        if self.device == "cuda":
-            # under submitit export() left this process one visible GPU; under plain srun all the node's are visible
-            torch.cuda.set_device(0 if env is not None and world > 1 else local_rank)
-        if world > 1:
-            import datetime
-
-            torch.distributed.init_process_group("nccl" if self.device == "cuda" else "gloo", rank=rank,
-                                                 world_size=world, timeout=datetime.timedelta(minutes=30))
-        return rank, world, local_rank, world > 1
+        return init_distributed(self.device)
 
     def _evaluate(self, ddp, val_ds, val_plan, heads, head_w, ce, device, amp, dist_on, rank, run, step, spe,
                   train_metrics):
