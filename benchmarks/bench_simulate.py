@@ -17,8 +17,16 @@ divided by R (the way ``xtalhpc generate`` runs it), packing included, NUMBA_NUM
 sized so a batch takes ~``--min-time`` (from a warm call), at most 2000.
 pymatgen time = best of ``--repeat`` calls of ``get_pattern`` (2theta 3-167.75 deg).
 
+Distinct structures (``--distinct N``, issue 18): N structure files of the shared data (COD,
+pyxtal and XRD-AutoAnalyzer CIFs of 1-200 atoms, every k-th file; most XRD-AutoAnalyzer ones
+are P1 cells) plus full-precision P1 re-exports, written here, of the symmetric ones among
+them: one ``simulate_batch`` over all of them (no copies), the per-stage split (reading,
+symmetry finding, reflection enumeration, structure factors, families, profiles, Python per
+structure) and pymatgen's NDCalculator on the same structures in the same run (ratio of summed
+times). Reading and symmetry finding are timed per file, apart from the simulation.
+
 Usage: python benchmarks/bench_simulate.py [--shared ../shared/data] [--pyxtal 24] [--seed 7]
-                                           [--json out.json]
+                                           [--json out.json] [--distinct N [--only-distinct]]
 """
 from __future__ import annotations
 
@@ -102,7 +110,14 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=3, help="pymatgen calls per structure (best taken)")
     ap.add_argument("--min-time", type=float, default=0.05, help="xtalhpc batch wall time to aim for (s)")
     ap.add_argument("--json", help="write per-structure results here")
+    ap.add_argument("--distinct", type=int, default=0, metavar="N",
+                    help="also time one simulate_batch over N distinct structure files and their P1 re-exports")
+    ap.add_argument("--only-distinct", action="store_true", help="skip the per-structure copies benchmark")
     args = ap.parse_args(argv)
+    if args.distinct:
+        distinct_benchmark(Path(args.shared), args.distinct, args.repeat)
+        if args.only_distinct:
+            return 0
 
     from pymatgen.analysis.diffraction import neutron as pmg_neutron
     from pymatgen.core import Lattice, Structure
@@ -206,6 +221,125 @@ def main(argv=None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0
+
+
+def _p1_cif_text(c) -> str:
+    """``c`` as a P1 CIF at full precision (repr), as a DFT or database export writes it."""
+    lines = ["data_p1", *(f"_cell_{k} {float(v)!r}" for k, v in zip(
+        ("length_a", "length_b", "length_c", "angle_alpha", "angle_beta", "angle_gamma"), c.cell)),
+        "_symmetry_space_group_name_H-M 'P 1'", "loop_", "_symmetry_equiv_pos_as_xyz", "x,y,z", "loop_",
+        "_atom_site_label", "_atom_site_type_symbol", "_atom_site_fract_x", "_atom_site_fract_y",
+        "_atom_site_fract_z", "_atom_site_occupancy", "_atom_site_B_iso_or_equiv"]
+    for i, (x, y, z) in enumerate(c.frac.tolist()):
+        lines.append(f"A{i} {c.species[i]} {x!r} {y!r} {z!r} {float(c.occupancy[i])!r} {float(c.b_iso[i])!r}")
+    return "\n".join(lines) + "\n"
+
+
+def distinct_benchmark(shared: Path, n: int, repeat: int) -> None:
+    """One simulate_batch over distinct structures (files of the shared data and P1 re-exports
+    of the symmetric ones), stage by stage, beside pymatgen on the same structures."""
+    import tempfile
+    import warnings
+
+    from pymatgen.analysis.diffraction.neutron import NDCalculator
+    from pymatgen.core import Lattice, Structure
+
+    from xtalhpc.crystal import detect_symmetry, element_of
+    from xtalhpc.instruments import get_instrument
+    from xtalhpc.io import read_blocks
+    from xtalhpc.simulate import simulate_batch
+
+    inst = get_instrument("bt1-cu311")
+    root = shared / "structures"
+    files = []
+    for sub in ("cod", "pyxtal", "xrd_autoanalyzer"):
+        files += sorted((root / sub).rglob("*.cif"))
+    # a small structure of each kind first, so every kernel is compiled before timing
+    read_blocks(files[0])
+    candidates = []
+    for f in files:
+        try:
+            got = [c for c in read_blocks(f, find_symmetry=False) if not isinstance(c, Exception)]
+        except Exception:  # noqa: BLE001 - unreadable inputs are not part of this benchmark
+            continue
+        if len(got) == 1 and 1 <= got[0].n_atoms <= 200:
+            candidates.append((f, got[0]))
+    step = max(1, len(candidates) // max(1, n))
+    chosen = candidates[::step][:n]
+    tmp = Path(tempfile.mkdtemp(prefix="bench-distinct-"))
+    paths = [f for f, _ in chosen]
+    for f, c in chosen:
+        if c.symmetry is not None:  # a P1 re-export of each symmetric structure
+            p = tmp / f"{f.stem}-p1.cif"
+            p.write_text(_p1_cif_text(c))
+            paths.append(p)
+    simulate_batch([chosen[0][1]], inst)  # compile
+    t_read, t_sym, crystals = 0.0, 0.0, []
+    for p in paths:
+        t = time.perf_counter()
+        c = read_blocks(p, find_symmetry=False)[0]
+        t1 = time.perf_counter()
+        if c.symmetry is None:
+            c = detect_symmetry(c)
+        t2 = time.perf_counter()
+        t_read += t1 - t
+        t_sym += t2 - t1
+        crystals.append((p, c))
+    cs = [c for _, c in crystals]
+    p1 = [c for p, c in crystals if c.space_group_declared in (None, 1)]
+    p1_off = [read_blocks(p, find_symmetry=False)[0] for p, c in crystals if c.space_group_declared in (None, 1)]
+    simulate_batch(cs, inst)  # group tables built once per process, as in a dataset run
+
+    def timed(batch):
+        best, tm = math.inf, {}
+        for _ in range(2):
+            t = time.perf_counter()
+            res = simulate_batch(batch, inst)
+            dt = time.perf_counter() - t
+            if dt < best:
+                best, tm = dt, dict(res.timings)
+        return best, tm
+
+    t_all, tm_all = timed(cs)
+    t_p1, _ = timed(p1)
+    t_p1_off, _ = timed(p1_off)
+    t_pmg = np.zeros(len(cs))
+    calc = NDCalculator(wavelength=inst.wavelength)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for i, c in enumerate(cs):
+            s = Structure(Lattice.from_parameters(*c.cell), [element_of(x) for x in c.species], c.frac)
+            best = math.inf
+            for _ in range(repeat if c.n_atoms < 40 else 1):
+                t = time.perf_counter()
+                calc.get_pattern(s, scaled=False, two_theta_range=(inst.two_theta_min, inst.two_theta_max))
+                best = min(best, time.perf_counter() - t)
+            t_pmg[i] = best
+    is_p1 = np.array([c.space_group_declared in (None, 1) for c in cs])
+    natoms = np.array([c.n_atoms for c in cs])
+    n_all = len(cs)
+    print(f"\n== distinct structures: {n_all} ({int(is_p1.sum())} declared P1 or nothing, of which "
+          f"{sum(c.symmetry is not None for c in p1)} simulated with found operations), {natoms.min()}-"
+          f"{natoms.max()} atoms (median {int(np.median(natoms))}); load average {os.getloadavg()[0]:.2f}")
+    print(f"pymatgen NDCalculator, sum over all: {t_pmg.sum():.3f} s; xtalhpc one simulate_batch: {t_all:.4f} s "
+          f"-> {t_pmg.sum() / t_all:.0f}x (ratio of summed times)")
+    print(f"P1 inputs only: pymatgen {t_pmg[is_p1].sum():.3f} s; xtalhpc with found symmetry {t_p1:.4f} s "
+          f"-> {t_pmg[is_p1].sum() / t_p1:.0f}x; without (--no-find-symmetry) {t_p1_off:.4f} s "
+          f"-> {t_pmg[is_p1].sum() / t_p1_off:.0f}x")
+    per = 1e3 / n_all
+    stages = [("reading (read_blocks, no symmetry finding)", t_read), ("symmetry finding (detect_symmetry)", t_sym),
+              ("reflection enumeration (count)", tm_all.get("count", 0.0)),
+              ("structure factors", tm_all.get("structure_factors", 0.0)), ("families", tm_all.get("families", 0.0)),
+              ("profiles", tm_all.get("profiles", 0.0)),
+              ("Python per structure (pack + rest)", t_all - sum(tm_all.get(k, 0.0) for k in
+                                                                 ("count", "structure_factors", "families",
+                                                                  "profiles")))]
+    print("\n| stage | ms per structure | share of read+symmetry+simulate |\n|---|---|---|")
+    total = t_read + t_sym + t_all
+    for name, t in stages:
+        print(f"| {name} | {t * per:.3f} | {100 * t / total:.0f}% |")
+    print(f"| simulate_batch (all simulation stages) | {t_all * per:.3f} | {100 * t_all / total:.0f}% |")
+    print(f"| pymatgen NDCalculator | {t_pmg.sum() * per:.3f} | |")
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ def _shard(rng, index: int, k: int, n_reject: int, peaks: bool = True) -> ShardD
         "bravais_lattice": rng.integers(0, 14, n), "split": rng.integers(0, 4, n), "scale": rng.random(n) * 1e4,
         "lattice": rng.random((n, 6)), "n_atoms": rng.integers(1, 200, n), "peak_count": counts,
         "absorption": rng.random(n) * 100,
+        "space_group_declared": rng.integers(0, 231, n), "space_group_found": rng.integers(0, 231, n),
         "source_id": np.array([f"file{i}.cif" for i in keep], dtype=object),
         "formula": np.array(["NaCl", "Fe2O3", "CaTiO3"] * n, dtype=object)[:n],
         "group_key": np.array([f"AB|{i % 3}" for i in keep], dtype=object),

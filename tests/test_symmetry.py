@@ -228,3 +228,170 @@ def test_partner_kernel_matches_dense_search(rng, number, n_asu, n_mixed):
     ref = _dense_partners(frac, kind, occ, b, ops, 2e-3)
     first = int(np.flatnonzero(ref.reshape(-1) < 0)[0])
     assert bad == first
+
+
+# ---- symmetry finding for structures given without operations (issue 18) ---------------------
+
+BUNDLED = __import__("pathlib").Path(__file__).resolve().parents[1] / "xtalhpc" / "data" / "structures"
+#: What "the same pattern" means for symmetry finding: integrated intensities per d in float64.
+FIND_TOL = 1e-9
+
+
+def _write_p1_cif(c: Crystal, path, perturb=None):
+    """``c`` as a P1 CIF with every number at full precision (repr), atom ``perturb[0]`` moved
+    by ``perturb[1]`` (fractional vector)."""
+    frac = c.frac.copy()
+    if perturb is not None:
+        frac[perturb[0]] += perturb[1]
+    lines = ["data_p1", *(f"_cell_{k} {v!r}" for k, v in zip(
+        ("length_a", "length_b", "length_c", "angle_alpha", "angle_beta", "angle_gamma"), c.cell.tolist())),
+        "_symmetry_space_group_name_H-M 'P 1'", "loop_", "_symmetry_equiv_pos_as_xyz", "x,y,z", "loop_",
+        "_atom_site_label", "_atom_site_type_symbol", "_atom_site_fract_x", "_atom_site_fract_y",
+        "_atom_site_fract_z", "_atom_site_occupancy", "_atom_site_B_iso_or_equiv"]
+    for i, (x, y, z) in enumerate(frac.tolist()):
+        lines.append(f"A{i} {c.species[i]} {x!r} {y!r} {z!r} {float(c.occupancy[i])!r} {float(c.b_iso[i])!r}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _intensity_by_d(res, i):
+    r = res.reflections(i)
+    out: dict[float, float] = {}
+    for d, inten in zip(np.round(r.d, 8), r.intensity):
+        out[d] = out.get(d, 0.0) + inten
+    return out
+
+
+def _assert_same_pattern(a: Crystal, b: Crystal, tol=FIND_TOL):
+    res = simulate_batch([a, b], "bt1-cu311")
+    pa, pb = _intensity_by_d(res, 0), _intensity_by_d(res, 1)
+    assert pa.keys() == pb.keys()
+    top = max(pa.values())
+    assert max(abs(pa[d] - pb[d]) for d in pa) <= tol * top
+    assert np.max(np.abs(res.patterns[0] - res.patterns[1])) <= PATTERN_TOL * res.patterns[0].max()
+    return res
+
+
+@pytest.mark.parametrize("name", ["Rutile", "ZnO", "LiCoO2", "KCl", "Sapphire", "Silicon"])
+def test_p1_export_gives_the_same_pattern_and_records_the_group(tmp_path, name):
+    from xtalhpc.io import load_structure
+
+    sym = load_structure(BUNDLED / f"{name}.cif")
+    p1 = _write_p1_cif(sym, tmp_path / f"{name}-p1.cif")
+    on, off = load_structure(p1), load_structure(p1, find_symmetry=False)
+    assert off.symmetry is None and off.space_group == 1 and off.space_group_found is None
+    assert on.symmetry is not None and len(laue_rotations(on.symmetry)) == len(laue_rotations(sym.symmetry))
+    assert (on.space_group_declared, on.space_group_found, on.space_group) == (1, sym.space_group, sym.space_group)
+    assert np.array_equal(on.frac, off.frac) and np.array_equal(on.cell, off.cell)  # nothing moved
+    assert symmetry_maps_atoms(on, tol=1e-12)
+    _assert_same_pattern(on, off)
+
+
+def test_poscar_is_labelled_with_the_found_group(tmp_path):
+    from xtalhpc.crystal import lattice_vectors
+    from xtalhpc.io import load_structure
+
+    sym = load_structure(BUNDLED / "Rutile.cif")
+    lat = lattice_vectors(sym.cell)
+    order = np.argsort(sym.species, kind="stable")
+    text = ["rutile", "1.0", *(" ".join(repr(x) for x in row) for row in lat.tolist()), "O Ti",
+            f"{sym.species.count('O')} {sym.species.count('Ti')}", "Direct",
+            *(" ".join(repr(x) for x in sym.frac[i].tolist()) for i in order)]
+    p = tmp_path / "POSCAR"
+    p.write_text("\n".join(text) + "\n")
+    on, off = load_structure(p), load_structure(p, find_symmetry=False)
+    assert (on.space_group_declared, on.space_group_found, on.space_group) == (None, 136, 136)
+    assert on.symmetry is not None and off.symmetry is None and off.space_group is None
+    assert np.array_equal(on.frac, off.frac)
+    _assert_same_pattern(on, off)
+
+
+@pytest.mark.parametrize("shift", [1e-5, 3e-4])
+def test_approximate_symmetry_keeps_p1(tmp_path, shift):
+    """One atom 1e-5 or 3e-4 A off its site in a general direction: the group is found at
+    FIND_SYMPREC (1e-3 A) and recorded, but no operation but the identity holds for the atoms as
+    written: simulated as P1, unchanged. (A shift along a mirror keeps that mirror, which is then
+    used: test_subgroup_that_holds_exactly_is_used.)"""
+    from xtalhpc.crystal import EXACT_TOL, FIND_SYMPREC
+    from xtalhpc.io import load_structure
+
+    assert EXACT_TOL < shift < FIND_SYMPREC
+    sym = load_structure(BUNDLED / "Rutile.cif")
+    p1 = _write_p1_cif(sym, tmp_path / "p1.cif", perturb=(0, np.array([0.6, 0.5, 0.62]) * shift / sym.cell[:3]))
+    on, off = load_structure(p1), load_structure(p1, find_symmetry=False)
+    assert on.symmetry is None
+    assert (on.space_group_found, on.space_group) == (136, 136)
+    assert any("simulated as P1" in n for n in on.notes)
+    assert np.array_equal(on.frac, off.frac) and np.array_equal(on.cell, off.cell)
+    res = simulate_batch([on, off], "bt1-cu311")
+    assert np.array_equal(res.patterns[0], res.patterns[1])
+
+
+def test_subgroup_that_holds_exactly_is_used(tmp_path):
+    """A rutile cell stretched along b by 1e-6 relative: tetragonal within FIND_SYMPREC (found 136)
+    but only the orthorhombic operations keep the metric exactly: those are used, pattern unchanged."""
+    from xtalhpc.crystal import detect_symmetry
+    from xtalhpc.io import load_structure
+
+    sym = load_structure(BUNDLED / "Rutile.cif")
+    cell = sym.cell.copy()
+    cell[1] *= 1 + 1e-6
+    c = Crystal(cell, sym.frac, sym.species, sym.occupancy, sym.b_iso, space_group=1)
+    on = detect_symmetry(c)
+    assert on.space_group_found == 136 and on.space_group == 136
+    assert on.symmetry is not None and len(laue_rotations(on.symmetry)) == 8  # mmm, not 4/mmm
+    _assert_same_pattern(on, c)
+
+
+def test_declared_group_is_never_relabelled():
+    from xtalhpc.crystal import detect_symmetry
+    from xtalhpc.io import load_structure
+
+    sym = load_structure(BUNDLED / "Rutile.cif")
+    c = detect_symmetry(Crystal(sym.cell, sym.frac, sym.species, sym.occupancy, sym.b_iso, space_group=62))
+    assert (c.space_group, c.space_group_declared, c.space_group_found) == (62, 62, 136)
+    assert detect_symmetry(sym) is sym  # a crystal with operations is left alone
+
+
+def test_found_groups_agree_with_spglib(shared_data):
+    """Every P1 CIF of the XRD-AutoAnalyzer set: the found group is spglib's at FIND_SYMPREC."""
+    import spglib
+
+    from xtalhpc.crystal import FIND_SYMPREC, _atom_kinds, lattice_vectors
+    from xtalhpc.io import read_blocks
+
+    files = sorted((shared_data / "structures/xrd_autoanalyzer").rglob("*.cif"))
+    checked, differ = 0, []
+    for f in files:
+        for c in read_blocks(f):
+            if isinstance(c, Exception) or c.space_group_declared not in (None, 1):
+                continue
+            ds = spglib.get_symmetry_dataset((lattice_vectors(c.cell), c.frac, _atom_kinds(c)), symprec=FIND_SYMPREC)
+            checked += 1
+            if c.space_group_found != ds.number:
+                differ.append((f.name, c.space_group_found, ds.number))
+    assert checked >= 70 and not differ, differ
+
+
+def test_generate_stores_declared_and_found_groups(tmp_path):
+    from xtalhpc import cli
+    from xtalhpc.dataset import open_dataset
+    from xtalhpc.io import load_structure
+
+    src = tmp_path / "in"
+    src.mkdir()
+    sym = load_structure(BUNDLED / "Rutile.cif")
+    (src / "a_sym.cif").write_text((BUNDLED / "Rutile.cif").read_text())
+    _write_p1_cif(sym, src / "b_p1.cif")
+    got = {}
+    for flag in ("--find-symmetry", "--no-find-symmetry"):
+        out = tmp_path / flag
+        assert cli.main(["generate", str(src), "--output", str(out), "--quiet", flag]) == 0
+        with open_dataset(out) as ds:
+            got[flag] = ds.read_all()
+    a = got["--find-symmetry"]
+    assert a["space_group"].tolist() == [136, 136]
+    assert a["space_group_declared"].tolist() == [136, 1] and a["space_group_found"].tolist() == [0, 136]
+    assert np.max(np.abs(a["pattern"][0] - a["pattern"][1])) <= PATTERN_TOL
+    b = got["--no-find-symmetry"]
+    assert b["space_group"].tolist() == [136, 1] and b["space_group_found"].tolist() == [0, 0]

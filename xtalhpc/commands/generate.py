@@ -81,6 +81,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--max-absorption", type=float, default=None, metavar="BARN",
                    help="neutrons: reject items whose absorption cross-section per formula unit at the "
                         "instrument's wavelength exceeds BARN (the per-pattern 'absorption' field; default: off)")
+    p.add_argument("--find-symmetry", action=argparse.BooleanOptionalAction, default=True,
+                   help="find the space group of inputs given without symmetry operations (P1 CIFs, POSCARs) "
+                        "with spglib-equivalent tolerance 1e-3 A: stored as space_group_found and used as the "
+                        "label of P1/undeclared inputs; exact operations speed up simulation (default: on)")
     p.add_argument("-q", "--quiet", action="store_true", help="no per-shard log lines")
     return p
 
@@ -96,7 +100,7 @@ def config_from_args(args):
         peaks=args.peaks, split=args.split, synthetic=args.synthetic, per_space_group=args.per_space_group,
         cycle_to=args.cycle_to, radiation=args.radiation, deuterate=args.deuterate, h_background=args.h_background,
         synthetic_prior=args.synthetic_prior, synthetic_prior_power=args.synthetic_prior_power,
-        max_absorption=args.max_absorption)
+        max_absorption=args.max_absorption, find_symmetry=getattr(args, "find_symmetry", True))
 
 
 def run(args) -> int:

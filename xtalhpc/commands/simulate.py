@@ -22,6 +22,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("files", nargs="+", metavar="FILE", help="structure files (CIF, .ncmat, POSCAR)")
     add_simulation_options(p)
+    p.add_argument("--find-symmetry", action=argparse.BooleanOptionalAction, default=True,
+                   help="find the symmetry of structures given without operations (P1 CIFs, POSCARs) and use "
+                        "the operations that hold exactly for the atoms as written: same pattern, faster "
+                        "(default: on)")
     p.add_argument("--xye", metavar="OUT", help="write the pattern (2theta, intensity, sigma) as .xye")
     p.add_argument("--reflections", metavar="OUT", help="write the reflection families as CSV")
     p.add_argument("--plot", metavar="OUT", help="write a PNG plot with reflection ticks")
@@ -73,7 +77,7 @@ def run(args) -> int:
     crystals, names, failures = [], [], []
     for f in args.files:
         try:
-            cs = read_structures(f)
+            cs = read_structures(f, find_symmetry=getattr(args, "find_symmetry", True))
         except Exception as exc:  # noqa: BLE001 - this file's reject, unless it fails every file (JobError)
             failures.append((f, reject_reason(exc, f"reading {f}")))
             continue

@@ -23,7 +23,8 @@ from ..spacegroups import BRAVAIS_LATTICES, CRYSTAL_SYSTEMS
 
 SCHEMA_NAME = "xtalhpc.powder-dataset"
 #: 2: per-pattern ``absorption`` (barn per formula unit), issue 17.
-SCHEMA_VERSION = 2
+#: 3: per-pattern ``space_group_declared`` and ``space_group_found`` (issue 18).
+SCHEMA_VERSION = 3
 
 MASTER_NAME = "dataset.h5"
 CONFIG_NAME = "generate.json"
@@ -44,6 +45,8 @@ STR = "str"
 PER_PATTERN: dict[str, tuple[object, tuple[int, ...], object]] = {
     "item_index": (np.int64, (), -1),
     "space_group": (np.int16, (), -1),
+    "space_group_declared": (np.int16, (), -1),
+    "space_group_found": (np.int16, (), -1),
     "crystal_system": (np.int8, (), -1),
     "bravais_lattice": (np.int8, (), -1),
     "split": (np.int8, (), -1),
@@ -71,6 +74,7 @@ REJECT_FIELDS = ("item_index", "source", "reason")
 #: Where each per-pattern dataset sits in the master file.
 MASTER_GROUP = {
     "space_group": "entry/labels", "crystal_system": "entry/labels",
+    "space_group_declared": "entry/labels", "space_group_found": "entry/labels",
     "bravais_lattice": "entry/labels", "split": "entry/labels",
     "item_index": "entry/items", "scale": "entry/items", "lattice": "entry/items",
     "n_atoms": "entry/items", "absorption": "entry/items", "peak_count": "entry/peaks", "source_id": "entry/items",

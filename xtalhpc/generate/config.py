@@ -103,6 +103,11 @@ class GenerateConfig:
         instrument's wavelength (barn; the per-pattern ``absorption`` field,
         :func:`xtalhpc.scattering.absorption_per_formula_unit`) exceeds this. None (default):
         keep every item.
+    find_symmetry : bool
+        Find the symmetry of input structures given without operations (P1 CIFs, POSCARs:
+        :func:`xtalhpc.crystal.detect_symmetry`): the found group is stored
+        (``space_group_found``) and becomes the label of a structure declared P1 or
+        undeclared; operations that hold exactly speed up its simulation. On by default.
     """
 
     sources: tuple[str, ...]
@@ -124,6 +129,7 @@ class GenerateConfig:
     synthetic_prior: str | None = None
     synthetic_prior_power: float = 1.0
     max_absorption: float | None = None
+    find_symmetry: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sources", tuple(str(s) for s in self.sources))
@@ -227,6 +233,8 @@ def config_to_argv(cfg: GenerateConfig, ranks: int | None = None) -> list[str]:
     argv.append("--h-background" if cfg.h_background else "--no-h-background")
     if cfg.max_absorption is not None:
         argv += ["--max-absorption", repr(cfg.max_absorption)]
+    if not cfg.find_symmetry:
+        argv.append("--no-find-symmetry")
     if ranks is not None:
         argv += ["--ranks", str(ranks)]
     return argv

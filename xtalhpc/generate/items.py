@@ -21,8 +21,9 @@ from ..errors import InputError, XtalhpcError
 from .config import FILE_CACHE, GenerateConfig
 
 @lru_cache(maxsize=FILE_CACHE)
-def read_file_items(path: str) -> tuple:
-    """Structures of one file: a tuple with one entry per block, a Crystal or an error text.
+def read_file_items(path: str, find_symmetry: bool = True) -> tuple:
+    """Structures of one file: a tuple with one entry per block, a Crystal or an error text
+    (``find_symmetry`` as in :func:`xtalhpc.io.read_blocks`).
 
     A file that cannot be read at all gives a 1-tuple with its error text, so it
     counts as one (rejected) item. Cached per process: consecutive items of a
@@ -35,8 +36,7 @@ def read_file_items(path: str) -> tuple:
         from .. import io
 
         # read_blocks keeps the good blocks of a file whose other blocks are bad.
-        reader = getattr(io, "read_blocks", None) or io.read_structures
-        got = reader(p)
+        got = io.read_blocks(p, find_symmetry=find_symmetry)
     except Exception as exc:  # noqa: BLE001 - a failure of this input is its reject row (reject_text: or a JobError)
         return (reject_text(exc, f"reading {path}"),)
     if not got:
@@ -213,11 +213,11 @@ def list_files(sources) -> tuple[list[str], list[int | None]]:
     return files, [labels[f] for f in files]
 
 
-def load_item(man: Manifest, i: int, seed: int):
+def load_item(man: Manifest, i: int, seed: int, find_symmetry: bool = True):
     """The Crystal of item ``i``, or an error text."""
     kind, where, k = man.locate(i)
     if kind == "file":
-        entries = read_file_items(man.files[where])
+        entries = read_file_items(man.files[where], find_symmetry)
         if len(entries) != man.blocks[where]:
             return (f"{man.files[where]}: the reader found {len(entries)} structure block(s) where the enumeration "
                     f"counted {man.blocks[where]} (file changed during the run?); every block of the file is rejected "

@@ -48,7 +48,7 @@ def _item_meta(c, key_fn, split):
         key = key_fn(c)
         return (int(c.space_group), schema.VOCABULARIES["crystal_system"].index(c.crystal_system),
                 schema.VOCABULARIES["bravais_lattice"].index(c.bravais_lattice), c.formula, key,
-                schema.assign_split(key, split))
+                schema.assign_split(key, split), c.space_group_declared or 0, c.space_group_found or 0)
     except Exception as exc:  # noqa: BLE001 - one structure's problem becomes its reject row (reject_text)
         return reject_text(exc, "computing the labels and structure-type key")
 
@@ -119,7 +119,7 @@ def _load_items(cfg: GenerateConfig, man: Manifest, start: int, stop: int, betwe
         if between is not None and time.perf_counter() - last_poll > (sub_batch_s or POLL_INTERVAL_S):
             between()  # reading structures can take as long as simulating them: keep answering
             last_poll = time.perf_counter()
-        obj = load_item(man, i, cfg.seed)
+        obj = load_item(man, i, cfg.seed, cfg.find_symmetry)
         if isinstance(obj, str):
             rejects.append((i, item_source_id(man, i, cfg.seed)[1], obj))
         elif obj.space_group is None:
@@ -262,6 +262,8 @@ def _per_pattern_arrays(recs, kept_items, kept, peaks: bool) -> dict:
     per_arr = {
         "item_index": np.array(kept_items, dtype=np.int64),
         "space_group": np.array([m[0] for m in metas], dtype=np.int16),
+        "space_group_declared": np.array([m[6] for m in metas], dtype=np.int16),
+        "space_group_found": np.array([m[7] for m in metas], dtype=np.int16),
         "crystal_system": np.array([m[1] for m in metas], dtype=np.int8),
         "bravais_lattice": np.array([m[2] for m in metas], dtype=np.int8),
         "split": np.array([m[5] for m in metas], dtype=np.int8),

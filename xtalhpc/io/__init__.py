@@ -17,6 +17,12 @@ The format is chosen by file name first (``.cif``/``.mcif``, ``.ncmat``,
 ``.vasp``/``.poscar`` or a name containing POSCAR or CONTCAR), then by content
 (``NCMAT`` header, a ``data_`` line, or the POSCAR layout). Conventions (units,
 defaults, merging tolerance, ADP reduction) are described in docs/structures.md.
+
+Symmetry finding: a structure that comes without operations (a P1 CIF, a POSCAR, a CIF
+whose atoms do not fit its operators) goes through :func:`xtalhpc.crystal.detect_symmetry`
+unless ``find_symmetry=False``: its found space group is recorded, and the operations that
+hold for the atoms as written are attached so that it simulates as fast as its symmetric
+form, with the same pattern. Positions are never moved.
 """
 from __future__ import annotations
 
@@ -84,8 +90,11 @@ def detect_format(path: str | os.PathLike) -> str:
     raise StructureError(f"unrecognised structure format; allowed: {_FORMATS}", src, "format")
 
 
-def read_blocks(path: str | os.PathLike) -> list[Crystal | StructureError]:
+def read_blocks(path: str | os.PathLike, find_symmetry: bool = True) -> list[Crystal | StructureError]:
     """Every structure in a file, a bad CIF block as its error in place.
+
+    ``find_symmetry``: run :func:`xtalhpc.crystal.detect_symmetry` on every structure that
+    comes without symmetry operations (see the module docstring).
 
     Raises
     ------
@@ -93,6 +102,23 @@ def read_blocks(path: str | os.PathLike) -> list[Crystal | StructureError]:
         The whole file is unreadable (not a file, empty, unknown format, CIF
         syntax error, no structural block).
     """
+    items = _read_format(path)
+    if not find_symmetry:
+        return items
+    from ..crystal import detect_symmetry
+
+    out: list[Crystal | StructureError] = []
+    for c in items:
+        if isinstance(c, Crystal) and c.symmetry is None:
+            try:
+                c = detect_symmetry(c)
+            except InputError as exc:
+                c = StructureError(f"symmetry finding: {exc.message}", exc.source or c.source, exc.field)
+        out.append(c)
+    return out
+
+
+def _read_format(path) -> list[Crystal | StructureError]:
     fmt = detect_format(path)
     try:
         if fmt == "cif":
@@ -114,13 +140,15 @@ def read_blocks(path: str | os.PathLike) -> list[Crystal | StructureError]:
         raise StructureError(f"not a text file ({exc.reason} at byte {exc.start})", str(path), "encoding") from None
 
 
-def read_structures(path: str | os.PathLike) -> list[Crystal]:
+def read_structures(path: str | os.PathLike, find_symmetry: bool = True) -> list[Crystal]:
     """Every crystal in a structure file.
 
     Parameters
     ----------
     path : str or PathLike
         A CIF (all data blocks with structure data), ``.ncmat`` or POSCAR file.
+    find_symmetry : bool
+        Find the symmetry of structures given without operations (:func:`read_blocks`).
 
     Returns
     -------
@@ -136,15 +164,15 @@ def read_structures(path: str | os.PathLike) -> list[Crystal]:
         :func:`read_blocks` to keep the good blocks of such a file.
     """
     out = []
-    for item in read_blocks(path):
+    for item in read_blocks(path, find_symmetry):
         if isinstance(item, StructureError):
             raise item
         out.append(item)
     return out
 
 
-def load_structure(path: str | os.PathLike) -> Crystal:
-    """The one crystal in a structure file.
+def load_structure(path: str | os.PathLike, find_symmetry: bool = True) -> Crystal:
+    """The one crystal in a structure file (``find_symmetry`` as in :func:`read_blocks`).
 
     Raises
     ------
@@ -152,7 +180,7 @@ def load_structure(path: str | os.PathLike) -> Crystal:
         The file cannot be read, or holds several structures (use
         :func:`read_structures` for those).
     """
-    items = read_blocks(path)
+    items = read_blocks(path, find_symmetry)
     if len(items) > 1:
         names = ", ".join(str(getattr(i, "name", None) or getattr(i, "source", "?")).rsplit("#", 1)[-1]
                           for i in items)

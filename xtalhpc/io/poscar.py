@@ -12,9 +12,12 @@ from per-atom labels written after the coordinates (``0.5 0.5 0.5 # Na1`` or
 ``... Na``, as spglib's and ASE's files do) when every atom has one, else the
 file is an error: counts alone do not say which element is which.
 
-A POSCAR has no space group: it is determined with spglib at
-:data:`SPGLIB_SYMPREC` and recorded in ``Crystal.space_group``. Occupancies are
-1 and B is :data:`~xtalhpc.crystal.DEFAULT_B_ISO` (noted).
+A POSCAR declares no space group and carries no operations: ``read_poscar`` returns
+the cell as written (``space_group`` None); :func:`xtalhpc.io.read_blocks` (and so
+every reader entry point and command) then finds its symmetry with
+:func:`xtalhpc.crystal.detect_symmetry` at :data:`~xtalhpc.crystal.FIND_SYMPREC`
+(the found group becomes its label; positions are not moved). Occupancies are 1 and B
+is :data:`~xtalhpc.crystal.DEFAULT_B_ISO` (noted).
 """
 from __future__ import annotations
 
@@ -23,14 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..crystal import DEFAULT_B_ISO, Crystal, cell_from_vectors, with_symmetry
+from ..crystal import DEFAULT_B_ISO, Crystal, cell_from_vectors
 from ..errors import InputError, StructureError
 from .cif import species_from_label
 
-#: spglib tolerance (angstrom) for the space group of a POSCAR: files written by
-#: DFT codes carry ~1e-6 A noise, hand-made ones round to ~1e-4; 1e-3 catches both
-#: without promoting genuinely distorted cells.
-SPGLIB_SYMPREC = 1e-3
 
 
 def _floats(line: str, n: int | None = None) -> list[float] | None:
@@ -188,30 +187,7 @@ def read_poscar(path: str | Path) -> Crystal:
     else:
         frac = coords
     notes.append(f"no displacement parameters in a POSCAR: B = {DEFAULT_B_ISO} A^2 (default)")
-    number, symmetry = _spacegroup(lattice, frac, per_atom)
-    if number is None:
-        notes.append("spglib found no space group")
-    else:
-        notes.append(f"space group {number} from spglib (symprec {SPGLIB_SYMPREC} A)")
-    crystal = Crystal(cell=cell_from_vectors(lattice), frac=frac, species=tuple(per_atom),
-                      occupancy=np.ones(n), b_iso=np.full(n, DEFAULT_B_ISO), space_group=number,
-                      source=src, name=path.stem if path.suffix.lower() in (".vasp", ".poscar") else path.name,
-                      notes=tuple(notes))
-    if symmetry is None or len(symmetry) <= 1:
-        return crystal
-    # spglib's operations are in this file's basis: attach them (atoms within symprec are
-    # symmetrised) so the simulator computes one |F|^2 per Laue orbit.
-    return with_symmetry(crystal, symmetry, tol_angstrom=4 * SPGLIB_SYMPREC, what="spglib operations")
-
-
-def _spacegroup(lattice, frac, species) -> tuple[int | None, np.ndarray | None]:
-    import spglib
-
-    kinds = {s: i + 1 for i, s in enumerate(dict.fromkeys(species))}
-    numbers = [kinds[s] for s in species]
-    ds = spglib.get_symmetry_dataset((lattice, np.asarray(frac) % 1.0, numbers), symprec=SPGLIB_SYMPREC)
-    if ds is None:
-        return None, None
-    n = ds.number if hasattr(ds, "number") else ds["number"]
-    ops = np.concatenate([np.asarray(ds.rotations, dtype=float), np.asarray(ds.translations)[:, :, None]], axis=2)
-    return (int(n) if n else None), ops
+    return Crystal(cell=cell_from_vectors(lattice), frac=frac, species=tuple(per_atom),
+                   occupancy=np.ones(n), b_iso=np.full(n, DEFAULT_B_ISO), space_group=None,
+                   source=src, name=path.stem if path.suffix.lower() in (".vasp", ".poscar") else path.name,
+                   notes=tuple(notes))
