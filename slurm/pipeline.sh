@@ -23,7 +23,8 @@
 #                            (e.g. XTALHPC_GENERATE_ARGS="--shard-size 256 --synthetic 100000")
 #
 # Exit status: 0 all three submitted (the ids are printed: `sacct -j ID1,ID2,ID3` follows them),
-# 1 sbatch or xtalhpc missing or a submission refused, 2 a bad argument or a missing path
+# 1 sbatch or xtalhpc missing or a submission refused (the jobs already submitted are then
+# cancelled), 2 a bad argument or a missing path
 # (docs/exit-status.md).
 
 set -euo pipefail
@@ -65,11 +66,16 @@ read -r -a gen_args <<< "${XTALHPC_GENERATE_ARGS:-}"
 read -r -a train_args <<< "${XTALHPC_TRAIN_ARGS:-}"
 read -r -a eval_args <<< "${XTALHPC_EVALUATE_ARGS:-}"
 
+submitted=()
 submit() {  # submit STEP [sbatch options...] SCRIPT ARGS...: prints the job id
     local step=$1 out id
     shift
     if ! out=$(sbatch --parsable --output="$work/logs/xtalhpc-$step-%j.out" "$@"); then
         echo "sbatch refused the $step job (see its message above)" >&2
+        if [[ ${#submitted[@]} -gt 0 ]]; then
+            # no half pipelines: the steps already submitted would run for nothing
+            scancel "${submitted[@]}" && echo "cancelled the jobs already submitted: ${submitted[*]}" >&2
+        fi
         exit 1
     fi
     id=${out%%;*}
@@ -77,9 +83,11 @@ submit() {  # submit STEP [sbatch options...] SCRIPT ARGS...: prints the job id
 }
 
 gen=$(submit generate "${common[@]}" "${gen_sb[@]}" "$here/generate.sbatch" "$work/dataset" "${sources[@]}" -- "${gen_args[@]}")
+submitted+=("$gen")
 echo "generate  job $gen: ${sources[*]} -> $work/dataset"
 train=$(submit train --dependency="afterok:$gen" --kill-on-invalid-dep=yes "${common[@]}" "${train_sb[@]}" \
     "$here/train.sbatch" "$config" "$work/dataset" "$work/run" -- "${train_args[@]}")
+submitted+=("$train")
 echo "train     job $train: $(basename "$config") -> $work/run (after $gen)"
 ev=$(submit evaluate --dependency="afterok:$train" --kill-on-invalid-dep=yes "${common[@]}" "${eval_sb[@]}" \
     "$here/evaluate.sbatch" "$work/run" "$work/dataset" "$work/evaluate" -- "${eval_args[@]}")
