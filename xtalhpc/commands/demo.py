@@ -26,6 +26,7 @@ import argparse
 import contextlib
 import json
 import os
+import sys
 import time
 from importlib import resources
 from pathlib import Path
@@ -36,7 +37,8 @@ LAMNO3 = Path("patterns") / "gsas2_tutorials" / "Magnetic-I" / "data" / "LaMnO3_
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("demo", help="structures -> dataset -> trained model -> evaluation -> prediction (what `make demo` runs)",
+    p = sub.add_parser("demo", help="structures -> dataset -> trained model -> evaluation -> prediction "
+                                    "(what `make demo` runs)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output", default="demo-out", help="output directory (default: demo-out)")
     p.add_argument("--instrument", default="bt1-cu311", help="instrument preset or TOML (default: bt1-cu311)")
@@ -130,15 +132,15 @@ def run(args) -> int:
     out = Path(args.output).resolve()
     recipe = Path(args.recipe) if args.recipe else REPO / "jobs" / "train-smoke.toml"
     if not recipe.is_file():
-        print(f"demo: training recipe {recipe} not found (give --recipe jobs/train-smoke.toml of a checkout)")
+        print(f"demo: training recipe {recipe} not found (give --recipe jobs/train-smoke.toml of a checkout)", file=sys.stderr)
         return EXIT_USAGE
     try:
         groups = [int(g) for g in args.groups.split(",") if g.strip()]
     except ValueError:
-        print(f"demo: --groups {args.groups!r} must be space-group numbers separated by commas")
+        print(f"demo: --groups {args.groups!r} must be space-group numbers separated by commas", file=sys.stderr)
         return EXIT_USAGE
     if not groups or any(not 1 <= g <= 230 for g in groups) or args.patterns < 10 * len(groups):
-        print(f"demo: need space groups in 1-230 and at least 10 patterns per group (--groups, --patterns)")
+        print("demo: need space groups in 1-230 and at least 10 patterns per group (--groups, --patterns)", file=sys.stderr)
         return EXIT_USAGE
     shared = shared_data_dir(args.shared_data)
     measured = shared / LAMNO3
