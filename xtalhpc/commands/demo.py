@@ -5,7 +5,8 @@ Each stage prints one line when it starts and the time it took when it ends:
 1. simulate   NIST BT-1 patterns of the bundled real structures (.xye, .csv, .png).
 2. generate   a balanced synthetic dataset with 2 MPI ranks (``xtalhpc generate --ranks 2``):
               1800 crystals of three well-separated space groups (P2_1/c, P6_3/mmc, Fm-3m by
-              default) drawn evenly, on the BT-1 grid, split 0.8/0.1/0.1; then ``xtalhpc verify``.
+              default) drawn evenly, on the BT-1 grid, split 0.8/0.1/0.1; then ``xtalhpc verify``
+              and ``xtalhpc info``.
 3. train      the small ResNet of jobs/train-smoke.toml with 2-process DDP on the CPU
               through submitit's local executor (``xtalhpc train --procs 2 --cluster local``);
               training curves in RUN/curves.png.
@@ -174,6 +175,8 @@ def run(args) -> int:
         gen = cli_main(argv)
         if gen == EXIT_OK:
             gen = cli_main(["verify", str(dataset)])
+        if gen == EXIT_OK:
+            cli_main(["info", str(dataset), "--top", "5"])
     if gen != EXIT_OK:
         return _fail("xtalhpc generate/verify", gen)
 
