@@ -12,7 +12,7 @@ TORCH_SPEC ?= torch==2.13.0
 .PHONY: venv test demo bench clean
 
 $(VENV)/.installed: pyproject.toml
-	@echo "== creating $(VENV): PyTorch (CPU), xtalhpc and its test tools (about 90 s measured on 2 cores)"
+	@echo "== creating $(VENV): PyTorch (CPU), xtalhpc and its test tools (90-140 s measured on 2 cores)"
 	@date +%s > $(VENV).t0 2>/dev/null || true
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
