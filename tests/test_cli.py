@@ -63,12 +63,16 @@ def test_cuda_without_gpu_is_a_clear_error(capsys):
     assert "cuda" in capsys.readouterr().err.lower()
 
 
-def test_demo_end_to_end(tmp_path, capsys):
-    """What `make demo` runs: patterns of the bundled structures, then a generate/verify/info
-    round on them plus synthetic crystals (1 rank and few crystals here, to stay quick)."""
-    rc = main(["demo", "--output", str(tmp_path), "--ranks", "1", "--synthetic", "12", "--device", "cpu"])
-    assert rc == 0
-    n = len(bundled_structures())
+def test_bundled_structures_simulate_generate_verify_info(tmp_path, capsys):
+    """Patterns of the bundled structures, then a generate/verify/info round on them plus synthetic
+    crystals (1 rank and few crystals here, to stay quick; the whole demo: tests/test_demo.py)."""
+    files = [str(p) for p in bundled_structures()]
+    d = str(tmp_path) + "/"
+    assert main(["simulate", *files, "--device", "cpu", "--xye", d, "--reflections", d, "--plot", d]) == 0
+    assert main(["generate", *files, "--synthetic", "12", "--output", str(tmp_path / "dataset"), "--ranks", "1",
+                 "--device", "cpu", "--shard-size", "16", "--seed", "1", "--quiet"]) == 0
+    assert main(["verify", str(tmp_path / "dataset")]) == 0
+    n = len(files)
     assert len(list(tmp_path.glob("*.xye"))) == n and len(list(tmp_path.glob("*.png"))) == n
     out = capsys.readouterr().out
     assert f"{n + 12} patterns + 0 rejected = {n + 12} of {n + 12} inputs" in out
