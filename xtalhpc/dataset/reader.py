@@ -58,7 +58,9 @@ class Dataset:
             problems = self.shard_problems()
             if problems:
                 self._f.close()
-                raise ShardError(f"{self.path}: " + "; ".join(problems))
+                shown = problems[:3] + ([f"... and {len(problems) - 3} more shards like these"]
+                                        if len(problems) > 3 else [])
+                raise ShardError(f"{self.path}: " + "; ".join(shown))
 
     # -- completeness ---------------------------------------------------------
     def shard_table(self) -> dict[str, np.ndarray]:
@@ -187,7 +189,7 @@ class Dataset:
     def read_all(self) -> dict[str, np.ndarray]:
         """Every per-pattern array plus ``pattern`` (and ``peaks/*``) in memory: small datasets and tests only."""
         out = {"pattern": self.read("pattern")}
-        for name in schema.PER_PATTERN:
+        for name in schema.per_pattern_fields(self._f.attrs.get("schema_version", 1)):
             out[name] = self.read(name)
         if self.has_peaks:
             for name in schema.PER_PEAK:

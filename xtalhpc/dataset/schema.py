@@ -70,6 +70,15 @@ PER_PEAK: dict[str, tuple[object, tuple[int, ...], object]] = {
     "multiplicity": (np.int16, (), -1),
 }
 REJECT_FIELDS = ("item_index", "source", "reason")
+#: Schema version that added each per-pattern dataset (absent: version 1). Readers of
+#: an older dataset skip the fields it cannot have: shared datasets stay readable.
+ADDED_IN = {"absorption": 2, "space_group_declared": 3, "space_group_found": 3}
+
+
+def per_pattern_fields(version: int | None = None) -> dict[str, tuple[object, tuple[int, ...], object]]:
+    """The per-pattern datasets a dataset of schema ``version`` holds (None: the current one)."""
+    v = SCHEMA_VERSION if version is None else int(version)
+    return {k: spec for k, spec in PER_PATTERN.items() if ADDED_IN.get(k, 1) <= v}
 
 #: Where each per-pattern dataset sits in the master file.
 MASTER_GROUP = {

@@ -341,7 +341,7 @@ def shard_info(path: str | Path, *, expect_digest: str | None = None, expect_ind
                 raise ShardError(f"shard {p}: {info.n_patterns} patterns + {info.n_rejected} rejects "
                                  f"!= {info.item_stop - info.item_start} items")
             lengths = {"patterns": f["patterns"].shape[0], "rejects": f["rejects/item_index"].shape[0]}
-            lengths.update({k: f[k].shape[0] for k in schema.PER_PATTERN})
+            lengths.update({k: f[k].shape[0] for k in schema.per_pattern_fields(a.get("schema_version", 1))})
             bad = {k: v for k, v in lengths.items()
                    if v != (info.n_rejected if k == "rejects" else info.n_patterns)}
             if bad:

@@ -139,7 +139,8 @@ def verify_dataset(path: str | Path, *, checksums: bool = True) -> VerifyReport:
         # 4. through the VDS: bytes equal what each shard recorded, no fill values
         if checksums:
             names = {"patterns": "entry/data/pattern"}
-            names.update({k: f"{schema.MASTER_GROUP[k]}/{k}" for k in schema.PER_PATTERN})
+            names.update({k: f"{schema.MASTER_GROUP[k]}/{k}"
+                          for k in schema.per_pattern_fields(a.get("schema_version", 1))})
             if bool(a.get("has_peaks", False)):
                 names.update({f"peaks/{k}": f"entry/peaks/{k}" for k in schema.PER_PEAK})
             starts = np.concatenate([[0], np.cumsum(table["n_patterns"])])
