@@ -313,7 +313,7 @@ def test_simulate_stops_on_an_environment_error(tmp_path, monkeypatch, capsys):
     cif = REPO / "xtalhpc" / "data" / "structures" / "Silicon.cif"
     calls = []
 
-    def broken(path):
+    def broken(path, **kwargs):
         calls.append(path)
         raise ImportError("cannot import name 'symmetry_partners' from 'xtalhpc_kernels.symmetry'")
 
