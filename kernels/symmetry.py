@@ -47,31 +47,7 @@ def symmetry_partners(frac, kind, occ, b_iso, rot, trans, rinv, tol, partner, ac
     n = frac.shape[0]
     m = rot.shape[0]
     nb = _bins_per_axis(n, tol)
-    nbin = nb * nb * nb
-    # wrapped positions and their bins, atoms ordered by bin (counting sort)
-    w = np.empty((n, 3))
-    bin_of = np.empty(n, np.int64)
-    start = np.zeros(nbin + 1, np.int64)
-    for j in range(n):
-        bidx = 0
-        for a in range(3):
-            u = frac[j, a] - math.floor(frac[j, a])
-            if u >= 1.0:
-                u = 0.0
-            w[j, a] = u
-            c = int(u * nb)
-            if c >= nb:
-                c = nb - 1
-            bidx = bidx * nb + c
-        bin_of[j] = bidx
-        start[bidx + 1] += 1
-    for q in range(nbin):
-        start[q + 1] += start[q]
-    fill = start[:nbin].copy()
-    order = np.empty(n, np.int64)
-    for j in range(n):
-        order[fill[bin_of[j]]] = j
-        fill[bin_of[j]] += 1
+    w, start, order = _cell_list(frac, nb)
     y = np.empty(3)
     yw = np.empty(3)
     cb = np.empty(3, np.int64)
