@@ -182,6 +182,24 @@ def test_bad_input_refused_before_submitting(dataset, tmp_path, capsys):
     assert _train("--dataset", dataset, "--output", tmp_path / "r5", "--init", other) == EXIT_USAGE
     err = capsys.readouterr().err
     assert "other-grid.pt" in err and "two_theta" in err and "2301 points" in err
+    # an init model of other widths is refused naming the key; one that differs only in
+    # dropout (no weights) is taken
+    from dataclasses import replace
+
+    from xtalhpc.train.launch import check_init_model
+
+    data = load_training_data(dataset)
+    n = data.two_theta.size
+    wide = replace(cfg, model=replace(cfg.model, dims=[2 * d for d in cfg.model.dims]))
+    other = save_model(tmp_path / "wide.pt", model=build_model(wide.model, n, 1, cfg.loss.heads), cfg=wide,
+                       data=data, heads=cfg.loss.heads, step=0, metrics={})
+    assert _train("--dataset", dataset, "--output", tmp_path / "r5b", "--init", other) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "wide.pt" in err and "dims (model" in err and "dropout" not in err
+    drop = replace(cfg, model=replace(cfg.model, dropout=0.3))
+    other = save_model(tmp_path / "drop.pt", model=build_model(drop.model, n, 1, cfg.loss.heads), cfg=drop,
+                       data=data, heads=cfg.loss.heads, step=0, metrics={})
+    check_init_model(other, data, cfg)
     # --resume of nothing, --nodes without slurm, a bad --time
     assert _train("--dataset", dataset, "--output", tmp_path / "r6", "--resume") == EXIT_USAGE
     assert "holds no training run" in capsys.readouterr().err

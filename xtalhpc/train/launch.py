@@ -23,6 +23,8 @@ CONFIG_NAME = "config.toml"
 EXECUTION_KEYS = ("run.threads", "data.workers", "run.log_every", "run.eval_every", "run.checkpoint_every",
                   "run.checkpoint_minutes", "run.keep_checkpoints")
 JOB_NAME = "job.json"
+#: [model] keys that shape training but not the weights: an ``init`` model may differ in them.
+WEIGHTLESS_MODEL_KEYS = ("dropout", "stem_dropout")
 
 
 def _grid_record(data) -> dict:
@@ -36,8 +38,13 @@ def check_init_model(path: str, data, cfg: TrainConfig) -> None:
 
     blob = read_model_file(path)
     check_same_grid(blob["two_theta"].numpy(), data.two_theta, path, data.master)
-    if blob["arch"] != config_to_dict(cfg)["model"]:
-        raise InputError("the model's architecture differs from the config's [model] section", path, "arch")
+    want = config_to_dict(cfg)["model"]
+    differ = sorted(k for k in set(want) | set(blob["arch"])
+                    if k not in WEIGHTLESS_MODEL_KEYS and want.get(k) != blob["arch"].get(k))
+    if differ:
+        raise InputError("the model's architecture differs from the config's [model] section in "
+                         + ", ".join(f"{k} (model {blob['arch'].get(k)!r}, config {want.get(k)!r})" for k in differ),
+                         path, "arch")
     if int(blob["in_channels"]) != cfg.normalise.in_channels:
         raise InputError(f"the model takes {blob['in_channels']} input channels, the config "
                          f"{cfg.normalise.in_channels}", path, "in_channels")
