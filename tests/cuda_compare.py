@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 import numpy as np
@@ -198,6 +199,11 @@ def main(argv=None) -> int:
     ap.add_argument("--absorbers-only", action="store_true",
                     help="only the neutron batch of absorbing nuclides (complex lengths; on gpu scale it always runs)")
     args = ap.parse_args(argv)
+    watchdog = float(os.environ.get("XTALHPC_COMPARE_WATCHDOG_S", "0") or 0)
+    if watchdog > 0:
+        import faulthandler
+
+        faulthandler.dump_traceback_later(watchdog, exit=True)
     from xtalhpc.crystal import laue_rotations
     from xtalhpc import simulate
     from xtalhpc.simulate import simulate_batch

@@ -29,12 +29,29 @@ def _seed() -> int:
     return int(os.environ.get("XTALHPC_TEST_SEED", np.random.SeedSequence().entropy % 2**32))
 
 
+def _one_cpu() -> None:
+    """Pin the (child) process to one CPU.
+
+    The simulator runs every CUDA thread of a block as a Python thread and its block manager
+    busy-polls them for ``syncthreads``: with the threads spread over several cores they fight
+    for the GIL, and the run gets slower the more cores the machine has (the same compare took
+    14 s on one core of this 2-core machine, 41 s on both, and ran past 600 s on a CI machine).
+    """
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+
+
 def _run_compare(seed: int, scale: str, simulator: bool, extra: tuple[str, ...] = ()) -> dict:
     env = dict(os.environ)
     env["NUMBA_ENABLE_CUDASIM"] = "1" if simulator else "0"
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    # A hang shows where it is: the child dumps its threads' stacks before the timeout kills it.
+    env["XTALHPC_COMPARE_WATCHDOG_S"] = "540"
     proc = subprocess.run([sys.executable, str(COMPARE), "--seed", str(seed), "--scale", scale, *extra],
-                          capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+                          capture_output=True, text=True, env=env, cwd=REPO, timeout=600,
+                          preexec_fn=_one_cpu if simulator else None)
+    if proc.returncode != 0 and not proc.stdout.strip():
+        pytest.fail(f"cuda_compare.py exited {proc.returncode} without a report:\n{proc.stderr[-6000:]}")
     lines = proc.stdout.strip().splitlines()
     assert lines, f"cuda_compare.py printed nothing (exit {proc.returncode}):\n{proc.stderr[-4000:]}"
     report = json.loads(lines[-1])
