@@ -370,6 +370,21 @@ def test_sbatch_script_is_site_neutral():
     assert r.returncode == 2 and "usage" in r.stderr
 
 
+@pytest.mark.parametrize("name,args", [("generate.sbatch", ["OUT", "SRC"]),
+                                       ("train.sbatch", ["CFG.toml", "DS", "RUN"]),
+                                       ("evaluate.sbatch", ["MODEL", "DS", "OUT"])])
+def test_sbatch_scripts_missing_environment_is_a_failure(tmp_path, name, args):
+    """A missing environment is the job's failure (exit 1: rerun once it is there), not a usage
+    error (2), so an afterok chain reads it right; both causes are said."""
+    script = Path(__file__).resolve().parents[1] / "slurm" / name
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "XTALHPC_VENV": str(tmp_path / "novenv")}
+    r = subprocess.run(["bash", str(script), *args], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert r.returncode == 1 and "novenv is not a virtual environment" in r.stderr
+    del env["XTALHPC_VENV"]
+    r = subprocess.run(["bash", str(script), *args], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert r.returncode == 1 and "xtalhpc is not on PATH" in r.stderr
+
+
 def test_synthetic_items_are_a_function_of_seed_and_item_index(tmp_path):
     """--synthetic: item i is generate_crystal(space group, seed, i); its pattern is that crystal's."""
     synth = pytest.importorskip("xtalhpc.synth")
