@@ -2,7 +2,7 @@
 
 For every checkpoint of a run (``RUN/checkpoints/step-*.pt``, or a folder where they were
 copied before the run deleted old ones), writes a model file with that checkpoint's weights
-(the run's ``model.pt`` supplies everything else: grid, vocabularies, normalisation) and runs
+(``xtalhpc export``: the file the run's end writes, with that checkpoint's weights) and runs
 ``xtalhpc evaluate`` on a dataset, then prints one row per checkpoint: patterns seen and top-1 /
 top-3 per head. This is the evidence for "what more compute would buy" on the model card.
 
@@ -23,38 +23,23 @@ from pathlib import Path
 HEADS = ("space_group", "crystal_system", "bravais_lattice", "extinction_group")
 
 
-def checkpoint_model(template: Path, checkpoint: Path, out: Path) -> int:
-    """Write ``out``: the model file ``template`` with the weights and step of ``checkpoint``."""
-    import torch
-
-    blob = torch.load(template, map_location="cpu", weights_only=True)
-    ck = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    state = ck["model"]
-    missing = set(blob["state_dict"]) ^ set(state)
-    if missing:
-        raise SystemExit(f"{checkpoint}: weights do not match {template} (keys {sorted(missing)[:5]} ...)")
-    blob["state_dict"] = {k: v.detach().cpu() for k, v in state.items()}
-    blob["step"] = int(ck["step"])
-    blob["temperatures"] = {h: 1.0 for h in blob["temperatures"]}
-    blob.pop("calibration", None)
-    torch.save(blob, out)
-    return int(ck["step"])
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("run", type=Path, help="training run directory (its model.pt and config.toml)")
+    ap.add_argument("run", type=Path, help="training run directory (its config.toml, job.json and checkpoints)")
     ap.add_argument("--dataset", required=True, help="held-out dataset on the model's grid")
     ap.add_argument("--split", default="all")
     ap.add_argument("--augment", default="measured", choices=("off", "measured"))
     ap.add_argument("--checkpoints", type=Path, default=None, help="folder of step-*.pt (default RUN/checkpoints)")
     ap.add_argument("--output", type=Path, default=Path("learning-curve"))
     ap.add_argument("--json", type=Path, default=None, help="write the rows as JSON here")
+    ap.add_argument("--train-dataset", default=None,
+                    help="the run's training dataset where it now lives (default: the one RUN/job.json names)")
     args = ap.parse_args(argv)
 
     import tomllib
 
     from xtalhpc.cli import main as cli
+    from xtalhpc.train.export import export_model
 
     cfg = tomllib.loads((args.run / "config.toml").read_text())
     batch = int(cfg.get("data", {}).get("batch_size", 0)) or None
@@ -66,7 +51,7 @@ def main(argv=None) -> int:
     rows = []
     for ck in cks:
         model = args.output / f"{ck.stem}.model.pt"
-        step = checkpoint_model(args.run / "model.pt", ck, model)
+        _, step = export_model(args.run, model, checkpoint=ck, dataset=args.train_dataset)
         out = args.output / ck.stem
         rc = cli(["evaluate", str(model), "--dataset", args.dataset, "--split", args.split,
                   "--augment", args.augment, "--output", str(out)])

@@ -110,6 +110,28 @@ def test_model_file_checks(run_a, tmp_path):
             load_model(bad)
 
 
+def test_export_writes_the_model_file_of_a_checkpoint(run_a, tmp_path, capsys):
+    """`xtalhpc export`: the newest checkpoint of a run gives the model file the run's end wrote
+    (weights, grid, vocabularies, step); bad runs and checkpoints are refused naming them."""
+    from xtalhpc.train.modelfile import load_model
+
+    out = tmp_path / "exported.pt"
+    assert main(["export", str(run_a), "--output", str(out), "--checkpoint", "12"]) == EXIT_OK
+    assert "at step 12" in capsys.readouterr().out
+    a = torch.load(run_a / "model.pt", weights_only=True)
+    b = torch.load(out, weights_only=True)
+    assert b["step"] == 12 and a["state_dict"].keys() == b["state_dict"].keys()
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    for key in ("arch", "heads", "input_length", "normalisation", "dataset", "train_config", "metrics"):
+        assert a[key] == b[key], key
+    assert torch.equal(a["two_theta"], b["two_theta"])
+    load_model(out, input_length=3296)
+    assert main(["export", str(run_a), "--output", str(out), "--checkpoint", "7"]) == EXIT_USAGE
+    assert "step-000000007.pt" in capsys.readouterr().err
+    assert main(["export", str(tmp_path), "--output", str(out)]) == EXIT_USAGE
+    assert "is not a training run" in capsys.readouterr().err
+
+
 def test_resume_continues_at_the_saved_step_like_an_uninterrupted_run(dataset, run_a, tmp_path):
     run = tmp_path / "b"
     common = ("--dataset", dataset, "--output", run, "--procs", "2", "--steps", "12", "--eval-every", "6")

@@ -32,6 +32,7 @@ COMMANDS: tuple[str, ...] = (
     "balance",
     "synthesize",
     "train",
+    "export",
     "evaluate",
     "predict",
 )
