@@ -165,6 +165,70 @@ def test_batch_augmentation_agrees_with_the_reference_functions():
     assert np.all(a1 >= 0)
 
 
+def _moments(tt, y, centre, half=4.0):
+    sel = np.abs(tt - centre) < half
+    w = y[sel]
+    c = np.sum(tt[sel] * w) / np.sum(w)
+    return c, 2.3548200450309493 * np.sqrt(np.sum((tt[sel] - c) ** 2 * w) / np.sum(w)), np.sum(w)
+
+
+def test_asymmetry_is_the_exact_one_sided_convolution():
+    """Axial-divergence tails: the FFT result equals the direct convolution with (1 - r) r^k of
+    the share min(1, |cot 2theta| / 2) of the intensity; low-angle peaks lean low, back-scattering peaks high,
+    a peak at 90 degrees stays put; area is conserved."""
+    tt = np.linspace(3, 167.75, 3296)
+    step = tt[1] - tt[0]
+    centres = [30.0, 90.0, 150.0]
+    y = _peaks(tt, centres, width=0.08)
+    off = dict(broadening_deg=(0.0, 0.0), zero_shift_deg=0.0, background_probability=0.0, noise_probability=0.0)
+    cfg = AugmentConfig(**off, asymmetry_probability=1.0, asymmetry_deg=(0.12, 0.12))
+    out, _ = BatchAugmenter(cfg, tt)(y[None], np.random.default_rng(0))
+    r = np.exp(-step / 0.12)
+    h = (1 - r) * r ** np.arange(400)
+    cot = np.abs(1 / np.tan(np.radians(tt)))
+    wl = np.where(tt < 90, np.minimum(1, cot / 2), 0)
+    wh = np.where(tt > 90, np.minimum(1, cot / 2), 0)
+    low = np.convolve((wl * y)[::-1], h)[:len(y)][::-1]  # low[i] = sum_k h[k] (wl y)[i + k]: tails to low angles
+    high = np.convolve(wh * y, h)[:len(y)]
+    ref = y - wl * y - wh * y + low + high
+    assert np.max(np.abs(out[0] - ref)) < 1e-5
+    c30, _, a30 = _moments(tt, out[0], 30.0)
+    c90, _, _ = _moments(tt, out[0], 90.0)
+    c150, _, a150 = _moments(tt, out[0], 150.0)
+    assert c30 < 30.0 - 0.05 and abs(c90 - 90.0) < 1e-3 and c150 > 150.0 + 0.02
+    assert a30 == pytest.approx(_moments(tt, y, 30.0)[2], rel=1e-4)
+    # off (probability 0) draws nothing: the rest of the batch is as before, whatever its range
+    base = AugmentConfig(crop_probability=0.5, impurity_peaks=2)
+    quiet = AugmentConfig(crop_probability=0.5, impurity_peaks=2, asymmetry_deg=(0.5, 0.9), resolution_deg=(0.5, 0.9))
+    a, ma = BatchAugmenter(base, tt)(np.stack([y] * 4), np.random.default_rng(5))
+    b, mb = BatchAugmenter(quiet, tt)(np.stack([y] * 4), np.random.default_rng(5))
+    assert np.array_equal(a, b) and np.array_equal(ma, mb)
+
+
+def test_resolution_broadening_follows_the_caglioti_law():
+    """Another instrument's resolution: each peak's FWHM becomes sqrt(w0^2 + w(2theta)^2) with
+    w = w90 sqrt(a + (1 - a) tan^2 theta) at its centre, within 3.5 % (the blend between blur
+    levels, and at high angles the width changing across the peak itself); area conserved."""
+    tt = np.linspace(3, 167.75, 3296)
+    centres = [20.0, 50.0, 90.0, 120.0, 150.0]
+    w0 = 0.1
+    y = _peaks(tt, centres, width=w0 / 2.3548200450309493)
+    aug = BatchAugmenter(AugmentConfig(resolution_probability=1.0, resolution_deg=(0.1, 0.1)), tt)
+    for a in (0.0, 0.3, 1.0):
+        out = aug._resolution(y[None].astype(np.float32), [0.1], [a])[0]
+        extra = aug.resolution_fwhm([0.1], [a])[0]
+        for c in centres:
+            want = np.hypot(w0, extra[np.argmin(np.abs(tt - c))])
+            _, fwhm, area = _moments(tt, out, c, half=min(8.0, 6 * want + 1))
+            assert fwhm == pytest.approx(want, rel=0.035), (a, c)
+            assert area == pytest.approx(_moments(tt, y, c, half=min(8.0, 6 * want + 1))[2], rel=2e-3), (a, c)
+    # through the batch call, with the other parts: non-negative, finite, reproducible
+    cfg = AugmentConfig(resolution_probability=1.0, asymmetry_probability=1.0, impurity_peaks=1)
+    o1, _ = BatchAugmenter(cfg, tt)(np.stack([y] * 3), np.random.default_rng(7))
+    o2, _ = BatchAugmenter(cfg, tt)(np.stack([y] * 3), np.random.default_rng(7))
+    assert np.array_equal(o1, o2) and np.all(np.isfinite(o1)) and np.all(o1 >= 0)
+
+
 # ---------------------------------------------------------------------------- epoch plan and loader
 @pytest.mark.parametrize("world", [1, 2, 3])
 @pytest.mark.parametrize("batch", [1, 7, 32])

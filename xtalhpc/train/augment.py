@@ -15,8 +15,25 @@ Approximations, each a deliberate trade for speed: broadening has a constant FWH
 the pattern per draw (an extra instrument or size term; the reference's 1/cos(theta)
 Scherrer growth is not modelled); the shift interpolates band-limited (sinc) rather than
 linearly; counting noise is Gaussian with the Poisson variance (the same mean and variance;
-it differs from Poisson only where a point holds a few counts, and is clipped at 0). Peak
-asymmetry is not augmented.
+it differs from Poisson only where a point holds a few counts, and is clipped at 0).
+
+Two parts (off unless their probability is set; they draw no random numbers when off) reshape
+the peaks as other instruments do, after the broadening and shift:
+
+* resolution: an extra Gaussian whose FWHM varies over the pattern by the Caglioti law
+  (``w90 * sqrt(a + (1 - a) tan^2 theta)``). A width that varies along the pattern is no single
+  convolution; the pattern is blurred at a few fixed widths (one FFT each, geometric in width)
+  and each point takes the blend of the two blurs whose widths bracket its own, linear in log
+  width (the blend of two Gaussians a factor sqrt(2) apart is within ~1 % of the Gaussian of the
+  interpolated width in FWHM).
+* asymmetry (axial divergence): the pattern convolved with a one-sided exponential tail towards
+  low angles and, separately, towards high angles (both exact), each taking the share
+  ``min(1, |cot 2theta| / 2)`` of the intensity on its side of 90 degrees: low-angle peaks
+  tail to lower angles, back-scattering peaks to higher, peaks near 90 degrees stay symmetric.
+  The share is taken where the intensity comes from, so each peak keeps its area.
+
+Preferred orientation (an hkl-dependent intensity change) needs the reflections, which a
+pattern no longer carries; it is not augmented.
 """
 from __future__ import annotations
 
@@ -65,7 +82,17 @@ class BatchAugmenter:
         self.cheb = np.array([chebyshev_background(self.tt, np.eye(order + 1)[k]) for k in range(order + 1)],
                              dtype=np.float32)
         # pad beyond the widest Lorentzian's tails (20 FWHM hold all but 1.6 % of its area) and the shift
-        pad = int(np.ceil((20 * cfg.broadening_deg[1] + cfg.zero_shift_deg) / self.step)) + 16
+        half = np.radians(self.tt / 2)
+        self.tan_theta = np.tan(np.clip(half, 0.0, np.radians(89.0)))
+        cot2 = np.abs(1.0 / np.tan(np.clip(2 * half, np.radians(0.5), np.radians(179.5))))
+        self.asym_low = np.where(self.tt < 90.0, np.minimum(1.0, cot2 / 2), 0.0)[None, :]
+        self.asym_high = np.where(self.tt > 90.0, np.minimum(1.0, cot2 / 2), 0.0)[None, :]
+        # (parts switched off add no padding: older recipes keep their FFT length, hence their bits)
+        widest = (cfg.resolution_deg[1] * float(np.max(np.sqrt(1.0 + self.tan_theta ** 2)))
+                  if cfg.resolution_probability > 0 else 0.0)
+        tail = cfg.asymmetry_deg[1] if cfg.asymmetry_probability > 0 else 0.0
+        pad = int(np.ceil((20 * cfg.broadening_deg[1] + cfg.zero_shift_deg + 4 * widest + 25 * tail)
+                          / self.step)) + 16
         self.nfft = _fast_length(self.n + pad)
         self.freq = np.fft.rfftfreq(self.nfft)  # cycles per grid point
 
@@ -92,6 +119,16 @@ class BatchAugmenter:
         crop = rng.random(b) < cfg.crop_probability
         crop_lo = rng.uniform(0, cfg.crop_max_deg, b) * (rng.random(b) < 0.5)
         crop_hi = rng.uniform(0, cfg.crop_max_deg, b) * (rng.random(b) < 0.5)
+        # parts added later draw only when switched on (older recipes keep their random stream)
+        has_res = np.zeros(b, dtype=bool)
+        if cfg.resolution_probability > 0:
+            has_res = rng.random(b) < cfg.resolution_probability
+            w90 = rng.uniform(cfg.resolution_deg[0], cfg.resolution_deg[1], b)
+            res_a = rng.random(b)
+        has_asym = np.zeros(b, dtype=bool)
+        if cfg.asymmetry_probability > 0:
+            has_asym = rng.random(b) < cfg.asymmetry_probability
+            tau = rng.uniform(cfg.asymmetry_deg[0], cfg.asymmetry_deg[1], b)
 
         # Lorentzian broadening and zero shift in one FFT: the value at 2theta comes from 2theta - shift
         w = fwhm / self.step
@@ -101,6 +138,12 @@ class BatchAugmenter:
             spec = np.fft.rfft(x[rows], n=self.nfft, axis=1)
             spec *= _geometric(np.exp((-np.pi * w[rows] - 2j * np.pi * sh[rows]) / self.nfft), spec.shape[1])
             x[rows] = np.fft.irfft(spec, n=self.nfft, axis=1)[:, :n]
+        rows = np.flatnonzero(has_res)
+        if rows.size:
+            x[rows] = self._resolution(x[rows], w90[rows], res_a[rows])
+        rows = np.flatnonzero(has_asym)
+        if rows.size:
+            x[rows] = self._asymmetry(x[rows], tau[rows])
         np.clip(x, 0.0, None, out=x)
         top = x.max(axis=1)
         # impurity peaks: Gaussians of relative height imp_h, FWHM imp_w degrees, drawn within +-4 sigma
@@ -130,3 +173,59 @@ class BatchAugmenter:
             mask[rows] = ((self.tt[None, :] >= self.tt[0] + crop_lo[rows, None]) &
                           (self.tt[None, :] <= self.tt[-1] - crop_hi[rows, None]))
         return x, mask
+
+
+    # -- peak shape of other instruments ---------------------------------------------------
+
+    def resolution_fwhm(self, w90, a) -> np.ndarray:
+        """(rows, n) extra Gaussian FWHM in degrees over the grid: ``w90 sqrt(a + (1 - a) tan^2 theta)``."""
+        w90 = np.asarray(w90, dtype=float)[:, None]
+        a = np.asarray(a, dtype=float)[:, None]
+        return w90 * np.sqrt(a + (1.0 - a) * self.tan_theta[None, :] ** 2)
+
+    def _resolution(self, x: np.ndarray, w90, a) -> np.ndarray:
+        n = self.n
+        w = self.resolution_fwhm(w90, a) / self.step  # FWHM in grid points
+        spec = np.fft.rfft(x, n=self.nfft, axis=1)
+        f2 = self.freq[None, :] ** 2
+        out = np.empty_like(x)
+        for i in range(x.shape[0]):
+            wi = w[i]
+            top = float(wi.max())
+            low = max(0.25, float(wi.min()))
+            if top <= 0.25:
+                out[i] = x[i]
+                continue
+            # widths top / sqrt(2)^j down to below `low`, and 0 (the pattern itself) last
+            k = int(np.ceil(2 * np.log2(top / low))) + 1
+            levels = top / np.sqrt(2.0) ** np.arange(k)
+            sig = levels / 2.3548200450309493
+            blurs = np.fft.irfft(spec[i][None, :] * np.exp(-2.0 * np.pi ** 2 * sig[:, None] ** 2 * f2),
+                                 n=self.nfft, axis=1)[:, :n]
+            # position of each point's width among the levels (descending), linear in log width
+            t = np.clip(np.log2(top / np.maximum(wi, 1e-12)) * 2.0, 0.0, None)
+            j = np.minimum(t.astype(np.int64), k - 1)
+            frac = t - j
+            idx = np.arange(n)
+            upper = blurs[j, idx]
+            below = np.where(j + 1 < k, blurs[np.minimum(j + 1, k - 1), idx], x[i])
+            # below the narrowest level, blend towards the unblurred pattern (width 0) linearly in width
+            lin = np.clip(wi / levels[-1], 0.0, 1.0)
+            last = j >= k - 1
+            out[i] = np.where(last, lin * blurs[k - 1] + (1 - lin) * x[i], (1 - frac) * upper + frac * below)
+        return out
+
+    def _asymmetry(self, x: np.ndarray, tau) -> np.ndarray:
+        n = self.n
+        r = np.exp(-self.step / np.maximum(np.asarray(tau, dtype=float), 1e-9))[:, None]
+        phase = np.exp(2j * np.pi * self.freq)[None, :]
+        # The share w(2theta) of each point's intensity is spread by the one-sided exponential
+        # h[k] = (1 - r) r^k (towards lower indices, i.e. low angles, below 90 degrees and towards
+        # higher above): weighting at the source keeps each peak's area.
+        x_low = self.asym_low * x
+        x_high = self.asym_high * x
+        low = np.fft.irfft(np.fft.rfft(x_low, n=self.nfft, axis=1) * ((1 - r) / (1 - r * phase)),
+                           n=self.nfft, axis=1)[:, :n]
+        high = np.fft.irfft(np.fft.rfft(x_high, n=self.nfft, axis=1) * ((1 - r) / (1 - r * np.conj(phase))),
+                            n=self.nfft, axis=1)[:, :n]
+        return (x - x_low - x_high + low + high).astype(x.dtype, copy=False)

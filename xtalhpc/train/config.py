@@ -213,6 +213,18 @@ class AugmentConfig:
     crop_probability : share of patterns whose low- or high-angle end is blanked (as the mask
         of a measurement covering less of the grid than the model's; trains the fill value).
     crop_max_deg : the blanked stretch is uniform in 0 to this many degrees.
+    resolution_probability : share of patterns given another instrument's resolution: an extra
+        Gaussian whose FWHM grows with 2theta as the Caglioti law does,
+        ``w90 * sqrt(a + (1 - a) tan^2 theta)`` (``a`` uniform in 0-1), as a measurement from a
+        coarser or differently focused instrument looks once converted onto the model's grid
+        through d-spacing.
+    resolution_deg : ``w90``, the extra FWHM at 2theta = 90 degrees, in degrees.
+    asymmetry_probability : share of patterns with asymmetric peaks (axial divergence): an
+        exponential tail towards low angles below 90 degrees 2theta and towards high angles
+        above, taking the share ``min(1, |cot 2theta| / 2)`` of the intensity (areas kept).
+    asymmetry_deg : the tail's decay length (1/e) in degrees 2theta.
+    Parts off by default (probability 0) draw no random numbers, so older recipes augment
+    exactly as before.
     """
 
     enabled: bool = True
@@ -227,6 +239,10 @@ class AugmentConfig:
     noise_probability: float = 0.9
     crop_probability: float = 0.0
     crop_max_deg: float = 20.0
+    resolution_probability: float = 0.0
+    resolution_deg: tuple[float, float] = (0.02, 0.15)
+    asymmetry_probability: float = 0.0
+    asymmetry_deg: tuple[float, float] = (0.02, 0.15)
 
     def __post_init__(self) -> None:
         def pair(name, lo, hi):
@@ -236,11 +252,14 @@ class AugmentConfig:
         pair("background_fraction", 0.0, 10.0)
         pair("impurity_intensity", 0.0, 1.0)
         pair("peak_counts", 1.0, 1e9)
+        pair("resolution_deg", 0.0, 1.0)
+        pair("asymmetry_deg", 0.0, 1.0)
         _check(0 <= self.zero_shift_deg <= 2, "augment.zero_shift_deg", f"{self.zero_shift_deg}: allowed 0-2")
         _check(0 <= self.background_order <= 12, "augment.background_order",
                f"{self.background_order}: allowed 0-12")
         _check(0 <= self.impurity_peaks <= 10, "augment.impurity_peaks", f"{self.impurity_peaks}: allowed 0-10")
-        for p in ("background_probability", "noise_probability", "crop_probability"):
+        for p in ("background_probability", "noise_probability", "crop_probability", "resolution_probability",
+                  "asymmetry_probability"):
             _check(0 <= getattr(self, p) <= 1, f"augment.{p}", f"{getattr(self, p)}: allowed 0-1")
         _check(0 <= self.crop_max_deg <= 90, "augment.crop_max_deg", f"{self.crop_max_deg}: allowed 0-90")
 
