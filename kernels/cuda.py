@@ -96,6 +96,53 @@ def _find_segment(off, x):
 find_segment = _device_fn(njit(inline="always")(_find_segment))
 
 
+def _type_phase_sums(h, k, l0, frac, occ, step_c, step_s, j0, j1, sr, si):
+    """sr[m] + i si[m] = sum over atoms j0..j1-1 (one scattering type) of occ exp(2 pi i (h x + k y + (l0 + m) z)),
+    m = 0..L_BLOCK-1: one sincos per atom, then the phase recurrence along l."""
+    for m in range(L_BLOCK):
+        sr[m] = 0.0
+        si[m] = 0.0
+    for j in range(j0, j1):
+        p = h * frac[j, 0] + k * frac[j, 1] + l0 * frac[j, 2]
+        # Subtracting the nearest integer is exact and keeps sin/cos on their short path.
+        p -= math.floor(p + 0.5)
+        ph = TWO_PI * p
+        o = occ[j]
+        cr = o * math.cos(ph)
+        ci = o * math.sin(ph)
+        zc = step_c[j]
+        zs = step_s[j]
+        for m in range(L_BLOCK):
+            sr[m] += cr
+            si[m] += ci
+            r = cr * zc - ci * zs
+            ci = cr * zs + ci * zc
+            cr = r
+
+
+def _write_reflection(o, h, k, l, q, f2, laue_rot, r0, r1, out_hkl, out_q, out_f2, out_mult):
+    """Row ``o`` of the outputs: Q = 1/d^2, |F|^2, and the multiplicity and written hkl (the
+    orbit's representative and size for a Laue group of order >= MIN_LAUE_ORDER, else the
+    Friedel pair as computed)."""
+    out_q[o] = q
+    out_f2[o] = f2
+    if r1 - r0 >= MIN_LAUE_ORDER:
+        stab, rh, rk, rl = orbit_representative(h, k, l, laue_rot, r0, r1)
+        out_mult[o] = (r1 - r0) // stab
+        out_hkl[o, 0] = rh
+        out_hkl[o, 1] = rk
+        out_hkl[o, 2] = rl
+    else:
+        out_mult[o] = 2
+        out_hkl[o, 0] = h
+        out_hkl[o, 1] = k
+        out_hkl[o, 2] = l
+
+
+type_phase_sums = _device_fn(njit(inline="always")(_type_phase_sums))
+write_reflection = _device_fn(njit(inline="always")(_write_reflection))
+
+
 def _structure_factor_kernel(recip, col_struct, col_h, col_k, col_l0, col_nl, col_out, col_item_off, type_off,
                              type_atom_off, type_coef, type_b, frac, occ, step_c, step_s, laue_off, laue_rot,
                              out_hkl, out_q, out_f2, out_mult):
@@ -124,31 +171,11 @@ def _structure_factor_kernel(recip, col_struct, col_h, col_k, col_l0, col_nl, co
         nl = min(L_BLOCK, col_nl[c] - blk * L_BLOCK)
         g11, g22, g33 = recip[i, 0], recip[i, 1], recip[i, 2]
         g12, g13, g23 = recip[i, 3], recip[i, 4], recip[i, 5]
-        r0 = laue_off[i]
-        r1 = laue_off[i + 1]
         for m in range(L_BLOCK):
             fr[m] = 0.0
             fi[m] = 0.0
         for t in range(type_off[i], type_off[i + 1]):
-            for m in range(L_BLOCK):
-                sr[m] = 0.0
-                si[m] = 0.0
-            for j in range(type_atom_off[t], type_atom_off[t + 1]):
-                p = h * frac[j, 0] + k * frac[j, 1] + l0 * frac[j, 2]
-                # Subtracting the nearest integer is exact and keeps sin/cos on their short path.
-                p -= math.floor(p + 0.5)
-                ph = TWO_PI * p
-                o = occ[j]
-                cr = o * math.cos(ph)
-                ci = o * math.sin(ph)
-                zc = step_c[j]
-                zs = step_s[j]
-                for m in range(L_BLOCK):
-                    sr[m] += cr
-                    si[m] += ci
-                    r = cr * zc - ci * zs
-                    ci = cr * zs + ci * zc
-                    cr = r
+            type_phase_sums(h, k, l0, frac, occ, step_c, step_s, type_atom_off[t], type_atom_off[t + 1], sr, si)
             for m in range(L_BLOCK):
                 if m < nl:
                     s2 = 0.25 * inv_d2(h, k, l0 + m, g11, g22, g33, g12, g13, g23)
@@ -158,19 +185,9 @@ def _structure_factor_kernel(recip, col_struct, col_h, col_k, col_l0, col_nl, co
         o0 = col_out[c] + blk * L_BLOCK
         for m in range(L_BLOCK):
             if m < nl:
-                out_q[o0 + m] = inv_d2(h, k, l0 + m, g11, g22, g33, g12, g13, g23)
-                out_f2[o0 + m] = fr[m] * fr[m] + fi[m] * fi[m]
-                if r1 - r0 >= MIN_LAUE_ORDER:
-                    stab, rh, rk, rl = orbit_representative(h, k, l0 + m, laue_rot, r0, r1)
-                    out_mult[o0 + m] = (r1 - r0) // stab
-                    out_hkl[o0 + m, 0] = rh
-                    out_hkl[o0 + m, 1] = rk
-                    out_hkl[o0 + m, 2] = rl
-                else:
-                    out_mult[o0 + m] = 2
-                    out_hkl[o0 + m, 0] = h
-                    out_hkl[o0 + m, 1] = k
-                    out_hkl[o0 + m, 2] = l0 + m
+                write_reflection(o0 + m, h, k, l0 + m, inv_d2(h, k, l0 + m, g11, g22, g33, g12, g13, g23),
+                                 fr[m] * fr[m] + fi[m] * fi[m], laue_rot, laue_off[i], laue_off[i + 1], out_hkl,
+                                 out_q, out_f2, out_mult)
 
 
 def _structure_factor_absorbing_kernel(recip, col_struct, col_h, col_k, col_l0, col_nl, col_out, col_item_off,
@@ -181,7 +198,8 @@ def _structure_factor_absorbing_kernel(recip, col_struct, col_h, col_k, col_l0, 
     Also sums F'' = sum_t c''_t DW_t S_t over the types whose imaginary amplitude c''
     (physics.scattering_amplitude_imag) is non-zero and stores physics.powder_f2, the mean
     |F|^2 of the Friedel pair. A kernel of its own, launched only for such batches, so the
-    two extra running sums cost nothing (registers, occupancy) where no atom absorbs.
+    two extra running sums cost nothing (registers, occupancy) where no atom absorbs. The
+    phase sums and the outputs are the plain kernel's (the same device functions).
     """
     sr = cuda.local.array(L_BLOCK, float64)
     si = cuda.local.array(L_BLOCK, float64)
@@ -200,32 +218,13 @@ def _structure_factor_absorbing_kernel(recip, col_struct, col_h, col_k, col_l0, 
         nl = min(L_BLOCK, col_nl[c] - blk * L_BLOCK)
         g11, g22, g33 = recip[i, 0], recip[i, 1], recip[i, 2]
         g12, g13, g23 = recip[i, 3], recip[i, 4], recip[i, 5]
-        r0 = laue_off[i]
-        r1 = laue_off[i + 1]
         for m in range(L_BLOCK):
             fr[m] = 0.0
             fi[m] = 0.0
             gr[m] = 0.0
             gi[m] = 0.0
         for t in range(type_off[i], type_off[i + 1]):
-            for m in range(L_BLOCK):
-                sr[m] = 0.0
-                si[m] = 0.0
-            for j in range(type_atom_off[t], type_atom_off[t + 1]):
-                p = h * frac[j, 0] + k * frac[j, 1] + l0 * frac[j, 2]
-                p -= math.floor(p + 0.5)
-                ph = TWO_PI * p
-                o = occ[j]
-                cr = o * math.cos(ph)
-                ci = o * math.sin(ph)
-                zc = step_c[j]
-                zs = step_s[j]
-                for m in range(L_BLOCK):
-                    sr[m] += cr
-                    si[m] += ci
-                    r = cr * zc - ci * zs
-                    ci = cr * zs + ci * zc
-                    cr = r
+            type_phase_sums(h, k, l0, frac, occ, step_c, step_s, type_atom_off[t], type_atom_off[t + 1], sr, si)
             bim = scattering_amplitude_imag(type_coef, t)
             for m in range(L_BLOCK):
                 if m < nl:
@@ -240,19 +239,9 @@ def _structure_factor_absorbing_kernel(recip, col_struct, col_h, col_k, col_l0, 
         o0 = col_out[c] + blk * L_BLOCK
         for m in range(L_BLOCK):
             if m < nl:
-                out_q[o0 + m] = inv_d2(h, k, l0 + m, g11, g22, g33, g12, g13, g23)
-                out_f2[o0 + m] = powder_f2(fr[m], fi[m], gr[m], gi[m])
-                if r1 - r0 >= MIN_LAUE_ORDER:
-                    stab, rh, rk, rl = orbit_representative(h, k, l0 + m, laue_rot, r0, r1)
-                    out_mult[o0 + m] = (r1 - r0) // stab
-                    out_hkl[o0 + m, 0] = rh
-                    out_hkl[o0 + m, 1] = rk
-                    out_hkl[o0 + m, 2] = rl
-                else:
-                    out_mult[o0 + m] = 2
-                    out_hkl[o0 + m, 0] = h
-                    out_hkl[o0 + m, 1] = k
-                    out_hkl[o0 + m, 2] = l0 + m
+                write_reflection(o0 + m, h, k, l0 + m, inv_d2(h, k, l0 + m, g11, g22, g33, g12, g13, g23),
+                                 powder_f2(fr[m], fi[m], gr[m], gi[m]), laue_rot, laue_off[i], laue_off[i + 1],
+                                 out_hkl, out_q, out_f2, out_mult)
 
 
 def _family_sort_kernel(refl_off, key_off, q, sort_q, sort_i):
