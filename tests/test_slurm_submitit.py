@@ -127,14 +127,15 @@ def _final_state(job: submitit.Job, timeout_s: float = NOTICE_TIMEOUT_S) -> str:
 
 def _sacct(job_ids: list[str], duplicates: bool = False) -> dict[str, list[dict]]:
     """sacct's allocation records per job id (with ``duplicates``, every run of a requeued job)."""
-    cmd = ["sacct", "--noheader", "--parsable2", "--allocations", "--format=JobIDRaw,State,ExitCode,Start",
+    cmd = ["sacct", "--noheader", "--parsable2", "--allocations", "--format=JobIDRaw,State,ExitCode,Start,ElapsedRaw",
            "--jobs", ",".join(job_ids)] + (["--duplicates"] if duplicates else [])
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, f"{' '.join(cmd)}: {r.stderr}"
     out: dict[str, list[dict]] = {}
     for line in r.stdout.splitlines():
-        jid, state, exit_code, start = line.split("|")
-        out.setdefault(jid, []).append({"State": state, "ExitCode": exit_code, "Start": start})
+        jid, state, exit_code, start, elapsed = line.split("|")
+        out.setdefault(jid, []).append({"State": state, "ExitCode": exit_code, "Start": start,
+                                        "ElapsedRaw": elapsed})
     return out
 
 
@@ -183,7 +184,9 @@ def test_sacct_reports_exit_statuses_and_afterok_follows_them(cluster, tmp_path)
     for status in (1, 2, 3):
         record = done[then[status]]
         assert record["State"].startswith("CANCELLED"), (status, record)
-        assert record["Start"] in ("None", "Unknown"), (status, record)  # it never ran
+        # it never ran: no elapsed time (sacct may give a job cancelled while pending its
+        # cancel time as Start, so Start alone does not tell)
+        assert record["Start"] in ("None", "Unknown") or record["ElapsedRaw"] in ("0", ""), (status, record)
         assert not (tmp_path / f"after-{status}").exists()
 
 
