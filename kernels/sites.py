@@ -11,6 +11,7 @@ atom), more than simulating its pattern.
 """
 from __future__ import annotations
 
+import numpy as np
 from numba import njit
 
 
@@ -46,3 +47,24 @@ def merge_sites(frac, lat, tol, site):
                 site[j] = nsite
         nsite += 1
     return nsite
+
+
+@njit(cache=True, error_model="numpy")
+def unique_images(images, lat, tol, keep):
+    """Which symmetry images of each site are distinct atoms (the CIF reader's expansion).
+
+    images (s, m, 3) the m images of each of s sites (fractional, wrapped); lat (3, 3) lattice
+    vectors as rows (angstrom); tol (angstrom). Writes ``keep[i, k]`` true where image k of
+    site i is no closer than ``tol`` to an earlier kept image of the same site: the site
+    openers of :func:`merge_sites` run on that site's images (different sites never merge).
+    """
+    s_n = images.shape[0]
+    m = images.shape[1]
+    site = np.empty(m, np.int64)
+    for i in range(s_n):
+        merge_sites(images[i], lat, tol, site)
+        top = -1
+        for k in range(m):
+            keep[i, k] = site[k] > top
+            if site[k] > top:
+                top = site[k]
