@@ -476,7 +476,18 @@ def _atom_kinds(c: "Crystal") -> np.ndarray:
 
 
 def _is_group(rot: np.ndarray) -> bool:
-    """True if the distinct rotations ``rot`` (k, 3, 3) are closed under products."""
+    """True if the distinct rotations ``rot`` (k, 3, 3) are closed under products; once per
+    distinct set per process (a dataset repeats a few hundred)."""
+    rot = np.ascontiguousarray(rot, dtype=np.int64)
+    return _is_group_cached(rot.tobytes())
+
+
+@lru_cache(maxsize=4096)
+def _is_group_cached(key: bytes) -> bool:
+    return _closed(np.frombuffer(key, dtype=np.int64).reshape(-1, 3, 3))
+
+
+def _closed(rot: np.ndarray) -> bool:
     prod = np.einsum("iab,jbc->ijac", rot, rot).reshape(-1, 9)
     big = int(np.abs(rot).max(initial=1))
     if np.abs(prod).max() > big:  # a product outside the set's entry range is not in the set

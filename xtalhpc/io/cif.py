@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import re
+from functools import lru_cache
 from itertools import chain, repeat
 from pathlib import Path
 
@@ -293,8 +294,7 @@ def _symmetry(block, cell6, src):
             full = [op for op in group]
         else:
             notes.append(f"{len(given)} symmetry operators in {origin} completed to a group of {len(full)}")
-    sg = gemmi.find_spacegroup_by_ops(group)
-    number = sg.number if sg is not None else None
+    number = _table_number(group)
     if number is None:
         number = _spglib_number(full, cell6)
     if number is None and tag_number is not None:
@@ -304,6 +304,25 @@ def _symmetry(block, cell6, src):
         notes.append(f"{number_tag} says {tag_number} but the symmetry operators form group {number}; "
                      f"using {number}")
     return full, number, notes, origin
+
+
+#: Space-group number (or None) of each operation set seen, keyed by its sorted triplets:
+#: gemmi's table search costs ~0.1 ms, and a set of files repeats a few hundred settings.
+_TABLE_NUMBERS: dict[tuple[str, ...], int | None] = {}
+
+
+def _table_number(group) -> int | None:
+    """gemmi.find_spacegroup_by_ops(group).number (None where the table has no such setting),
+    once per distinct operation set per process."""
+    import gemmi
+
+    key = tuple(sorted(op.triplet() for op in group))
+    if key not in _TABLE_NUMBERS:
+        if len(_TABLE_NUMBERS) >= 4096:
+            _TABLE_NUMBERS.clear()
+        sg = gemmi.find_spacegroup_by_ops(group)
+        _TABLE_NUMBERS[key] = sg.number if sg is not None else None
+    return _TABLE_NUMBERS[key]
 
 
 def _symbol_ops(block, cell6):
@@ -354,6 +373,12 @@ def species_from_label(label: str, formula_elements: frozenset[str] | None = Non
     element is in the formula; without, a two-letter reading needs the
     second letter in lower case. ``'Wat'``/``'Ow'`` labels (water oxygen) -> O.
     """
+    return _species_from_label(label, formula_elements)
+
+
+@lru_cache(maxsize=65536)
+def _species_from_label(label: str, formula_elements: frozenset[str] | None) -> str | None:
+    """:func:`species_from_label`, cached (labels such as 'O1', 'Fe2' repeat across files)."""
     import periodictable
 
     lab = label.strip()
@@ -567,87 +592,93 @@ def _read_block(block, src: str, stem: str, file_notes: tuple = ()) -> Crystal:
     occ_col, occ_num = cols[7], nums[5]
     u_col, u_num, b_col, b_num = cols[5], nums[3], cols[6], nums[4]
 
-    sites, site_sp, site_occ, site_b, site_label, site_row = [], [], [], [], [], []
-    default_b, from_label, zero_occ, unknown_occ = [], [], [], []
-    species_cache: dict = {}
-    for r in range(nrow):
-        label = as_string(labels_col[r])
-        if not label:  # '#n': n = atoms expanded so far + 1 (needs the images of the sites before)
-            label = f"#{_count_images(sites, rots, trans, L) + 1}"
-        if calc_col is not None and as_string(calc_col[r]).lower() in ("dum", "dummy"):
-            continue
-        xyz = []
-        for col, num, tag, axis in xyz_cols:
-            raw = col[r] if col is not None else None
-            x = num[r] if num is not None else math.nan
-            if x != x:
+    fast = _sites_fast(labels_col, type_col, calc_col, xyz_cols, occ_col, occ_num, u_col, u_num, b_col, b_num,
+                       aniso, src, formula_elements)
+    if fast is not None:
+        sites, site_sp, site_occ, site_b, site_label, site_row, default_b, from_label = fast
+        zero_occ, unknown_occ = [], []
+    else:  # some site needs a closer look (a dummy, a fraction, a null, occupancy 0 or '?', an error): row by row
+        sites, site_sp, site_occ, site_b, site_label, site_row = [], [], [], [], [], []
+        default_b, from_label, zero_occ, unknown_occ = [], [], [], []
+        species_cache: dict = {}
+        for r in range(nrow):
+            label = as_string(labels_col[r])
+            if not label:  # '#n': n = atoms expanded so far + 1 (needs the images of the sites before)
+                label = f"#{_count_images(sites, rots, trans, L) + 1}"
+            if calc_col is not None and as_string(calc_col[r]).lower() in ("dum", "dummy"):
+                continue
+            xyz = []
+            for col, num, tag, axis in xyz_cols:
+                raw = col[r] if col is not None else None
+                x = num[r] if num is not None else math.nan
+                if x != x:
+                    if _is_null(raw):
+                        raise StructureError(f"site {label!r} has no {axis} coordinate ({raw or 'absent'})", src, tag)
+                    x = _number(raw, src, tag)
+                xyz.append(x)
+            traw = type_col[r] if type_col is not None else None
+            key = (traw, label if traw is None or _is_null(traw) else "")
+            if key not in species_cache:
+                species_cache[key] = _species(key[0], label, src, "_atom_site_type_symbol", formula_elements)
+            sp, by_label = species_cache[key]
+            if by_label:
+                from_label.append(label)
+            occ = 1.0
+            if occ_col is not None:
+                raw = occ_col[r]
                 if _is_null(raw):
-                    raise StructureError(f"site {label!r} has no {axis} coordinate ({raw or 'absent'})", src, tag)
-                x = _number(raw, src, tag)
-            xyz.append(x)
-        traw = type_col[r] if type_col is not None else None
-        key = (traw, label if traw is None or _is_null(traw) else "")
-        if key not in species_cache:
-            species_cache[key] = _species(key[0], label, src, "_atom_site_type_symbol", formula_elements)
-        sp, by_label = species_cache[key]
-        if by_label:
-            from_label.append(label)
-        occ = 1.0
-        if occ_col is not None:
-            raw = occ_col[r]
-            if _is_null(raw):
-                if raw == "?":
-                    unknown_occ.append(label)
+                    if raw == "?":
+                        unknown_occ.append(label)
+                else:
+                    occ = occ_num[r]
+                    if occ != occ:
+                        occ = _number(raw, src, "_atom_site_occupancy")
+            if occ > 1.0 + _OCC_TOL:
+                raise StructureError(f"occupancy {occ:g} of site {label!r} is > 1; allowed: 0 < occupancy <= 1",
+                                     src, "_atom_site_occupancy")
+            if occ < 0:
+                raise StructureError(f"occupancy {occ:g} of site {label!r} is negative; allowed: 0 < occupancy <= 1",
+                                     src, "_atom_site_occupancy")
+            if occ == 0:
+                zero_occ.append(label)
+                continue
+            if label in aniso:
+                u = aniso[label]
+                utag = "_atom_site_aniso_U_11"
+            elif u_col is not None and not _is_null(u_col[r]):
+                u = u_num[r]
+                if u != u:
+                    u = _number(u_col[r], src, "_atom_site_U_iso_or_equiv")
+                utag = "_atom_site_U_iso_or_equiv"
+            elif b_col is not None and not _is_null(b_col[r]):
+                u = b_num[r]
+                if u != u:
+                    u = _number(b_col[r], src, "_atom_site_B_iso_or_equiv")
+                u = u / _EIGHT_PI2
+                utag = "_atom_site_B_iso_or_equiv"
             else:
-                occ = occ_num[r]
-                if occ != occ:
-                    occ = _number(raw, src, "_atom_site_occupancy")
-        if occ > 1.0 + _OCC_TOL:
-            raise StructureError(f"occupancy {occ:g} of site {label!r} is > 1; allowed: 0 < occupancy <= 1",
-                                 src, "_atom_site_occupancy")
-        if occ < 0:
-            raise StructureError(f"occupancy {occ:g} of site {label!r} is negative; allowed: 0 < occupancy <= 1",
-                                 src, "_atom_site_occupancy")
-        if occ == 0:
-            zero_occ.append(label)
-            continue
-        if label in aniso:
-            u = aniso[label]
-            utag = "_atom_site_aniso_U_11"
-        elif u_col is not None and not _is_null(u_col[r]):
-            u = u_num[r]
-            if u != u:
-                u = _number(u_col[r], src, "_atom_site_U_iso_or_equiv")
-            utag = "_atom_site_U_iso_or_equiv"
-        elif b_col is not None and not _is_null(b_col[r]):
-            u = b_num[r]
-            if u != u:
-                u = _number(b_col[r], src, "_atom_site_B_iso_or_equiv")
-            u = u / _EIGHT_PI2
-            utag = "_atom_site_B_iso_or_equiv"
-        else:
-            u = None
-        if u is None:
-            b = DEFAULT_B_ISO
-            default_b.append(label)
-        else:
-            b = _EIGHT_PI2 * u
-            if not b >= 0:
-                raise StructureError(f"displacement of site {label!r} is negative (U = {u:.4g} A^2); "
-                                     "allowed: U >= 0", src, utag)
-        sites.append(xyz)
-        site_sp.append(sp)
-        site_occ.append(min(occ, 1.0))
-        site_b.append(b)
-        site_label.append(label)
-        site_row.append(r)
+                u = None
+            if u is None:
+                b = DEFAULT_B_ISO
+                default_b.append(label)
+            else:
+                b = _EIGHT_PI2 * u
+                if not b >= 0:
+                    raise StructureError(f"displacement of site {label!r} is negative (U = {u:.4g} A^2); "
+                                         "allowed: U >= 0", src, utag)
+            sites.append(xyz)
+            site_sp.append(sp)
+            site_occ.append(min(occ, 1.0))
+            site_b.append(b)
+            site_label.append(label)
+            site_row.append(r)
 
-    if not sites:
+    if not len(sites):
         what = "every site has occupancy 0" if zero_occ else "the _atom_site_ loop is empty"
         raise StructureError(f"no atoms: {what}", src, "_atom_site_fract_x")
     # Every site through every operator at once; images of one site closer than MERGE_TOL merged
     # (one compiled call for the whole block).
-    images, keep = _expand(np.array(sites), rots, trans, L)
+    images, keep = _expand(np.asarray(sites, dtype=np.float64), rots, trans, L)
     counts = keep.sum(axis=1)
     frac = images[keep]
     mult_mismatch = []
@@ -693,6 +724,68 @@ def _read_block(block, src: str, stem: str, file_notes: tuple = ()) -> Crystal:
             fields["symmetry"] = ops_arr
         notes.extend([note] if note else [])
     return Crystal(cell=cell6, frac=frac, notes=tuple(file_notes) + tuple(notes), **fields)
+
+
+def _sites_fast(labels_col, type_col, calc_col, xyz_cols, occ_col, occ_num, u_col, u_num, b_col, b_num, aniso, src,
+                formula_elements):
+    """The atom-site rows of a block all at once, where every row is plain: a label, numeric
+    coordinates, occupancy in (0, 1] (or none), a numeric non-negative displacement (or none)
+    and a species that reads. Returns what _read_block's row loop would, or None where any row
+    is not plain (that loop then runs, so every message and note stays the same)."""
+    import gemmi
+
+    as_string = gemmi.cif.as_string
+    labels = [as_string(v) for v in labels_col]
+    if not all(labels):
+        return None
+    if calc_col is not None and any(as_string(v).lower() in ("dum", "dummy") for v in calc_col):
+        return None
+    if any(num is None for _, num, _, _ in xyz_cols):
+        return None
+    xyz = np.array([num for _, num, _, _ in xyz_cols]).T
+    if np.isnan(xyz).any():
+        return None
+    n = len(labels)
+    if occ_col is None:
+        occ = np.ones(n)
+    else:
+        occ = np.array(occ_num)
+        if not ((occ > 0) & (occ <= 1.0 + _OCC_TOL)).all():  # NaN ('?', '.', text) fails too
+            return None
+    if type_col is None:
+        keys = [(None, lab) for lab in labels]
+    else:
+        keys = [(t, lab if t in _NULLS else "") for t, lab in zip(type_col, labels)]
+    cache: dict = {}
+    try:
+        for k, lab in zip(keys, labels):
+            if k not in cache:
+                cache[k] = _species(k[0], lab, src, "_atom_site_type_symbol", formula_elements)
+    except StructureError:
+        return None
+    species = [cache[k][0] for k in keys]
+    from_label = [lab for k, lab in zip(keys, labels) if cache[k][1]]
+    # displacement, first found: the aniso loop's U_eq, U_iso, B_iso, else the default
+    nan = math.nan
+    u = np.full(n, nan)
+    given = np.zeros(n, dtype=bool)
+    if b_col is not None:
+        has = np.array([v not in _NULLS for v in b_col])
+        u = np.where(has, np.array(b_num) / _EIGHT_PI2, u)
+        given |= has
+    if u_col is not None:
+        has = np.array([v not in _NULLS for v in u_col])
+        u = np.where(has, np.array(u_num), u)
+        given |= has
+    if aniso:
+        has = np.array([lab in aniso for lab in labels])
+        u = np.where(has, np.array([aniso.get(lab, nan) for lab in labels]), u)
+        given |= has
+    b = np.where(given, _EIGHT_PI2 * u, DEFAULT_B_ISO)
+    if not (b >= 0).all():  # a displacement that is not a number, or negative
+        return None
+    default_b = [lab for lab, g in zip(labels, given.tolist()) if not g]
+    return xyz, species, np.minimum(occ, 1.0), b, labels, range(n), default_b, from_label
 
 
 def _expand(sites: np.ndarray, rots: np.ndarray, trans: np.ndarray, lattice: np.ndarray):
