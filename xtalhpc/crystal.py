@@ -287,8 +287,9 @@ class Crystal:
     def formula(self) -> str:
         """Reduced chemical formula, elements in Hill order, occupancies counted."""
         counts: Counter[str] = Counter()
-        for s, o in zip(self.species, self.occupancy):
-            counts[element_of(s)] += float(o)
+        el = {s: element_of(s) for s in set(self.species)}
+        for s, o in zip(self.species, self.occupancy.tolist()):  # summed in atom order
+            counts[el[s]] += o
         return reduced_formula(counts)
 
     @property
