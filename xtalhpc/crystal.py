@@ -238,7 +238,7 @@ class Crystal:
         bad = np.flatnonzero(~(occ > 0) | ~(occ <= 1.0 + 1e-6))
         if bad.size:
             i = int(bad[0])
-            raise StructureError(f"occupancy {occ[i]:g} of atom {i} ({norm[i]}) is outside (0, 1]", src, "occupancy")
+            raise StructureError(f"occupancy {occ[i]:g} of atom {i} ({species[i]}) is outside (0, 1]", src, "occupancy")
         set_(self, "occupancy", np.minimum(occ, 1.0))
 
         biso = np.asarray(self.b_iso, dtype=np.float64).reshape(-1)
@@ -247,7 +247,7 @@ class Crystal:
         bad = np.flatnonzero(~np.isfinite(biso) | (biso < 0))
         if bad.size:
             i = int(bad[0])
-            raise StructureError(f"B_iso {biso[i]:g} A^2 of atom {i} ({norm[i]}) must be finite and >= 0", src, "b_iso")
+            raise StructureError(f"B_iso {biso[i]:g} A^2 of atom {i} ({species[i]}) must be finite and >= 0", src, "b_iso")
         set_(self, "b_iso", biso)
 
         if self.scattering_length is not None:
