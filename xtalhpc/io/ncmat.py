@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 import re
+from functools import lru_cache
 from fractions import Fraction
 from pathlib import Path
 
@@ -55,6 +56,15 @@ _EIGHT_PI2 = 8.0 * math.pi ** 2
 _GL_NODES = 12
 
 
+@lru_cache(maxsize=1)
+def _gauss_legendre() -> tuple[np.ndarray, np.ndarray]:
+    """The _GL_NODES-point Gauss-Legendre nodes and weights on [-1, 1], computed once (read-only)."""
+    nodes, weights = np.polynomial.legendre.leggauss(_GL_NODES)
+    nodes.flags.writeable = False
+    weights.flags.writeable = False
+    return nodes, weights
+
+
 def debye_msd(debye_temperature: float, temperature: float, mass_amu: float) -> float:
     """Isotropic mean-squared displacement (angstrom^2, along one axis) in the Debye model.
 
@@ -73,7 +83,7 @@ def debye_msd(debye_temperature: float, temperature: float, mass_amu: float) -> 
 
 def _debye_phi(x: float) -> float:
     """phi(x) = (1/x) * integral_0^x t / (e^t - 1) dt, by Gauss-Legendre on sub-intervals."""
-    nodes, weights = np.polynomial.legendre.leggauss(_GL_NODES)
+    nodes, weights = _gauss_legendre()
     n = max(4, int(math.ceil(x)))
     edges = np.linspace(0.0, x, n + 1)
     total = 0.0
@@ -110,7 +120,7 @@ def vdos_msd(egrid: tuple[float, float], density, temperature: float, mass_amu: 
         width = emin / k
         emax = emin + (n - 1) * width
     kt = K_BOLTZMANN_EV * temperature
-    nodes, weights = np.polynomial.legendre.leggauss(_GL_NODES)
+    nodes, weights = _gauss_legendre()
 
     def weight(e):
         # coth(E / 2kT) / E, -> 1/E at T = 0
