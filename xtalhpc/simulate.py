@@ -484,6 +484,9 @@ def _threads_at_most(n: int):
     a single ``simulate()`` tens of milliseconds. Results do not depend on the thread count."""
     import numba
 
+    if n >= numba.config.NUMBA_NUM_THREADS:  # the most there can be: nothing to change, nothing to ask
+        yield
+        return
     before = numba.get_num_threads()
     if n >= before:
         yield
