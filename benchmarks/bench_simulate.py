@@ -272,8 +272,9 @@ def distinct_benchmark(shared: Path, n: int, repeat: int) -> None:
     """One simulate_batch over distinct structures (files of the shared data and P1 re-exports
     of the symmetric ones), stage by stage, beside pymatgen on the same structures. Times are
     CPU seconds of this process (time.process_time: one thread, so one core's time), which a
-    machine shared with other jobs stretches far less than wall time; simulate_batch best of 5,
-    pymatgen best of ``repeat`` for structures under 40 atoms (once above)."""
+    machine shared with other jobs stretches less than wall time; each simulate_batch is timed
+    between slices of pymatgen's run (median of the samples), pymatgen best of ``repeat`` for
+    structures under 40 atoms (once above)."""
     import tempfile
     import warnings
 
@@ -305,25 +306,30 @@ def distinct_benchmark(shared: Path, n: int, repeat: int) -> None:
     p1_off = [read_blocks(p, find_symmetry=False)[0] for p, c in crystals if c.space_group_declared in (None, 1)]
     simulate_batch(cs, inst)  # group tables built once per process, as in a dataset run
 
-    def timed(batch):
-        best, tm = math.inf, {}
-        for _ in range(5):
-            t, w = time.process_time(), time.perf_counter()
-            res = simulate_batch(batch, inst)
-            dt, dw = time.process_time() - t, time.perf_counter() - w
-            if dt < best:
-                # the stage timers are wall clocks: scaled to this call's CPU time
-                best, tm = dt, {k: v * dt / dw for k, v in res.timings.items()}
-        return best, tm
+    def once(batch):
+        t, w = time.process_time(), time.perf_counter()
+        res = simulate_batch(batch, inst)
+        dt, dw = time.process_time() - t, time.perf_counter() - w
+        # the stage timers are wall clocks: scaled to this call's CPU time
+        return dt, {k: v * dt / dw for k, v in res.timings.items()}
 
-    t_all, tm_all = timed(cs)
-    t_p1, _ = timed(p1)
-    t_p1_off, _ = timed(p1_off)
+    # xtalhpc's batches are timed between slices of pymatgen's run (before it and after every 8
+    # structures), so both sides are sampled over the same stretch of a shared machine's load;
+    # the ratio uses the median of those samples (the best is printed beside it)
+    sets = {"all": cs, "p1": p1, "p1_off": p1_off}
+    samples: dict[str, list] = {k: [] for k in sets}
+
+    def sample():
+        for k, b in sets.items():
+            samples[k].append(once(b))
+
     t_pmg = np.zeros(len(cs))
     calc = NDCalculator(wavelength=inst.wavelength)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for i, c in enumerate(cs):
+            if i % 8 == 0:
+                sample()
             s = Structure(Lattice.from_parameters(*c.cell), [element_of(x) for x in c.species], c.frac)
             best = math.inf
             for _ in range(repeat if c.n_atoms < 40 else 1):
@@ -331,6 +337,12 @@ def distinct_benchmark(shared: Path, n: int, repeat: int) -> None:
                 calc.get_pattern(s, scaled=False, two_theta_range=(inst.two_theta_min, inst.two_theta_max))
                 best = min(best, time.process_time() - t)
             t_pmg[i] = best
+    sample()
+    med = {k: float(np.median([x[0] for x in v])) for k, v in samples.items()}
+    low = {k: min(x[0] for x in v) for k, v in samples.items()}
+    t_all, t_p1, t_p1_off = med["all"], med["p1"], med["p1_off"]
+    tm_all = min(samples["all"], key=lambda x: x[0])[1]
+    tm_all = {k: v * t_all / low["all"] for k, v in tm_all.items()}  # the best call's split, at the median
     is_p1 = np.array([c.space_group_declared in (None, 1) for c in cs])
     natoms = np.array([c.n_atoms for c in cs])
     n_all = len(cs)
@@ -342,6 +354,9 @@ def distinct_benchmark(shared: Path, n: int, repeat: int) -> None:
     print(f"P1 inputs only: pymatgen {t_pmg[is_p1].sum():.3f} s; xtalhpc with found symmetry {t_p1:.4f} s "
           f"-> {t_pmg[is_p1].sum() / t_p1:.0f}x; without (--no-find-symmetry) {t_p1_off:.4f} s "
           f"-> {t_pmg[is_p1].sum() / t_p1_off:.0f}x")
+    print(f"({len(samples['all'])} samples of each batch, median used; with the best sample instead: all "
+          f"{t_pmg.sum() / low['all']:.0f}x, P1 found {t_pmg[is_p1].sum() / low['p1']:.0f}x, P1 without "
+          f"{t_pmg[is_p1].sum() / low['p1_off']:.0f}x)")
     per = 1e3 / n_all
     stages = [("reading (read_blocks, no symmetry finding)", t_read), ("symmetry finding (detect_symmetry)", t_sym),
               ("reflection enumeration (count)", tm_all.get("count", 0.0)),
