@@ -54,6 +54,8 @@ _EIGHT_PI2 = 8.0 * math.pi ** 2
 # Gauss-Legendre nodes per VDOS bin: the integrand is smooth within a bin,
 # 12 nodes give ~1e-14 relative per bin.
 _GL_NODES = 12
+_RUN_LENGTH = re.compile(r"^(.+)r(\d+)$")
+_KEY_START = re.compile(r"^[A-Za-z_]")
 
 
 @lru_cache(maxsize=1)
@@ -301,7 +303,7 @@ def read_ncmat(path: str | Path, temperature: float | None = None) -> Crystal:
         kv: dict[str, list[str]] = {}
         key = None
         for r in rs:
-            if re.match(r"^[A-Za-z_]", r[0]):
+            if _KEY_START.match(r[0]):
                 key = r[0].lower()
                 kv[key] = list(r[1:])
             elif key is not None:
@@ -323,7 +325,7 @@ def read_ncmat(path: str | Path, temperature: float | None = None) -> Crystal:
             eg = [_num(t, src, field + " vdos_egrid") for t in kv.get("vdos_egrid", [])]
             dens = []
             for t in kv.get("vdos_density", []):
-                m = re.match(r"^(.+)r(\d+)$", t)  # NCMAT run-length: '0r22' = 22 zeros
+                m = _RUN_LENGTH.match(t) if "r" in t else None  # NCMAT run-length: '0r22' = 22 zeros
                 if m:
                     dens += [_num(m.group(1), src, field + " vdos_density")] * int(m.group(2))
                 else:
