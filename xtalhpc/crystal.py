@@ -125,6 +125,10 @@ def cell_from_vectors(vectors) -> np.ndarray:
     return np.array([a, b, c, ang(v[1], v[2], b, c), ang(v[0], v[2], a, c), ang(v[0], v[1], a, b)])
 
 
+#: Fields a :meth:`Crystal.replace` may change without the atoms being validated again.
+LABEL_FIELDS = frozenset({"notes", "space_group", "space_group_found", "space_group_declared", "symmetry"})
+
+
 @dataclass(frozen=True, eq=False)
 class Crystal:
     """A crystal structure as the full unit cell.
@@ -255,6 +259,12 @@ class Crystal:
             if bl.shape != (n,):
                 raise StructureError(f"{bl.size} scattering lengths for {n} atoms", src, "scattering_length")
             set_(self, "scattering_length", bl)
+        self._check_labels(src)
+
+    def _check_labels(self, src) -> None:
+        """The label fields (groups, notes, symmetry) of __post_init__: validated here, also
+        by a :meth:`replace` that changes nothing else."""
+        set_ = object.__setattr__
         if self.space_group is not None:
             set_(self, "space_group", check_space_group(self.space_group, src, "space_group"))
         if self.space_group_found is not None:
@@ -266,7 +276,7 @@ class Crystal:
             set_(self, "space_group_declared", self.space_group)
         set_(self, "notes", tuple(self.notes))
         if self.symmetry is not None:
-            set_(self, "symmetry", check_symmetry_metric(self.symmetry, cell, src))
+            set_(self, "symmetry", check_symmetry_metric(self.symmetry, self.cell, src))
             # The Laue group is a property of the crystal: found once here, read by every
             # simulation of it (xtalhpc.simulate.pack).
             set_(self, "_laue", laue_rotations(self.symmetry))
@@ -301,7 +311,16 @@ class Crystal:
         return None if self.space_group is None else bravais_lattice(self.space_group)
 
     def replace(self, **changes) -> "Crystal":
-        """A copy with some fields changed (validated again)."""
+        """A copy with some fields changed (validated again). Where only label fields change
+        (:data:`LABEL_FIELDS`: groups, notes, symmetry) the atoms, already validated, are
+        shared with this crystal and only those fields are checked (symmetry finding labels
+        every P1 input this way)."""
+        if changes and LABEL_FIELDS.issuperset(changes):
+            new = object.__new__(Crystal)
+            new.__dict__.update(self.__dict__)
+            new.__dict__.update(changes)
+            new._check_labels(new.source or new.name or None)
+            return new
         kw = {f: getattr(self, f) for f in self.__dataclass_fields__}
         kw.update(changes)
         return Crystal(**kw)
