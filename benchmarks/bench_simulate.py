@@ -23,7 +23,9 @@ are P1 cells) plus full-precision P1 re-exports, written here, of the symmetric 
 them: one ``simulate_batch`` over all of them (no copies), the per-stage split (reading,
 symmetry finding, reflection enumeration, structure factors, families, profiles, Python per
 structure) and pymatgen's NDCalculator on the same structures in the same run (ratio of summed
-times). Reading and symmetry finding are timed per file, apart from the simulation.
+times). Reading and symmetry finding are timed per file, apart from the simulation. These are CPU
+times of the process (one thread: one core's time), not wall times, so that other jobs on a
+shared machine do not stretch one side of the ratio more than the other.
 
 Usage: python benchmarks/bench_simulate.py [--shared ../shared/data] [--pyxtal 24] [--seed 7]
                                            [--json out.json] [--distinct N [--only-distinct]]
@@ -235,21 +237,12 @@ def _p1_cif_text(c) -> str:
     return "\n".join(lines) + "\n"
 
 
-def distinct_benchmark(shared: Path, n: int, repeat: int) -> None:
-    """One simulate_batch over distinct structures (files of the shared data and P1 re-exports
-    of the symmetric ones), stage by stage, beside pymatgen on the same structures."""
-    import tempfile
-    import warnings
-
-    from pymatgen.analysis.diffraction.neutron import NDCalculator
-    from pymatgen.core import Lattice, Structure
-
-    from xtalhpc.crystal import detect_symmetry, element_of
-    from xtalhpc.instruments import get_instrument
+def distinct_files(shared: Path, n: int, tmp: Path):
+    """The distinct-structure set: every k-th single-block COD / pyxtal / XRD-AutoAnalyzer CIF of
+    1-200 atoms (n of them), then a full-precision P1 re-export (written into ``tmp``) of each
+    that carries symmetry. Returns (paths, a small crystal to compile the kernels with)."""
     from xtalhpc.io import read_blocks
-    from xtalhpc.simulate import simulate_batch
 
-    inst = get_instrument("bt1-cu311")
     root = shared / "structures"
     files = []
     for sub in ("cod", "pyxtal", "xrd_autoanalyzer"):
@@ -266,22 +259,45 @@ def distinct_benchmark(shared: Path, n: int, repeat: int) -> None:
             candidates.append((f, got[0]))
     step = max(1, len(candidates) // max(1, n))
     chosen = candidates[::step][:n]
-    tmp = Path(tempfile.mkdtemp(prefix="bench-distinct-"))
     paths = [f for f, _ in chosen]
     for f, c in chosen:
         if c.symmetry is not None:  # a P1 re-export of each symmetric structure
             p = tmp / f"{f.stem}-p1.cif"
             p.write_text(_p1_cif_text(c))
             paths.append(p)
-    simulate_batch([chosen[0][1]], inst)  # compile
+    return paths, chosen[0][1]
+
+
+def distinct_benchmark(shared: Path, n: int, repeat: int) -> None:
+    """One simulate_batch over distinct structures (files of the shared data and P1 re-exports
+    of the symmetric ones), stage by stage, beside pymatgen on the same structures. Times are
+    CPU seconds of this process (time.process_time: one thread, so one core's time), which a
+    machine shared with other jobs stretches less than wall time; each simulate_batch is timed
+    between slices of pymatgen's run (median of the samples), pymatgen best of ``repeat`` for
+    structures under 40 atoms (once above)."""
+    import tempfile
+    import warnings
+
+    from pymatgen.analysis.diffraction.neutron import NDCalculator
+    from pymatgen.core import Lattice, Structure
+
+    from xtalhpc.crystal import detect_symmetry, element_of
+    from xtalhpc.instruments import get_instrument
+    from xtalhpc.io import read_blocks
+    from xtalhpc.simulate import simulate_batch
+
+    inst = get_instrument("bt1-cu311")
+    tmp = Path(tempfile.mkdtemp(prefix="bench-distinct-"))
+    paths, first = distinct_files(shared, n, tmp)
+    simulate_batch([first], inst)  # compile
     t_read, t_sym, crystals = 0.0, 0.0, []
     for p in paths:
-        t = time.perf_counter()
+        t = time.process_time()
         c = read_blocks(p, find_symmetry=False)[0]
-        t1 = time.perf_counter()
+        t1 = time.process_time()
         if c.symmetry is None:
             c = detect_symmetry(c)
-        t2 = time.perf_counter()
+        t2 = time.process_time()
         t_read += t1 - t
         t_sym += t2 - t1
         crystals.append((p, c))
@@ -290,31 +306,43 @@ def distinct_benchmark(shared: Path, n: int, repeat: int) -> None:
     p1_off = [read_blocks(p, find_symmetry=False)[0] for p, c in crystals if c.space_group_declared in (None, 1)]
     simulate_batch(cs, inst)  # group tables built once per process, as in a dataset run
 
-    def timed(batch):
-        best, tm = math.inf, {}
-        for _ in range(2):
-            t = time.perf_counter()
-            res = simulate_batch(batch, inst)
-            dt = time.perf_counter() - t
-            if dt < best:
-                best, tm = dt, dict(res.timings)
-        return best, tm
+    def once(batch):
+        t, w = time.process_time(), time.perf_counter()
+        res = simulate_batch(batch, inst)
+        dt, dw = time.process_time() - t, time.perf_counter() - w
+        # the stage timers are wall clocks: scaled to this call's CPU time
+        return dt, {k: v * dt / dw for k, v in res.timings.items()}
 
-    t_all, tm_all = timed(cs)
-    t_p1, _ = timed(p1)
-    t_p1_off, _ = timed(p1_off)
+    # xtalhpc's batches are timed between slices of pymatgen's run (before it and after every 8
+    # structures), so both sides are sampled over the same stretch of a shared machine's load;
+    # the ratio uses the median of those samples (the best is printed beside it)
+    sets = {"all": cs, "p1": p1, "p1_off": p1_off}
+    samples: dict[str, list] = {k: [] for k in sets}
+
+    def sample():
+        for k, b in sets.items():
+            samples[k].append(once(b))
+
     t_pmg = np.zeros(len(cs))
     calc = NDCalculator(wavelength=inst.wavelength)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for i, c in enumerate(cs):
+            if i % 8 == 0:
+                sample()
             s = Structure(Lattice.from_parameters(*c.cell), [element_of(x) for x in c.species], c.frac)
             best = math.inf
             for _ in range(repeat if c.n_atoms < 40 else 1):
-                t = time.perf_counter()
+                t = time.process_time()
                 calc.get_pattern(s, scaled=False, two_theta_range=(inst.two_theta_min, inst.two_theta_max))
-                best = min(best, time.perf_counter() - t)
+                best = min(best, time.process_time() - t)
             t_pmg[i] = best
+    sample()
+    med = {k: float(np.median([x[0] for x in v])) for k, v in samples.items()}
+    low = {k: min(x[0] for x in v) for k, v in samples.items()}
+    t_all, t_p1, t_p1_off = med["all"], med["p1"], med["p1_off"]
+    tm_all = min(samples["all"], key=lambda x: x[0])[1]
+    tm_all = {k: v * t_all / low["all"] for k, v in tm_all.items()}  # the best call's split, at the median
     is_p1 = np.array([c.space_group_declared in (None, 1) for c in cs])
     natoms = np.array([c.n_atoms for c in cs])
     n_all = len(cs)
@@ -326,6 +354,9 @@ def distinct_benchmark(shared: Path, n: int, repeat: int) -> None:
     print(f"P1 inputs only: pymatgen {t_pmg[is_p1].sum():.3f} s; xtalhpc with found symmetry {t_p1:.4f} s "
           f"-> {t_pmg[is_p1].sum() / t_p1:.0f}x; without (--no-find-symmetry) {t_p1_off:.4f} s "
           f"-> {t_pmg[is_p1].sum() / t_p1_off:.0f}x")
+    print(f"({len(samples['all'])} samples of each batch, median used; with the best sample instead: all "
+          f"{t_pmg.sum() / low['all']:.0f}x, P1 found {t_pmg[is_p1].sum() / low['p1']:.0f}x, P1 without "
+          f"{t_pmg[is_p1].sum() / low['p1_off']:.0f}x)")
     per = 1e3 / n_all
     stages = [("reading (read_blocks, no symmetry finding)", t_read), ("symmetry finding (detect_symmetry)", t_sym),
               ("reflection enumeration (count)", tm_all.get("count", 0.0)),

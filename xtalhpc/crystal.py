@@ -15,6 +15,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache, reduce
+from itertools import repeat
 
 import numpy as np
 
@@ -78,6 +79,15 @@ def element_of(nuclide: str) -> str:
     return nuclide.lstrip("0123456789")
 
 
+def wrap_unit(frac: np.ndarray) -> np.ndarray:
+    """Fractional coordinates reduced into [0, 1): ``x - floor(x)``, with the value 1.0 that this
+    gives for a tiny negative x (-1e-17 - (-1) rounds to 1) set to 0, so that wrapping twice
+    changes nothing."""
+    out = frac - np.floor(frac)
+    out[out >= 1.0] = 0.0
+    return out
+
+
 def cell_metric(cell) -> np.ndarray:
     """Real-space metric tensor G (3x3, angstrom^2) of ``(a, b, c, alpha, beta, gamma)``."""
     a, b, c, al, be, ga = (float(x) for x in cell)
@@ -113,6 +123,10 @@ def cell_from_vectors(vectors) -> np.ndarray:
         return math.degrees(math.acos(max(-1.0, min(1.0, float(np.dot(x, y)) / (nx * ny)))))
 
     return np.array([a, b, c, ang(v[1], v[2], b, c), ang(v[0], v[2], a, c), ang(v[0], v[1], a, b)])
+
+
+#: Fields a :meth:`Crystal.replace` may change without the atoms being validated again.
+LABEL_FIELDS = frozenset({"notes", "space_group", "space_group_found", "space_group_declared", "symmetry"})
 
 
 @dataclass(frozen=True, eq=False)
@@ -204,22 +218,22 @@ class Crystal:
             raise StructureError("the structure has no atoms", src, "atoms")
         if not np.all(np.isfinite(frac)):
             raise StructureError("an atom has a non-finite fractional coordinate", src, "atoms")
-        set_(self, "frac", frac - np.floor(frac))
+        set_(self, "frac", wrap_unit(frac))
 
-        species = tuple(str(s) for s in self.species)
+        species = tuple(map(str, self.species))
         if len(species) != n:
             raise StructureError(f"{len(species)} species for {n} atoms", src, "species")
-        charge = np.zeros(n, dtype=np.int8) if self.charge is None else np.asarray(self.charge, dtype=np.int8)
-        norm = []
-        parsed: dict[str, tuple[str, int]] = {}  # parse each distinct symbol once (cells repeat species)
-        for i, s in enumerate(species):
-            if s not in parsed:
-                parsed[s] = parse_species(s, src, "species")
-            nuc, q = parsed[s]
-            if q and self.charge is None:
-                charge[i] = q
-            norm.append(nuc)
-        set_(self, "species", tuple(norm))
+        # parse each distinct symbol once, in order of first appearance (cells repeat species)
+        parsed = {s: parse_species(s, src, "species") for s in dict.fromkeys(species)}
+        if self.charge is None:
+            charged = {s: q for s, (_, q) in parsed.items() if q}
+            charge = (np.fromiter(map(charged.get, species, repeat(0)), np.int8, n) if charged
+                      else np.zeros(n, dtype=np.int8))
+        else:
+            charge = np.asarray(self.charge, dtype=np.int8)
+        if any(nuc != s for s, (nuc, _) in parsed.items()):
+            species = tuple(map({s: nuc for s, (nuc, _) in parsed.items()}.__getitem__, species))
+        set_(self, "species", species)
         set_(self, "charge", charge)
 
         occ = np.asarray(self.occupancy, dtype=np.float64).reshape(-1)
@@ -228,7 +242,7 @@ class Crystal:
         bad = np.flatnonzero(~(occ > 0) | ~(occ <= 1.0 + 1e-6))
         if bad.size:
             i = int(bad[0])
-            raise StructureError(f"occupancy {occ[i]:g} of atom {i} ({norm[i]}) is outside (0, 1]", src, "occupancy")
+            raise StructureError(f"occupancy {occ[i]:g} of atom {i} ({species[i]}) is outside (0, 1]", src, "occupancy")
         set_(self, "occupancy", np.minimum(occ, 1.0))
 
         biso = np.asarray(self.b_iso, dtype=np.float64).reshape(-1)
@@ -237,7 +251,7 @@ class Crystal:
         bad = np.flatnonzero(~np.isfinite(biso) | (biso < 0))
         if bad.size:
             i = int(bad[0])
-            raise StructureError(f"B_iso {biso[i]:g} A^2 of atom {i} ({norm[i]}) must be finite and >= 0", src, "b_iso")
+            raise StructureError(f"B_iso {biso[i]:g} A^2 of atom {i} ({species[i]}) must be finite and >= 0", src, "b_iso")
         set_(self, "b_iso", biso)
 
         if self.scattering_length is not None:
@@ -245,6 +259,12 @@ class Crystal:
             if bl.shape != (n,):
                 raise StructureError(f"{bl.size} scattering lengths for {n} atoms", src, "scattering_length")
             set_(self, "scattering_length", bl)
+        self._check_labels(src)
+
+    def _check_labels(self, src) -> None:
+        """The label fields (groups, notes, symmetry) of __post_init__: validated here, also
+        by a :meth:`replace` that changes nothing else."""
+        set_ = object.__setattr__
         if self.space_group is not None:
             set_(self, "space_group", check_space_group(self.space_group, src, "space_group"))
         if self.space_group_found is not None:
@@ -256,7 +276,7 @@ class Crystal:
             set_(self, "space_group_declared", self.space_group)
         set_(self, "notes", tuple(self.notes))
         if self.symmetry is not None:
-            set_(self, "symmetry", check_symmetry_metric(self.symmetry, cell, src))
+            set_(self, "symmetry", check_symmetry_metric(self.symmetry, self.cell, src))
             # The Laue group is a property of the crystal: found once here, read by every
             # simulation of it (xtalhpc.simulate.pack).
             set_(self, "_laue", laue_rotations(self.symmetry))
@@ -277,8 +297,9 @@ class Crystal:
     def formula(self) -> str:
         """Reduced chemical formula, elements in Hill order, occupancies counted."""
         counts: Counter[str] = Counter()
-        for s, o in zip(self.species, self.occupancy):
-            counts[element_of(s)] += float(o)
+        el = {s: element_of(s) for s in set(self.species)}
+        for s, o in zip(self.species, self.occupancy.tolist()):  # summed in atom order
+            counts[el[s]] += o
         return reduced_formula(counts)
 
     @property
@@ -290,7 +311,16 @@ class Crystal:
         return None if self.space_group is None else bravais_lattice(self.space_group)
 
     def replace(self, **changes) -> "Crystal":
-        """A copy with some fields changed (validated again)."""
+        """A copy with some fields changed (validated again). Where only label fields change
+        (:data:`LABEL_FIELDS`: groups, notes, symmetry) the atoms, already validated, are
+        shared with this crystal and only those fields are checked (symmetry finding labels
+        every P1 input this way)."""
+        if changes and LABEL_FIELDS.issuperset(changes):
+            new = object.__new__(Crystal)
+            new.__dict__.update(self.__dict__)
+            new.__dict__.update(changes)
+            new._check_labels(new.source or new.name or None)
+            return new
         kw = {f: getattr(self, f) for f in self.__dataclass_fields__}
         kw.update(changes)
         return Crystal(**kw)
@@ -309,7 +339,7 @@ def check_symmetry_metric(ops, cell, source: str | None = None) -> np.ndarray:
     if np.any(np.abs(rot - np.round(rot)) > 1e-6):
         raise StructureError("symmetry rotations must be integer matrices in the cell's basis", source, "symmetry")
     g = cell_metric(cell)
-    r = _distinct_rotations(np.round(rot).astype(np.int64).reshape(-1, 9))  # centring repeats rotations
+    r = _distinct_rotations_cached(np.round(rot).astype(np.int64).tobytes())  # centring repeats rotations
     rg = np.swapaxes(r, 1, 2) @ g @ r
     bad = np.abs(rg - g).max(axis=(1, 2)) > METRIC_TOL * np.abs(g).max()
     if bad.any():
@@ -346,34 +376,44 @@ def symmetrize(c: "Crystal", symmetry, tol: float = 1e-3) -> "Crystal":
     in the periodic sense). The partner search is the compiled cell-list kernel
     ``xtalhpc_kernels.symmetry.symmetry_partners`` (O(m n) at ordinary densities).
     """
+    ops, cell, frac = symmetrize_arrays(c.cell, c.frac, c.species, c.occupancy, c.b_iso, symmetry, tol,
+                                        c.source or c.name)
+    return c.replace(cell=cell, frac=frac, symmetry=ops)
+
+
+def symmetrize_arrays(cell, frac, species, occupancy, b_iso, symmetry, tol: float = 1e-3,
+                      source: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`symmetrize` on the arrays of a crystal (``species`` the nuclides, ``frac`` wrapped
+    into [0, 1)), for a reader that builds its Crystal once: (checked operations, averaged
+    cell, averaged positions, not yet wrapped)."""
     from xtalhpc_kernels.symmetry import symmetry_partners
 
-    ops = check_symmetry_metric(symmetry, c.cell, c.source or c.name)
-    n = c.n_atoms
-    sp = np.asarray(c.species)
+    ops = check_symmetry_metric(symmetry, cell, source)
+    n = len(frac)
+    sp = np.asarray(species)
     kind = np.unique(sp, return_inverse=True)[1].reshape(-1).astype(np.int64)
     rot = np.ascontiguousarray(ops[:, :, :3])
     trans = np.ascontiguousarray(ops[:, :, 3])
     partner = np.empty((len(ops), n), dtype=np.int64)
     acc = np.zeros((n, 3))
-    bad = symmetry_partners(np.ascontiguousarray(c.frac, dtype=np.float64), kind,
-                            np.ascontiguousarray(c.occupancy, dtype=np.float64),
-                            np.ascontiguousarray(c.b_iso, dtype=np.float64), rot, trans,
+    bad = symmetry_partners(np.ascontiguousarray(frac, dtype=np.float64), kind,
+                            np.ascontiguousarray(occupancy, dtype=np.float64),
+                            np.ascontiguousarray(b_iso, dtype=np.float64), rot, trans,
                             np.ascontiguousarray(np.linalg.inv(rot)), float(tol), partner, acc)
     if bad >= 0:
         op, j = ops[bad // n], bad % n
         raise StructureError(f"symmetry operation {np.round(op, 4).tolist()} maps atom {j} ({sp[j]}) onto no "
-                             f"atom of the same species, occupancy and B within {tol:.3g} (fractional)", c.source or c.name,
+                             f"atom of the same species, occupancy and B within {tol:.3g} (fractional)", source,
                              "symmetry")
     # The metric too: G <- mean of R^T G R, so symmetry-equivalent reflections have exactly
     # equal d (a CIF cell rounded to 1e-4 would otherwise split them by ~1e-3 deg).
-    g = cell_metric(c.cell)
+    g = cell_metric(cell)
     rot = ops[:, :, :3]
     gs = (np.swapaxes(rot, 1, 2) @ g @ rot).mean(axis=0)
     ln = np.sqrt(np.diag(gs))
     cosines = (gs[1, 2] / (ln[1] * ln[2]), gs[0, 2] / (ln[0] * ln[2]), gs[0, 1] / (ln[0] * ln[1]))
-    cell = np.concatenate([ln, np.degrees(np.arccos(np.clip(cosines, -1.0, 1.0)))])
-    return c.replace(cell=cell, frac=c.frac + acc / len(ops), symmetry=ops)
+    new_cell = np.concatenate([ln, np.degrees(np.arccos(np.clip(cosines, -1.0, 1.0)))])
+    return ops, new_cell, frac + acc / len(ops)
 
 
 def with_symmetry(c: "Crystal", symmetry, tol_angstrom: float = 0.1, what: str = "operators") -> "Crystal":
@@ -381,16 +421,29 @@ def with_symmetry(c: "Crystal", symmetry, tol_angstrom: float = 0.1, what: str =
     otherwise return ``c`` unchanged with a note (no symmetry is then assumed: always correct).
     Notes the largest shift when positions move by more than 1e-4 angstrom (rounded special
     positions such as 0.3333 moved onto 1/3)."""
+    got, note = symmetry_fit(c.cell, c.frac, c.species, c.occupancy, c.b_iso, symmetry, tol_angstrom, what,
+                             c.source or c.name)
+    if got is None:
+        return c.replace(notes=c.notes + (note,))
+    ops, cell, frac = got
+    return c.replace(cell=cell, frac=frac, symmetry=ops, notes=c.notes + ((note,) if note else ()))
+
+
+def symmetry_fit(cell, frac, species, occupancy, b_iso, symmetry, tol_angstrom: float, what: str,
+                 source: str | None = None):
+    """:func:`with_symmetry` on arrays (``frac`` wrapped, ``species`` the nuclides):
+    ``((operations, cell, positions), note or None)`` when the atoms fit (positions not yet
+    wrapped: the Crystal wraps them), ``(None, note)`` when they do not."""
     try:
-        out = symmetrize(c, symmetry, tol=tol_angstrom / float(min(c.cell[:3])))
+        ops, new_cell, new_frac = symmetrize_arrays(cell, frac, species, occupancy, b_iso, symmetry,
+                                                    tol_angstrom / float(min(cell[:3])), source)
     except StructureError as exc:
-        return c.replace(notes=c.notes + (f"symmetry not attached ({what}): {exc.message}",))
-    shift = out.frac - c.frac
+        return None, f"symmetry not attached ({what}): {exc.message}"
+    shift = wrap_unit(new_frac) - frac  # the positions as the Crystal will hold them
     shift -= np.round(shift)
-    moved = float(np.max(np.linalg.norm(shift @ lattice_vectors(c.cell), axis=1)))
-    if moved > 1e-4:
-        out = out.replace(notes=out.notes + (f"positions symmetrised with the {what} (largest shift {moved:.2g} A)",))
-    return out
+    moved = float(np.max(np.linalg.norm(shift @ lattice_vectors(cell), axis=1)))
+    note = f"positions symmetrised with the {what} (largest shift {moved:.2g} A)" if moved > 1e-4 else None
+    return (ops, new_cell, new_frac), note
 
 
 def find_symmetry(c: "Crystal", symprec: float = 1e-3) -> "Crystal":
@@ -443,7 +496,18 @@ def _atom_kinds(c: "Crystal") -> np.ndarray:
 
 
 def _is_group(rot: np.ndarray) -> bool:
-    """True if the distinct rotations ``rot`` (k, 3, 3) are closed under products."""
+    """True if the distinct rotations ``rot`` (k, 3, 3) are closed under products; once per
+    distinct set per process (a dataset repeats a few hundred)."""
+    rot = np.ascontiguousarray(rot, dtype=np.int64)
+    return _is_group_cached(rot.tobytes())
+
+
+@lru_cache(maxsize=4096)
+def _is_group_cached(key: bytes) -> bool:
+    return _closed(np.frombuffer(key, dtype=np.int64).reshape(-1, 3, 3))
+
+
+def _closed(rot: np.ndarray) -> bool:
     prod = np.einsum("iab,jbc->ijac", rot, rot).reshape(-1, 9)
     big = int(np.abs(rot).max(initial=1))
     if np.abs(prod).max() > big:  # a product outside the set's entry range is not in the set
@@ -594,6 +658,15 @@ def detect_symmetry(c: "Crystal", symprec: float = FIND_SYMPREC, exact: float = 
 
 
 _POW3 = 3 ** np.arange(9)
+
+
+@lru_cache(maxsize=4096)
+def _distinct_rotations_cached(key: bytes) -> np.ndarray:
+    """:func:`_distinct_rotations` of rotations given as int64 bytes, cached (a dataset repeats
+    a few hundred settings)."""
+    out = _distinct_rotations(np.frombuffer(key, dtype=np.int64).reshape(-1, 9))
+    out.flags.writeable = False
+    return out
 
 
 def _distinct_rotations(rot9: np.ndarray) -> np.ndarray:

@@ -156,9 +156,11 @@ def absorption_per_formula_unit(crystal, wavelength: float | None = None) -> flo
 
     counts: dict[str, float] = {}
     total = 0.0
-    for s, o in zip(crystal.species, crystal.occupancy):
-        counts[element_of(s)] = counts.get(element_of(s), 0.0) + float(o)
-        total += float(o) * absorption_xs(s, wavelength)
+    el = {s: element_of(s) for s in set(crystal.species)}
+    xs = {s: absorption_xs(s, wavelength) for s in el}
+    for s, o in zip(crystal.species, crystal.occupancy.tolist()):  # summed in atom order
+        counts[el[s]] = counts.get(el[s], 0.0) + o
+        total += o * xs[s]
     scaled = [int(round(round(c, 3) * 1000)) for c in counts.values() if c > 0]
     z = reduce(gcd, scaled) / 1000.0 if scaled else 1.0
     return total / z

@@ -11,6 +11,7 @@ import csv
 import sys
 import time
 import types
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import chain
 from collections import OrderedDict
@@ -475,8 +476,37 @@ def resolve_device(device: str) -> str:
     return _resolve(device)
 
 
+@contextmanager
+def _threads_at_most(n: int):
+    """Run the CPU kernels with at most ``n`` Numba threads. They spread structures over
+    threads (prange), so a batch of fewer structures than threads gains nothing from the others,
+    and each parallel region still waits for them to be scheduled: on a busy machine that cost
+    a single ``simulate()`` tens of milliseconds. Results do not depend on the thread count."""
+    import numba
+
+    if n >= numba.config.NUMBA_NUM_THREADS:  # the most there can be: nothing to change, nothing to ask
+        yield
+        return
+    before = numba.get_num_threads()
+    if n >= before:
+        yield
+        return
+    numba.set_num_threads(max(1, n))
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)
+
+
 def _run_cpu(p: PackedBatch, counts: np.ndarray, inst: Instrument, timings: dict,
              out: np.ndarray | None = None) -> tuple:
+    n = p.recip.shape[0]
+    with _threads_at_most(n):
+        return _run_cpu_kernels(p, counts, inst, timings, out)
+
+
+def _run_cpu_kernels(p: PackedBatch, counts: np.ndarray, inst: Instrument, timings: dict,
+                     out: np.ndarray | None) -> tuple:
     from xtalhpc_kernels import cpu
 
     n = p.recip.shape[0]
@@ -585,8 +615,9 @@ def _simulate_batch(crystals: Sequence[Crystal], instrument, *, device: str, on_
     counts = np.zeros(len(ok_idx), dtype=np.int64)
     t1 = time.perf_counter()
     column_tables(p, qmax_of(inst))
-    cpu.count_reflections(p.recip, p.cell_len, qmax_of(inst), p.laue_off, p.laue_rot, p.tab_off, p.tab_k, p.tab_l,
-                          p.table, counts)
+    with _threads_at_most(len(ok_idx)):
+        cpu.count_reflections(p.recip, p.cell_len, qmax_of(inst), p.laue_off, p.laue_rot, p.tab_off, p.tab_k,
+                              p.tab_l, p.table, counts)
     timings["count"] = time.perf_counter() - t1
     too_many = np.flatnonzero(counts > max_reflections)
     for j in too_many:

@@ -76,15 +76,26 @@ def operations_array(ops):
     ``Crystal.symmetry``."""
     import numpy as np
 
-    return np.array([np.hstack([np.array(op.rot, dtype=float) / op.DEN,
-                                np.array(op.tran, dtype=float)[:, None] / op.DEN]) for op in ops])
+    ops = list(ops)
+    if not ops:
+        return np.zeros((0, 3, 4))
+    den = ops[0].DEN
+    return np.concatenate([np.array([op.rot for op in ops], dtype=float) / den,
+                           np.array([op.tran for op in ops], dtype=float)[:, :, None] / den], axis=2)
 
 
 def standard_operations(number: int):
     """The operations of space group ``number`` in its standard setting (gemmi's table), (m, 3, 4)."""
+    return _standard_operations(check_space_group(number)).copy()
+
+
+@lru_cache(maxsize=None)
+def _standard_operations(number: int):
     import gemmi
 
-    return operations_array(gemmi.find_spacegroup_by_number(check_space_group(number)).operations())
+    out = operations_array(gemmi.find_spacegroup_by_number(number).operations())
+    out.flags.writeable = False
+    return out
 
 
 def labels(number: int) -> tuple[int, str, str]:

@@ -40,24 +40,28 @@ def _crystal_site_counts(crystal) -> list[float]:
     """Per-species counts of a Crystal with mixed-occupancy sites merged into one pseudo-species.
 
     Atoms within :data:`SITE_TOL` of a site's first atom share it (compiled greedy scan,
-    ``xtalhpc_kernels.sites.merge_sites``); a site's label is the set of elements on it,
+    ``xtalhpc_kernels.sites.merge_sites_binned``); a site's label is the set of elements on it,
     and sites with the same label pool their occupancies, in site order.
     """
-    from xtalhpc_kernels.sites import merge_sites
+    from xtalhpc_kernels.sites import merge_sites_binned
 
     from ..crystal import element_of, lattice_vectors
 
     n = crystal.n_atoms
     site = np.empty(n, dtype=np.int64)
-    nsite = merge_sites(np.ascontiguousarray(crystal.frac, dtype=np.float64),
+    nsite = merge_sites_binned(np.ascontiguousarray(crystal.frac, dtype=np.float64),
                         np.ascontiguousarray(lattice_vectors(crystal.cell), dtype=np.float64), SITE_TOL, site)
     # occupancy per site, summed in atom order
     occ = np.bincount(site, weights=np.asarray(crystal.occupancy, dtype=np.float64), minlength=nsite)
     element = {sp: element_of(sp) for sp in set(crystal.species)}
+    counts: Counter[str] = Counter()
+    if nsite == n:  # no mixed site (the usual case): each atom's site holds its element alone
+        for sp, o in zip(crystal.species, occ.tolist()):
+            counts[element[sp]] += o
+        return list(counts.values())
     members: list[set[str]] = [set() for _ in range(nsite)]
     for s_, sp in zip(site.tolist(), crystal.species):
         members[s_].add(element[sp])
-    counts: Counter[str] = Counter()
     for s_ in range(nsite):
         counts["+".join(sorted(members[s_]))] += float(occ[s_])
     # sites of a mixed set that also hold a pure element of the set are kept apart on purpose

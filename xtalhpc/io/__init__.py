@@ -29,6 +29,7 @@ from __future__ import annotations
 import glob
 import os
 import re
+import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -62,13 +63,19 @@ def detect_format(path: str | os.PathLike) -> str:
     """
     p = Path(path)
     src = str(p)
-    if p.is_dir():
-        raise StructureError("is a directory, not a structure file", src, "path")
-    if not p.exists():
-        raise StructureError("no such file", src, "path")
-    if not p.is_file():
+    try:
+        st = os.stat(p)  # one system call for the four checks
+    except (FileNotFoundError, NotADirectoryError):
+        raise StructureError("no such file", src, "path") from None
+    except OSError:
+        st = None
+    if st is None or not stat.S_ISREG(st.st_mode):  # the checks as they were, in their order
+        if p.is_dir():
+            raise StructureError("is a directory, not a structure file", src, "path")
+        if not p.exists():
+            raise StructureError("no such file", src, "path")
         raise StructureError("not a regular file", src, "path")
-    if p.stat().st_size == 0:
+    if st.st_size == 0:
         raise StructureError("file is empty", src, "path")
     suffix = p.suffix.lower()
     if suffix in (".cif", ".mcif"):

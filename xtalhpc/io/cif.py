@@ -32,13 +32,14 @@ from __future__ import annotations
 
 import math
 import re
+from functools import lru_cache
+from itertools import chain, repeat
 from pathlib import Path
 
 import numpy as np
 
-from ..crystal import DEFAULT_B_ISO, Crystal, cell_volume, lattice_vectors, parse_species, with_symmetry
+from ..crystal import DEFAULT_B_ISO, Crystal, cell_metric, cell_volume, lattice_vectors, parse_species, symmetry_fit, wrap_unit
 from ..errors import InputError, StructureError
-from ..spacegroups import operations_array
 
 #: Images of one site closer than this (angstrom) are one atom on a special
 #: position. gemmi's ``get_all_unit_cell_sites`` uses 0.4 A, which also merges
@@ -134,8 +135,7 @@ def read_cif(path: str | Path) -> list[Crystal | StructureError]:
     for block in blocks:
         bsrc = f"{src}#{block.name}" if several else src
         try:
-            c = _read_block(block, bsrc, path.stem)
-            out.append(c.replace(notes=tuple(file_notes) + c.notes) if file_notes else c)
+            out.append(_read_block(block, bsrc, path.stem, tuple(file_notes)))
         except StructureError as exc:
             out.append(exc)
         except InputError as exc:  # ScatteringError from the Crystal, space-group range, ...
@@ -160,8 +160,11 @@ def _value(block, tags):
     return tags[0], None
 
 
+_NULLS = ("?", ".")
+
+
 def _is_null(raw: str | None) -> bool:
-    return raw is None or raw in ("?", ".")
+    return raw is None or raw in _NULLS
 
 
 _SIMPLE_FRACTION = re.compile(r"^[+-]?\d+/\d+$")
@@ -291,8 +294,7 @@ def _symmetry(block, cell6, src):
             full = [op for op in group]
         else:
             notes.append(f"{len(given)} symmetry operators in {origin} completed to a group of {len(full)}")
-    sg = gemmi.find_spacegroup_by_ops(group)
-    number = sg.number if sg is not None else None
+    number = _table_number(group)
     if number is None:
         number = _spglib_number(full, cell6)
     if number is None and tag_number is not None:
@@ -302,6 +304,25 @@ def _symmetry(block, cell6, src):
         notes.append(f"{number_tag} says {tag_number} but the symmetry operators form group {number}; "
                      f"using {number}")
     return full, number, notes, origin
+
+
+#: Space-group number (or None) of each operation set seen, keyed by its sorted triplets:
+#: gemmi's table search costs ~0.1 ms, and a set of files repeats a few hundred settings.
+_TABLE_NUMBERS: dict[tuple[str, ...], int | None] = {}
+
+
+def _table_number(group) -> int | None:
+    """gemmi.find_spacegroup_by_ops(group).number (None where the table has no such setting),
+    once per distinct operation set per process."""
+    import gemmi
+
+    key = tuple(sorted(op.triplet() for op in group))
+    if key not in _TABLE_NUMBERS:
+        if len(_TABLE_NUMBERS) >= 4096:
+            _TABLE_NUMBERS.clear()
+        sg = gemmi.find_spacegroup_by_ops(group)
+        _TABLE_NUMBERS[key] = sg.number if sg is not None else None
+    return _TABLE_NUMBERS[key]
 
 
 def _symbol_ops(block, cell6):
@@ -352,6 +373,12 @@ def species_from_label(label: str, formula_elements: frozenset[str] | None = Non
     element is in the formula; without, a two-letter reading needs the
     second letter in lower case. ``'Wat'``/``'Ow'`` labels (water oxygen) -> O.
     """
+    return _species_from_label(label, formula_elements)
+
+
+@lru_cache(maxsize=65536)
+def _species_from_label(label: str, formula_elements: frozenset[str] | None) -> str | None:
+    """:func:`species_from_label`, cached (labels such as 'O1', 'Fe2' repeat across files)."""
     import periodictable
 
     lab = label.strip()
@@ -434,6 +461,7 @@ def _aniso_ueq(block, cell6, src):
     """U_eq (A^2) per site label from the _atom_site_aniso_ loop (U, B or beta)."""
     import gemmi
 
+    as_string, as_number = gemmi.cif.as_string, gemmi.cif.as_number
     out: dict[str, float] = {}
     kinds = (("U", 1.0), ("B", 1.0 / _EIGHT_PI2), ("beta", None))
     for kind, scale in kinds:
@@ -444,26 +472,32 @@ def _aniso_ueq(block, cell6, src):
         L = lattice_vectors(cell6).T  # columns a, b, c (angstrom)
         recip = np.linalg.inv(L)  # rows a*, b*, c* (1/angstrom)
         nstar = np.linalg.norm(recip, axis=1)
-        for row in table:
-            label = gemmi.cif.as_string(row[0])
-            vals = [row[i] for i in range(1, 7)]
-            if any(_is_null(v) for v in vals):
+        cols = [list(table.column(i)) for i in range(7)]
+        labels, rows = [], []
+        for r, vals in enumerate(zip(*cols[1:])):
+            if any(v in _NULLS for v in vals):
                 continue
-            u = np.array([gemmi.cif.as_number(v) for v in vals])
-            if np.any(np.isnan(u)):
+            label = as_string(cols[0][r])
+            u = [as_number(v) for v in vals]
+            if any(x != x for x in u):
                 raise StructureError(f"anisotropic {kind} of site {label!r} is not a number", src,
                                      f"_atom_site_aniso_{kind}_11")
-            m = np.array([[u[0], u[3], u[4]], [u[3], u[1], u[5]], [u[4], u[5], u[2]]])
-            if kind == "beta":
-                # beta_ij = 2 pi^2 a*_i a*_j U^ij
-                m = m / (2.0 * math.pi ** 2 * np.outer(nstar, nstar))
-            else:
-                m = m * scale
-            # CIF U^ij refer to the basis a_i / |a_i| scaled by |a*_i|:
-            # U_cart = L diag(|a*|) U diag(|a*|) L^T
-            n = np.diag(nstar)
-            ucart = L @ n @ m @ n @ L.T
-            out.setdefault(label, float(np.trace(ucart)) / 3.0)
+            labels.append(label)
+            rows.append(u)
+        if not rows:
+            continue
+        m = np.array(rows)[:, [0, 3, 4, 3, 1, 5, 4, 5, 2]].reshape(-1, 3, 3)  # U11 U22 U33 U12 U13 U23
+        if kind == "beta":
+            # beta_ij = 2 pi^2 a*_i a*_j U^ij
+            m = m / (2.0 * math.pi ** 2 * np.outer(nstar, nstar))
+        else:
+            m = m * scale
+        # CIF U^ij refer to the basis a_i / |a_i| scaled by |a*_i|:
+        # U_cart = L diag(|a*|) U diag(|a*|) L^T (all rows at once)
+        n = np.diag(nstar)
+        ucart = L @ n @ m @ n @ L.T
+        for label, t in zip(labels, np.trace(ucart, axis1=1, axis2=2).tolist()):
+            out.setdefault(label, t / 3.0)
     return out
 
 
@@ -500,11 +534,13 @@ def _cell(block, src):
     return cell6, missing_angles
 
 
-def _read_block(block, src: str, stem: str) -> Crystal:
+def _read_block(block, src: str, stem: str, file_notes: tuple = ()) -> Crystal:
     import gemmi
 
     cell6, missing_angles = _cell(block, src)
     ops, number, notes, _origin = _symmetry(block, cell6, src)
+    rots = np.array([op.rot for op in ops], dtype=float) / gemmi.Op.DEN
+    trans = np.array([op.tran for op in ops], dtype=float) / gemmi.Op.DEN
     if missing_angles:
         if number is None or number < 16:
             raise StructureError(f"{', '.join(missing_angles)} absent and the space group "
@@ -515,7 +551,7 @@ def _read_block(block, src: str, stem: str) -> Crystal:
                                  missing_angles[0])
         notes.append(f"{', '.join(missing_angles)} absent: 90 deg (CIF default; fixed by space group {number})")
 
-    dev = _metric_deviation(ops, cell6)
+    dev = _metric_deviation(rots, cell6)
     if dev > _METRIC_MAX:
         raise StructureError(f"the symmetry operators ({_origin}) do not fit the cell "
                              f"{np.round(cell6, 4).tolist()}: the metric changes by {dev:.2g} relative under "
@@ -544,84 +580,122 @@ def _read_block(block, src: str, stem: str) -> Crystal:
     formula_elements = _formula_elements(block)
 
     L = lattice_vectors(cell6)
-    rots = np.array([np.array(op.rot, dtype=float) / op.DEN for op in ops])
-    trans = np.array([np.array(op.tran, dtype=float) / op.DEN for op in ops])
+    as_string, as_number = gemmi.cif.as_string, gemmi.cif.as_number
+    nrow = len(table)
+    # Whole columns at once (raw strings), numbers parsed in one pass per column; a value
+    # that is not a plain CIF number comes back NaN and goes through _number (fractions such
+    # as 1/4, and the error naming the field).
+    cols = [list(table.column(i)) if table.has_column(i) else None for i in range(10)]
+    nums = [None if cols[i] is None else [as_number(v) for v in cols[i]] for i in (2, 3, 4, 5, 6, 7)]
+    xyz_cols = [(cols[i], nums[i - 2], f"_atom_site_fract_{axis}", axis) for i, axis in zip((2, 3, 4), "xyz")]
+    labels_col, type_col, calc_col = cols[0], cols[1], cols[8]
+    occ_col, occ_num = cols[7], nums[5]
+    u_col, u_num, b_col, b_num = cols[5], nums[3], cols[6], nums[4]
 
-    frac_all, species_all, occ_all, b_all = [], [], [], []
-    default_b, from_label, zero_occ, unknown_occ, mult_mismatch = [], [], [], [], []
-    species_cache: dict = {}
-    for row in table:
-        label = gemmi.cif.as_string(row[0]) or f"#{len(species_all) + 1}"
-        if row.has(8) and gemmi.cif.as_string(row[8]).lower() in ("dum", "dummy"):
-            continue
-        xyz = []
-        for i, axis in zip((2, 3, 4), "xyz"):
-            tag = f"_atom_site_fract_{axis}"
-            raw = row[i] if row.has(i) else None
-            if _is_null(raw):
-                raise StructureError(f"site {label!r} has no {axis} coordinate ({raw or 'absent'})", src, tag)
-            xyz.append(_number(raw, src, tag))
-        key = (row[1] if row.has(1) else None, label if not row.has(1) or _is_null(row[1]) else "")
-        if key not in species_cache:
-            species_cache[key] = _species(key[0], label, src, "_atom_site_type_symbol", formula_elements)
-        sp, by_label = species_cache[key]
-        if by_label:
-            from_label.append(label)
-        occ = 1.0
-        if row.has(7):
-            raw = row[7]
-            if _is_null(raw):
-                if raw == "?":
-                    unknown_occ.append(label)
+    fast = _sites_fast(labels_col, type_col, calc_col, xyz_cols, occ_col, occ_num, u_col, u_num, b_col, b_num,
+                       aniso, src, formula_elements)
+    if fast is not None:
+        sites, site_sp, site_occ, site_b, site_label, site_row, default_b, from_label = fast
+        zero_occ, unknown_occ = [], []
+    else:  # some site needs a closer look (a dummy, a fraction, a null, occupancy 0 or '?', an error): row by row
+        sites, site_sp, site_occ, site_b, site_label, site_row = [], [], [], [], [], []
+        default_b, from_label, zero_occ, unknown_occ = [], [], [], []
+        species_cache: dict = {}
+        for r in range(nrow):
+            label = as_string(labels_col[r])
+            if not label:  # '#n': n = atoms expanded so far + 1 (needs the images of the sites before)
+                label = f"#{_count_images(sites, rots, trans, L) + 1}"
+            if calc_col is not None and as_string(calc_col[r]).lower() in ("dum", "dummy"):
+                continue
+            xyz = []
+            for col, num, tag, axis in xyz_cols:
+                raw = col[r] if col is not None else None
+                x = num[r] if num is not None else math.nan
+                if x != x:
+                    if _is_null(raw):
+                        raise StructureError(f"site {label!r} has no {axis} coordinate ({raw or 'absent'})", src, tag)
+                    x = _number(raw, src, tag)
+                xyz.append(x)
+            traw = type_col[r] if type_col is not None else None
+            key = (traw, label if traw is None or _is_null(traw) else "")
+            if key not in species_cache:
+                species_cache[key] = _species(key[0], label, src, "_atom_site_type_symbol", formula_elements)
+            sp, by_label = species_cache[key]
+            if by_label:
+                from_label.append(label)
+            occ = 1.0
+            if occ_col is not None:
+                raw = occ_col[r]
+                if _is_null(raw):
+                    if raw == "?":
+                        unknown_occ.append(label)
+                else:
+                    occ = occ_num[r]
+                    if occ != occ:
+                        occ = _number(raw, src, "_atom_site_occupancy")
+            if occ > 1.0 + _OCC_TOL:
+                raise StructureError(f"occupancy {occ:g} of site {label!r} is > 1; allowed: 0 < occupancy <= 1",
+                                     src, "_atom_site_occupancy")
+            if occ < 0:
+                raise StructureError(f"occupancy {occ:g} of site {label!r} is negative; allowed: 0 < occupancy <= 1",
+                                     src, "_atom_site_occupancy")
+            if occ == 0:
+                zero_occ.append(label)
+                continue
+            if label in aniso:
+                u = aniso[label]
+                utag = "_atom_site_aniso_U_11"
+            elif u_col is not None and not _is_null(u_col[r]):
+                u = u_num[r]
+                if u != u:
+                    u = _number(u_col[r], src, "_atom_site_U_iso_or_equiv")
+                utag = "_atom_site_U_iso_or_equiv"
+            elif b_col is not None and not _is_null(b_col[r]):
+                u = b_num[r]
+                if u != u:
+                    u = _number(b_col[r], src, "_atom_site_B_iso_or_equiv")
+                u = u / _EIGHT_PI2
+                utag = "_atom_site_B_iso_or_equiv"
             else:
-                occ = _number(raw, src, "_atom_site_occupancy")
-        if occ > 1.0 + _OCC_TOL:
-            raise StructureError(f"occupancy {occ:g} of site {label!r} is > 1; allowed: 0 < occupancy <= 1",
-                                 src, "_atom_site_occupancy")
-        if occ < 0:
-            raise StructureError(f"occupancy {occ:g} of site {label!r} is negative; allowed: 0 < occupancy <= 1",
-                                 src, "_atom_site_occupancy")
-        if occ == 0:
-            zero_occ.append(label)
-            continue
-        if label in aniso:
-            u = aniso[label]
-            utag = "_atom_site_aniso_U_11"
-        elif row.has(5) and not _is_null(row[5]):
-            u = _number(row[5], src, "_atom_site_U_iso_or_equiv")
-            utag = "_atom_site_U_iso_or_equiv"
-        elif row.has(6) and not _is_null(row[6]):
-            u = _number(row[6], src, "_atom_site_B_iso_or_equiv") / _EIGHT_PI2
-            utag = "_atom_site_B_iso_or_equiv"
-        else:
-            u = None
-        if u is None:
-            b = DEFAULT_B_ISO
-            default_b.append(label)
-        else:
-            b = _EIGHT_PI2 * u
-            if not b >= 0:
-                raise StructureError(f"displacement of site {label!r} is negative (U = {u:.4g} A^2); "
-                                     "allowed: U >= 0", src, utag)
+                u = None
+            if u is None:
+                b = DEFAULT_B_ISO
+                default_b.append(label)
+            else:
+                b = _EIGHT_PI2 * u
+                if not b >= 0:
+                    raise StructureError(f"displacement of site {label!r} is negative (U = {u:.4g} A^2); "
+                                         "allowed: U >= 0", src, utag)
+            sites.append(xyz)
+            site_sp.append(sp)
+            site_occ.append(min(occ, 1.0))
+            site_b.append(b)
+            site_label.append(label)
+            site_row.append(r)
 
-        images = np.einsum("kij,j->ki", rots, np.array(xyz)) + trans
-        images -= np.floor(images)
-        keep = _unique_images(images, L)
-        frac_all.append(images[keep])
-        n = int(keep.sum())
-        if row.has(9) and not _is_null(row[9]):
-            mult = gemmi.cif.as_number(row[9])
-            # Two conventions in the wild: the Wyckoff multiplicity (images in the cell), or
-            # (SHELXL) the order of the site-symmetry group, i.e. len(ops) / images.
-            if not math.isnan(mult) and int(mult) != n and int(mult) * n != len(ops):
-                mult_mismatch.append(f"{label} ({n} vs {int(mult)})")
-        species_all += [sp] * n
-        occ_all += [min(occ, 1.0)] * n
-        b_all += [b] * n
-
-    if not frac_all:
+    if not len(sites):
         what = "every site has occupancy 0" if zero_occ else "the _atom_site_ loop is empty"
         raise StructureError(f"no atoms: {what}", src, "_atom_site_fract_x")
+    # Every site through every operator at once; images of one site closer than MERGE_TOL merged
+    # (one compiled call for the whole block).
+    images, keep = _expand(np.asarray(sites, dtype=np.float64), rots, trans, L)
+    counts = keep.sum(axis=1)
+    frac = images[keep]
+    mult_mismatch = []
+    if cols[9] is not None:
+        # Two conventions in the wild: the Wyckoff multiplicity (images in the cell), or
+        # (SHELXL) the order of the site-symmetry group, i.e. len(ops) / images.
+        for label, r, n in zip(site_label, site_row, counts.tolist()):
+            raw = cols[9][r]
+            if _is_null(raw):
+                continue
+            mult = as_number(raw)
+            if not math.isnan(mult) and int(mult) != n and int(mult) * n != len(ops):
+                mult_mismatch.append(f"{label} ({n} vs {int(mult)})")
+    species = tuple(chain.from_iterable(repeat(sp, n) for sp, n in zip(site_sp, counts.tolist())))
+    occ_all = np.repeat(np.array(site_occ), counts)
+    b_all = np.repeat(np.array(site_b), counts)
+
     if default_b:
         notes.append(f"no displacement parameter for {_few(default_b)}: B = {DEFAULT_B_ISO} A^2 (default)")
     if aniso:
@@ -634,44 +708,109 @@ def _read_block(block, src: str, stem: str) -> Crystal:
         notes.append(f"site multiplicity differs from _atom_site_symmetry_multiplicity: {_few(mult_mismatch)}")
     if unknown_occ:
         notes.append(f"occupancy '?' taken as 1 for {_few(unknown_occ)}")
-    crystal = Crystal(cell=cell6, frac=np.concatenate(frac_all), species=tuple(species_all),
-                      occupancy=np.array(occ_all), b_iso=np.array(b_all), space_group=number,
-                      source=src, name=block.name or stem, notes=tuple(notes))
-    if len(ops) <= 1:
-        return crystal
-    # The operators the atoms were expanded with, for the simulator's one-|F|^2-per-Laue-orbit
-    # path; images merged within MERGE_TOL are symmetrised back onto their site.
-    symmetry = operations_array(ops)
-    return with_symmetry(crystal, symmetry, tol_angstrom=MERGE_TOL, what=f"CIF operators ({_origin or 'symbol'})")
+    fields = dict(species=species, occupancy=occ_all, b_iso=b_all, space_group=number, source=src,
+                  name=block.name or stem)
+    if len(ops) > 1:
+        # The operators the atoms were expanded with, for the simulator's one-|F|^2-per-Laue-orbit
+        # path; images merged within MERGE_TOL are symmetrised back onto their site. The Crystal
+        # is built once, with them (the positions are checked and averaged on the arrays).
+        frac = wrap_unit(frac)  # the positions as a Crystal holds them
+        nuc = {sp: parse_species(sp, src, "_atom_site_type_symbol")[0] for sp in set(site_sp)}
+        nuclides = [nuc[sp] for sp in species]
+        got, note = symmetry_fit(cell6, frac, nuclides, occ_all, b_all, np.concatenate([rots, trans[:, :, None]], axis=2),
+                                 MERGE_TOL, f"CIF operators ({_origin or 'symbol'})", src)
+        if got is not None:
+            ops_arr, cell6, frac = got
+            fields["symmetry"] = ops_arr
+        notes.extend([note] if note else [])
+    return Crystal(cell=cell6, frac=frac, notes=tuple(file_notes) + tuple(notes), **fields)
 
 
-def _metric_deviation(ops, cell6) -> float:
-    """Largest |R^T G R - G| / max|G| over the rotation parts R: 0 for a cell that fits the group."""
-    from ..crystal import cell_metric
+def _sites_fast(labels_col, type_col, calc_col, xyz_cols, occ_col, occ_num, u_col, u_num, b_col, b_num, aniso, src,
+                formula_elements):
+    """The atom-site rows of a block all at once, where every row is plain: a label, numeric
+    coordinates, occupancy in (0, 1] (or none), a numeric non-negative displacement (or none)
+    and a species that reads. Returns what _read_block's row loop would, or None where any row
+    is not plain (that loop then runs, so every message and note stays the same)."""
+    import gemmi
 
+    as_string = gemmi.cif.as_string
+    labels = [as_string(v) for v in labels_col]
+    if not all(labels):
+        return None
+    if calc_col is not None and any(as_string(v).lower() in ("dum", "dummy") for v in calc_col):
+        return None
+    if any(num is None for _, num, _, _ in xyz_cols):
+        return None
+    xyz = np.array([num for _, num, _, _ in xyz_cols]).T
+    if np.isnan(xyz).any():
+        return None
+    n = len(labels)
+    if occ_col is None:
+        occ = np.ones(n)
+    else:
+        occ = np.array(occ_num)
+        if not ((occ > 0) & (occ <= 1.0 + _OCC_TOL)).all():  # NaN ('?', '.', text) fails too
+            return None
+    if type_col is None:
+        keys = [(None, lab) for lab in labels]
+    else:
+        keys = [(t, lab if t in _NULLS else "") for t, lab in zip(type_col, labels)]
+    cache: dict = {}
+    try:
+        for k, lab in zip(keys, labels):
+            if k not in cache:
+                cache[k] = _species(k[0], lab, src, "_atom_site_type_symbol", formula_elements)
+    except StructureError:
+        return None
+    species = [cache[k][0] for k in keys]
+    from_label = [lab for k, lab in zip(keys, labels) if cache[k][1]]
+    # displacement, first found: the aniso loop's U_eq, U_iso, B_iso, else the default
+    nan = math.nan
+    u = np.full(n, nan)
+    given = np.zeros(n, dtype=bool)
+    if b_col is not None:
+        has = np.array([v not in _NULLS for v in b_col])
+        u = np.where(has, np.array(b_num) / _EIGHT_PI2, u)
+        given |= has
+    if u_col is not None:
+        has = np.array([v not in _NULLS for v in u_col])
+        u = np.where(has, np.array(u_num), u)
+        given |= has
+    if aniso:
+        has = np.array([lab in aniso for lab in labels])
+        u = np.where(has, np.array([aniso.get(lab, nan) for lab in labels]), u)
+        given |= has
+    b = np.where(given, _EIGHT_PI2 * u, DEFAULT_B_ISO)
+    if not (b >= 0).all():  # a displacement that is not a number, or negative
+        return None
+    default_b = [lab for lab, g in zip(labels, given.tolist()) if not g]
+    return xyz, species, np.minimum(occ, 1.0), b, labels, range(n), default_b, from_label
+
+
+def _expand(sites: np.ndarray, rots: np.ndarray, trans: np.ndarray, lattice: np.ndarray):
+    """Images (s, m, 3) of every site under every operator, wrapped into [0, 1), and the mask
+    (s, m) of those kept: the first of each group closer than MERGE_TOL (minimum image) within
+    a site (``xtalhpc_kernels.sites.unique_images``)."""
+    from xtalhpc_kernels.sites import unique_images
+
+    images = np.einsum("kij,sj->ski", rots, sites) + trans
+    images -= np.floor(images)
+    keep = np.empty(images.shape[:2], dtype=np.bool_)
+    unique_images(np.ascontiguousarray(images), np.ascontiguousarray(lattice, dtype=np.float64), MERGE_TOL, keep)
+    return images, keep
+
+
+def _count_images(sites, rots, trans, lattice) -> int:
+    """Atoms the sites expand to (for the '#n' name of a site without a label)."""
+    return int(_expand(np.array(sites), rots, trans, lattice)[1].sum()) if sites else 0
+
+
+def _metric_deviation(rots: np.ndarray, cell6) -> float:
+    """Largest |R^T G R - G| / max|G| over the rotations ``rots`` (m, 3, 3): 0 for a cell that
+    fits the group."""
     g = cell_metric(cell6)
-    scale = float(np.max(np.abs(g)))
-    dev = 0.0
-    for op in ops:
-        r = np.array(op.rot, dtype=float) / op.DEN
-        dev = max(dev, float(np.max(np.abs(r.T @ g @ r - g))) / scale)
-    return dev
-
-
-def _unique_images(images: np.ndarray, lattice: np.ndarray) -> np.ndarray:
-    """Mask of images kept: the first of each group closer than MERGE_TOL (minimum image).
-
-    An image is dropped when it lies within MERGE_TOL of an earlier kept one: the greedy
-    site merge of ``xtalhpc_kernels.sites.merge_sites``, whose site openers are the kept images.
-    """
-    from xtalhpc_kernels.sites import merge_sites
-
-    site = np.empty(len(images), dtype=np.int64)
-    merge_sites(np.ascontiguousarray(images, dtype=np.float64), np.ascontiguousarray(lattice, dtype=np.float64),
-                MERGE_TOL, site)
-    keep = np.ones(len(images), dtype=bool)
-    keep[1:] = site[1:] > np.maximum.accumulate(site)[:-1]  # opens a new site
-    return keep
+    return float(np.max(np.abs(np.swapaxes(rots, 1, 2) @ g @ rots - g))) / float(np.max(np.abs(g)))
 
 
 def _few(labels, n=6):

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 import re
+from functools import lru_cache
 from fractions import Fraction
 from pathlib import Path
 
@@ -53,6 +54,17 @@ _EIGHT_PI2 = 8.0 * math.pi ** 2
 # Gauss-Legendre nodes per VDOS bin: the integrand is smooth within a bin,
 # 12 nodes give ~1e-14 relative per bin.
 _GL_NODES = 12
+_RUN_LENGTH = re.compile(r"^(.+)r(\d+)$")
+_KEY_START = re.compile(r"^[A-Za-z_]")
+
+
+@lru_cache(maxsize=1)
+def _gauss_legendre() -> tuple[np.ndarray, np.ndarray]:
+    """The _GL_NODES-point Gauss-Legendre nodes and weights on [-1, 1], computed once (read-only)."""
+    nodes, weights = np.polynomial.legendre.leggauss(_GL_NODES)
+    nodes.flags.writeable = False
+    weights.flags.writeable = False
+    return nodes, weights
 
 
 def debye_msd(debye_temperature: float, temperature: float, mass_amu: float) -> float:
@@ -73,7 +85,7 @@ def debye_msd(debye_temperature: float, temperature: float, mass_amu: float) -> 
 
 def _debye_phi(x: float) -> float:
     """phi(x) = (1/x) * integral_0^x t / (e^t - 1) dt, by Gauss-Legendre on sub-intervals."""
-    nodes, weights = np.polynomial.legendre.leggauss(_GL_NODES)
+    nodes, weights = _gauss_legendre()
     n = max(4, int(math.ceil(x)))
     edges = np.linspace(0.0, x, n + 1)
     total = 0.0
@@ -110,7 +122,7 @@ def vdos_msd(egrid: tuple[float, float], density, temperature: float, mass_amu: 
         width = emin / k
         emax = emin + (n - 1) * width
     kt = K_BOLTZMANN_EV * temperature
-    nodes, weights = np.polynomial.legendre.leggauss(_GL_NODES)
+    nodes, weights = _gauss_legendre()
 
     def weight(e):
         # coth(E / 2kT) / E, -> 1/E at T = 0
@@ -291,7 +303,7 @@ def read_ncmat(path: str | Path, temperature: float | None = None) -> Crystal:
         kv: dict[str, list[str]] = {}
         key = None
         for r in rs:
-            if re.match(r"^[A-Za-z_]", r[0]):
+            if _KEY_START.match(r[0]):
                 key = r[0].lower()
                 kv[key] = list(r[1:])
             elif key is not None:
@@ -313,7 +325,7 @@ def read_ncmat(path: str | Path, temperature: float | None = None) -> Crystal:
             eg = [_num(t, src, field + " vdos_egrid") for t in kv.get("vdos_egrid", [])]
             dens = []
             for t in kv.get("vdos_density", []):
-                m = re.match(r"^(.+)r(\d+)$", t)  # NCMAT run-length: '0r22' = 22 zeros
+                m = _RUN_LENGTH.match(t) if "r" in t else None  # NCMAT run-length: '0r22' = 22 zeros
                 if m:
                     dens += [_num(m.group(1), src, field + " vdos_density")] * int(m.group(2))
                 else:

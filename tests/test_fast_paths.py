@@ -1,0 +1,183 @@
+"""The throughput paths of issue 18 give what the plain paths give.
+
+* the CIF reader's all-rows-at-once path (``_sites_fast``) and its row loop build the same
+  crystals, notes included, on the bundled and test CIFs;
+* ``kernels/sites``: ``unique_images`` keeps the site openers of ``merge_sites`` run on each
+  site's images, and ``merge_sites_binned`` (a cell list) gives ``merge_sites``' sites, on real
+  structures and on random cells with clustered atoms;
+* ``Crystal`` keeps positions in [0, 1) (a tiny negative coordinate wraps to 0, not 1);
+* ``simulate_batch`` of one structure with several Numba threads gives the one-thread
+  pattern and leaves the thread count as it was.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from xtalhpc.crystal import Crystal, lattice_vectors
+from xtalhpc.io import read_blocks
+
+ROOT = Path(__file__).resolve().parents[1]
+CIFS = sorted((ROOT / "xtalhpc" / "data" / "structures").glob("*.cif")) + sorted(
+    (ROOT / "tests" / "data").rglob("*.cif"))
+
+
+def _fields(c):
+    if isinstance(c, Exception):
+        return ("error", str(c))
+    return {k: (v.tobytes(), v.shape) if isinstance(v, np.ndarray) else v for k, v in vars(c).items()}
+
+
+_HEAD = """data_t
+_cell_length_a 5.0
+_cell_length_b 6.0
+_cell_length_c 7.0
+_cell_angle_alpha 90
+_cell_angle_beta 100
+_cell_angle_gamma 90
+_chemical_formula_sum 'Fe2 O3 Mn'
+_symmetry_space_group_name_H-M 'P 1 21/c 1'
+loop_
+_atom_site_label
+"""
+#: Blocks for both paths: plain rows (labels only, U/B/aniso mixed, no occupancy column), and
+#: rows that need the loop (a fraction, occupancy '?' and 0, a dummy atom).
+EXTRA = {
+    "plain_labels.cif": _HEAD + """_atom_site_fract_x
+_atom_site_fract_y
+_atom_site_fract_z
+_atom_site_U_iso_or_equiv
+_atom_site_B_iso_or_equiv
+Fe1 0.1 0.2 0.3 0.01 ?
+O1 0.3(2) 0.4 0.1 ? 0.8
+Mn1 0 0 0 ? ?
+O2 0.5 0.1 0.9 0.02 1.0
+loop_
+_atom_site_aniso_label
+_atom_site_aniso_U_11
+_atom_site_aniso_U_22
+_atom_site_aniso_U_33
+_atom_site_aniso_U_12
+_atom_site_aniso_U_13
+_atom_site_aniso_U_23
+O2 0.01 0.02 0.03 0.001 0.002 0.003
+""",
+    "needs_loop.cif": _HEAD + """_atom_site_type_symbol
+_atom_site_fract_x
+_atom_site_fract_y
+_atom_site_fract_z
+_atom_site_occupancy
+_atom_site_calc_flag
+Fe1 Fe3+ 1/4 0.2 0.3 ? .
+O1 O2- 0.3 0.4 0.1 0 .
+Q1 O 0.6 0.6 0.6 1 dum
+Mn1 Mn 0 0 0 0.5 .
+""",
+}
+
+
+def test_reader_fast_rows_equal_the_row_loop(monkeypatch, tmp_path):
+    import xtalhpc.io.cif as cif
+
+    paths = list(CIFS)
+    for name, text in EXTRA.items():
+        (tmp_path / name).write_text(text)
+        paths.append(tmp_path / name)
+    fast = {p: [_fields(c) for c in read_blocks(p, find_symmetry=False)] for p in paths}
+    used = []
+    real = cif._sites_fast
+
+    def spy(*a, **k):
+        out = real(*a, **k)
+        used.append(out is not None)
+        return out
+
+    monkeypatch.setattr(cif, "_sites_fast", spy)
+    for p in paths:
+        read_blocks(p, find_symmetry=False)
+    assert any(used) and not all(used)  # both paths occur in this set
+    monkeypatch.setattr(cif, "_sites_fast", lambda *a, **k: None)
+    for p in paths:
+        assert [_fields(c) for c in read_blocks(p, find_symmetry=False)] == fast[p], p
+
+
+def _structures():
+    out = []
+    for p in CIFS:
+        out += [c for c in read_blocks(p) if not isinstance(c, Exception)]
+    return out
+
+
+def test_unique_images_are_merge_sites_openers():
+    from xtalhpc_kernels.sites import merge_sites, unique_images
+
+    rng = np.random.default_rng(3)
+    lat = np.ascontiguousarray(lattice_vectors([7.0, 8.0, 9.0, 80.0, 95.0, 110.0]))
+    for m in (1, 4, 24, 48):
+        images = rng.random((30, m, 3))
+        images[::3, m // 2:] = images[::3, : m - m // 2] + rng.normal(0, 0.002, (10, m - m // 2, 3))
+        images -= np.floor(images)
+        keep = np.empty(images.shape[:2], dtype=bool)
+        unique_images(np.ascontiguousarray(images), lat, 0.1, keep)
+        for i in range(len(images)):
+            site = np.empty(m, dtype=np.int64)
+            merge_sites(np.ascontiguousarray(images[i]), lat, 0.1, site)
+            opener = np.r_[True, site[1:] > np.maximum.accumulate(site)[:-1]]
+            assert np.array_equal(keep[i], opener)
+
+
+def test_merge_sites_binned_equals_merge_sites():
+    from xtalhpc_kernels.sites import merge_sites, merge_sites_binned
+
+    def same(frac, lat, tol):
+        a = np.empty(len(frac), dtype=np.int64)
+        b = np.empty(len(frac), dtype=np.int64)
+        assert merge_sites(frac, lat, tol, a) == merge_sites_binned(frac, lat, tol, b)
+        assert np.array_equal(a, b)
+
+    for c in _structures():
+        same(np.ascontiguousarray(c.frac), np.ascontiguousarray(lattice_vectors(c.cell)), 0.05)
+    rng = np.random.default_rng(1)
+    binned_used = 0
+    for k in range(60):
+        n = int(rng.integers(64, 600))
+        frac = rng.random((n, 3)) * 3 - 1  # unwrapped coordinates too
+        if k % 2:
+            frac[n // 2:] = frac[: n - n // 2] + rng.normal(0, 0.004, (n - n // 2, 3))  # mixed sites
+        cell = [*rng.uniform(8, 25, 3), *rng.uniform(70, 110, 3)]
+        lat = np.ascontiguousarray(lattice_vectors(cell))
+        for tol in (0.05, 0.3):
+            same(np.ascontiguousarray(frac), lat, tol)
+        binned_used += n >= 64
+    assert binned_used
+
+
+def test_crystal_positions_stay_below_one():
+    c = Crystal([4.0] * 3 + [90.0] * 3, [[-1e-17, 0.5, 1.0], [0.25, -0.0, 2.0 - 1e-17]], ["Fe", "Fe"],
+                [1.0, 1.0], [0.5, 0.5])
+    assert c.frac.min() >= 0.0 and c.frac.max() < 1.0
+    assert c.frac[0, 0] == 0.0 and c.frac[0, 2] == 0.0
+    assert np.array_equal(Crystal(c.cell, c.frac, c.species, c.occupancy, c.b_iso).frac, c.frac)
+
+
+def test_one_structure_with_several_threads():
+    import numba
+
+    from xtalhpc.simulate import simulate_batch
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("one Numba thread configured")
+    c = read_blocks(ROOT / "xtalhpc" / "data" / "structures" / "Rutile.cif")[0]
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(2)
+        two = simulate_batch([c]).patterns
+        assert numba.get_num_threads() == 2
+        numba.set_num_threads(1)
+        one = simulate_batch([c]).patterns
+        assert numba.get_num_threads() == 1
+    finally:
+        numba.set_num_threads(before)
+    assert np.array_equal(one, two)
