@@ -34,6 +34,7 @@ COMMANDS: tuple[str, ...] = (
     "train",
     "evaluate",
     "predict",
+    "study",
 )
 
 
