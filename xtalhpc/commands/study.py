@@ -34,6 +34,7 @@ def run(args) -> int:
     from ..study import Driver, load_study, write_report
 
     log = Log("study")
+    _stop_on_signals()
     study, arms = load_study(args.study, args.arms)  # every recipe checked before anything runs
     _, all_arms = load_study(args.study)
     drv = Driver(study, arms, args.output, cluster=args.cluster, partition=args.partition, time_limit=args.time,
@@ -56,3 +57,16 @@ def run(args) -> int:
         write_report(drv.out, rp, image_dir=rp.parent / rp.stem, command=command)
         log(f"report {rp}")
     return status
+
+
+def _stop_on_signals() -> None:
+    """SIGTERM (Slurm's time limit, ``kill``) and SIGINT (also when started in the background, where the
+    shell ignores it) stop the driver like Ctrl-C: the running command is stopped, the arm is recorded as
+    interrupted, exit status 130, and the same command resumes."""
+    import signal
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, signal.default_int_handler)

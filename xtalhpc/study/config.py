@@ -36,12 +36,13 @@ class QuestionText:
     title: str
     poster: str
     more_compute: str = ""
+    note: str = ""  # how the arms were made, where that needs saying (provenance of a variant, ...)
 
 
 @dataclass(frozen=True)
 class StudyRun:
     title: str = "xtalhpc study"
-    train_recipe: str = "../train-study.toml"
+    train_recipe: str = ""  # "" = jobs/train-study.toml of this repository
     ranks: int = 1
     procs: int = 1
     scale_note: str = ""
@@ -232,7 +233,9 @@ def load_study_config(folder: Path) -> StudyConfig:
     except InputError as exc:
         raise _with_source(exc, p) from None
     base = p.parent
-    run = StudyRun(**{**config_to_dict(cfg.study), "train_recipe": _resolve(base, cfg.study.train_recipe)})
+    recipe = _resolve(base, cfg.study.train_recipe) or str(Path(__file__).resolve().parents[2] / "jobs" /
+                                                              "train-study.toml")
+    run = StudyRun(**{**config_to_dict(cfg.study), "train_recipe": recipe})
     ev = config_to_dict(cfg.eval)
     ev["real_structures"] = [_resolve(base, s) for s in cfg.eval.real_structures]
     ev["measured_csv"] = _resolve(base, cfg.eval.measured_csv)

@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import InputError
+from ..errors import InputError, XtalhpcError
 from ..job import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, Log, config_to_dict, to_toml, write_atomic
 from .config import Arm, StudyConfig, digest
 
@@ -92,7 +92,12 @@ class Driver:
         with open(self.logfile, "a") as fh:
             fh.write(f"\n$ {shown}\n")
             fh.flush()
-            rc = subprocess.run(cmd + argv, stdout=fh, stderr=subprocess.STDOUT, cwd=str(repo_root())).returncode
+            child = subprocess.Popen(cmd + argv, stdout=fh, stderr=subprocess.STDOUT, cwd=str(repo_root()))
+            try:
+                rc = child.wait()
+            except KeyboardInterrupt:  # pass it on (train and evaluate cancel their submitit job), then stop
+                _stop_child(child)
+                raise
         if rc != 0:
             raise StepFailed(what, rc, self.logfile)
 
@@ -387,11 +392,11 @@ class Driver:
                 self._event(arm=arm.name, event="interrupted")
                 self.log(f"{arm.name}: interrupted; rerun the same command to resume")
                 return EXIT_INTERRUPTED
-            except StepFailed as exc:
+            except (StepFailed, XtalhpcError, OSError) as exc:  # this arm failed; the others still run
                 failed.append(arm.name)
                 self._event(arm=arm.name, event="failed", error=str(exc))
                 self.log(f"{arm.name}: FAILED: {exc}")
-                if exc.rc == EXIT_INTERRUPTED:
+                if getattr(exc, "rc", None) == EXIT_INTERRUPTED:
                     return EXIT_INTERRUPTED
                 continue
             self._event(arm=arm.name, event="done", wall_s=rec["wall_s"])
@@ -426,6 +431,20 @@ class Driver:
 
 
 # ---------------------------------------------------------------------- helpers (files)
+def _stop_child(child: subprocess.Popen, grace_s: float = 60.0) -> None:
+    """SIGINT to a child command (its own Ctrl-C handling cancels what it submitted), SIGKILL after ``grace_s``."""
+    import signal
+
+    if child.poll() is not None:
+        return
+    child.send_signal(signal.SIGINT)
+    try:
+        child.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
+
+
 def _quote(a: str) -> str:
     import shlex
 

@@ -17,6 +17,37 @@ DEFAULT_TITLES = {"dedup": "De-duplication", "volume": "Data volume", "imbalance
                   "resolution": "Resolution", "hd": "H/D"}
 
 
+HOW_IT_RUNS = """## How the study runs (`xtalhpc study`)
+
+```bash
+xtalhpc study jobs/study --cluster local --output STUDYDIR --report docs/study.md   # all arms; rerun to resume
+xtalhpc study jobs/study --output STUDYDIR --arms res-low res-high                   # some arms
+xtalhpc study jobs/study --output STUDYDIR --report docs/study.md --report-only     # the report alone
+sbatch slurm/study.sh jobs/study /scratch/$USER/study -- --partition gpu --time 2:00:00   # Slurm
+```
+
+`jobs/study/study.toml` holds what the arms share (the training recipe, `jobs/train-study.toml`; the
+real-structure and measured evaluation sets; the rare-group table; the poster's answers); every other
+`jobs/study/*.toml` is one arm: `[arm]` (question: dedup, volume, imbalance, resolution or hd; label),
+`[data]` (`source = "synthetic"`: `xtalhpc generate --synthetic N` with an optional `prior`;
+`"synthesize"`: random crystals with extra element weights, e.g. H; `"variants"`: crystals plus augmented
+copies, split at random or by structure type, optionally de-duplicated; instrument, seed, split,
+`deuterate`, `h_background`), `[train]` (a recipe and dotted `overrides` of it) and `[evaluate]` (`also`:
+other arms' test sets, `real`, `measured`). Every recipe is checked before anything runs, like every config
+of the project: an unknown key or a bad value is refused naming the file and the field, exit status 2.
+
+Per arm the driver runs the project's own commands in child processes (the exact commands are listed above
+and in `STUDYDIR/arms/<arm>/done.json`): `xtalhpc synthesize`/`split`/`dedup`/`generate` for the data
+(each dataset once, in `STUDYDIR/data/<kind>-<digest>/`, shared by arms that ask for the same), `xtalhpc
+train` (`--cluster local|slurm|debug`), `xtalhpc evaluate` on each held-out set, `benchmarks/bench_measured.py`
+on the measured patterns, and `xtalhpc evaluate --compare` per question. An arm is done when its `done.json`
+holds the digest of its recipe (with the training recipe and the shared evaluation settings) and its
+metrics.json files exist: a rerun skips it; a changed recipe reruns it from training on. Exit status 0 when
+every arm finished, 1 when one failed (the others still run and are recorded), 2 for a bad recipe, 130 when
+interrupted (rerun to resume). The tables above are read from the arms' metrics.json by
+`xtalhpc.study.report`; nothing in them is typed in."""
+
+
 def done_records(studydir: str | Path) -> list[dict]:
     """The ``done.json`` of every finished arm, with its metrics loaded (``rec["metrics"][set]``)."""
     out = []
@@ -157,6 +188,19 @@ def _pts(a, b) -> str:
     return "-" if a is None or b is None else f"{100 * (a - b):+.1f} points"
 
 
+def partition_record(rec: dict) -> dict | None:
+    """The made.json of a variants arm's partition (train/test files, the dedup summary), found from its
+    training dataset's record (``data/<kind>-<digest>/made.json`` names the partition's digest)."""
+    ds = Path(rec["dataset"]).parent / "made.json"
+    if not ds.exists():
+        return None
+    d = json.loads(ds.read_text()).get("spec", {}).get("partition")
+    if not d:
+        return None
+    p = ds.parent.parent / f"partition-{d[:12]}" / "made.json"
+    return json.loads(p.read_text()) if p.exists() else None
+
+
 def answer(question: str, recs: list[dict], rare: set[str] | None) -> str:
     """One paragraph computed from the numbers (nothing typed in)."""
     if not recs:
@@ -166,6 +210,13 @@ def answer(question: str, recs: list[dict], rare: set[str] | None) -> str:
         rnd = [r for r in recs if r["data"].get("variant_split") == "random"]
         st = [r for r in recs if r["data"].get("variant_split") == "structure"]
         parts = []
+        for r in st:
+            part = partition_record(r)
+            dd = (part or {}).get("dedup")
+            if dd:
+                parts.append(f"`xtalhpc dedup` dropped {dd['dropped']:,} of {dd['before']:,} training-pool files "
+                             f"({100 * dd['dropped_fraction']:.0f} %; substituted variants have another formula and "
+                             "stay)")
         for r in rnd:
             parts.append(f"`{r['arm']}` (random split) scores SG top-1 {_f(sg(r, 'test'))} on its own test split but "
                          f"{_f(sg(r, 'heldout'))} on held-out structure types: the random split inflates the test "
@@ -268,6 +319,8 @@ def write_report(studydir: str | Path, out: str | Path, image_dir: str | Path | 
         lines += ["Arms: " + "; ".join(f"`{a}` ({all_arms[a]['label']})" + ("" if a in done else " **not finished**")
                                        for a in qarms) + "."]
         lines += ["", f"**What the numbers say.** {answer(q, qrecs, rare if q == 'imbalance' else None)}"]
+        if text.get("note"):
+            lines += ["", f"**How the arms were made.** {text['note']}"]
         if text.get("poster"):
             lines += ["", f"**What the poster reported.** {text['poster']}"]
         if not qrecs:
@@ -298,7 +351,7 @@ def write_report(studydir: str | Path, out: str | Path, image_dir: str | Path | 
         lines += ["```"]
         if text.get("more_compute"):
             lines += ["", f"**With more compute.** {text['more_compute']}"]
-    lines += [""]
+    lines += ["", HOW_IT_RUNS, ""]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines))
     return out
