@@ -188,6 +188,18 @@ def _pts(a, b) -> str:
     return "-" if a is None or b is None else f"{100 * (a - b):+.1f} points"
 
 
+def _diff(ra: dict, ka: str, rb: dict, kb: str, head: str = "space_group") -> str:
+    """SG top-1 of (ra, ka) minus that of (rb, kb) in points, with twice the binomial standard error of the
+    difference (test sets of n patterns each, taken as independent): how much of it sampling alone could be."""
+    a, b = metric(ra, ka, head), metric(rb, kb, head)
+    if a is None or b is None:
+        return "-"
+    na, nb = ra["metrics"][ka]["n"], rb["metrics"][kb]["n"]
+    pa, pb = (a * na + 1) / (na + 2), (b * nb + 1) / (nb + 2)  # add-one: no zero error at 0 % or 100 %
+    se = math.sqrt(pa * (1 - pa) / max(na, 1) + pb * (1 - pb) / max(nb, 1))
+    return f"{100 * (a - b):+.1f} points (2 s.e. {200 * se:.1f})"
+
+
 def partition_record(rec: dict) -> dict | None:
     """The made.json of a variants arm's partition (train/test files, the dedup summary), found from its
     training dataset's record (``data/<kind>-<digest>/made.json`` names the partition's digest)."""
@@ -201,77 +213,79 @@ def partition_record(rec: dict) -> dict | None:
     return json.loads(p.read_text()) if p.exists() else None
 
 
+ANSWER_HEADS = (("space_group", "SG"), ("crystal_system", "CS"))
+
+
 def answer(question: str, recs: list[dict], rare: set[str] | None) -> str:
-    """One paragraph computed from the numbers (nothing typed in)."""
+    """One paragraph computed from the numbers (nothing typed in): top-1 of the space-group and the
+    crystal-system heads, differences with twice their binomial standard error."""
     if not recs:
         return "No arm of this question has finished."
-    sg = lambda r, k: metric(r, k)  # noqa: E731
+    parts: list[str] = []
     if question == "dedup":
         rnd = [r for r in recs if r["data"].get("variant_split") == "random"]
         st = [r for r in recs if r["data"].get("variant_split") == "structure"]
-        parts = []
         for r in st:
-            part = partition_record(r)
-            dd = (part or {}).get("dedup")
+            dd = (partition_record(r) or {}).get("dedup")
             if dd:
                 parts.append(f"`xtalhpc dedup` dropped {dd['dropped']:,} of {dd['before']:,} training-pool files "
                              f"({100 * dd['dropped_fraction']:.0f} %; substituted variants have another formula and "
                              "stay)")
-        for r in rnd:
-            parts.append(f"`{r['arm']}` (random split) scores SG top-1 {_f(sg(r, 'test'))} on its own test split but "
-                         f"{_f(sg(r, 'heldout'))} on held-out structure types: the random split inflates the test "
-                         f"accuracy by {_pts(sg(r, 'test'), sg(r, 'heldout'))}")
-        for r in st:
-            parts.append(f"`{r['arm']}` (structure-type split{', de-duplicated' if r['data'].get('dedup') else ''}) "
-                         f"scores {_f(sg(r, 'test'))} on the held-out structure types")
-        if rnd and st:
-            a, b = rnd[0], st[0]
-            parts.append(f"on the real-structure set the two models score {_f(sg(a, 'real'))} "
-                         f"(random) and {_f(sg(b, 'real'))} (structure split): "
-                         f"difference {_pts(sg(b, 'real'), sg(a, 'real'))}")
+        for head, h in ANSWER_HEADS:
+            for r in rnd:
+                parts.append(f"{h} top-1 of `{r['arm']}` (random split): {_f(metric(r, 'test', head))} on its own test "
+                             f"split, {_f(metric(r, 'heldout', head))} on held-out structure types, i.e. the random "
+                             f"split inflates it by {_diff(r, 'test', r, 'heldout', head)}")
+            for r in st:
+                parts.append(f"`{r['arm']}` (structure-type split{', de-duplicated' if r['data'].get('dedup') else ''})"
+                             f": {h} top-1 {_f(metric(r, 'test', head))} on the held-out structure types")
+            if rnd and st:
+                a, b = rnd[0], st[0]
+                parts.append(f"{h} top-1 on the real-structure set: {_f(metric(a, 'real', head))} (random) vs "
+                             f"{_f(metric(b, 'real', head))} (structure split), structure minus random "
+                             f"{_diff(b, 'real', a, 'real', head)}")
         return "; ".join(parts) + "."
     if question == "volume":
         rs = sorted(recs, key=lambda r: (r.get("dataset_counts") or {}).get("splits", {}).get("train", 0))
-        seq = ", ".join(f"{(r['dataset_counts']['splits']['train']):,} -> {_f(sg(r, 'test'))}" for r in rs)
-        real = ", ".join(f"{_f(sg(r, 'real'))}" for r in rs)
-        up = all((sg(b, "test") or 0) >= (sg(a, "test") or 0) for a, b in zip(rs, rs[1:]))
-        return (f"SG top-1 on each arm's synthetic test split against training patterns: {seq} "
-                f"({'rising with every step' if up else 'not monotonic at this scale'}); on the real-structure set: "
-                f"{real}.")
+        for head, h in ANSWER_HEADS:
+            vals = [metric(r, "test", head) for r in rs]
+            seq = ", ".join(f"{r['dataset_counts']['splits']['train']:,} -> {_f(v)}" for r, v in zip(rs, vals))
+            up = all((b or 0) >= (a or 0) for a, b in zip(vals, vals[1:]))
+            parts.append(f"{h} top-1 on the synthetic test split against training patterns: {seq} "
+                         f"({'never falling' if up else 'not monotonic'}; smallest to largest "
+                         f"{_diff(rs[-1], 'test', rs[0], 'test', head)}); on the real-structure set "
+                         + ", ".join(_f(metric(r, "real", head)) for r in rs))
+        return "; ".join(parts) + "."
     if question in ("imbalance", "resolution", "hd"):
-        cols, mat = cross_matrix(recs)
-        lines = []
-        for c in cols:
-            vals = {r["arm"]: mat.get((r["arm"], c)) for r in recs if (r["arm"], c) in mat}
-            if not vals:
-                continue
-            best = max((v, k) for k, v in vals.items() if v is not None)
-            lines.append(f"on {c}'s test set the best SG top-1 is `{best[1]}` ({_f(best[0])}; "
-                         + ", ".join(f"{k} {_f(v)}" for k, v in vals.items()) + ")")
+        for head, h in ANSWER_HEADS:
+            cols, mat = cross_matrix(recs, head=head)
+            for c in cols:
+                vals = {r["arm"]: mat.get((r["arm"], c)) for r in recs if mat.get((r["arm"], c)) is not None}
+                if vals:
+                    best = max((v, k) for k, v in vals.items())
+                    parts.append(f"{h} top-1 on {c}'s test set: best `{best[1]}` ("
+                                 + ", ".join(f"{k} {_f(v)}" for k, v in vals.items()) + ")")
+            if question in ("resolution", "hd"):
+                diag = [v for (a, c), v in mat.items() if _own(a, c) and v is not None]
+                off = [v for (a, c), v in mat.items() if not _own(a, c) and v is not None]
+                if diag and off:
+                    parts.append(f"{h} top-1 trained and tested on the same kind of data: mean {_f(sum(diag) / len(diag))}"
+                                 f"; crossed: mean {_f(sum(off) / len(off))} ({_pts(sum(diag) / len(diag), sum(off) / len(off))})")
         if question == "imbalance":
-            macro_cols, macro = cross_matrix(recs, "macro_accuracy")
-            for c in macro_cols:
-                vals = {r["arm"]: macro.get((r["arm"], c)) for r in recs if (r["arm"], c) in macro}
-                lines.append(f"SG macro accuracy on {c}'s test set: " + ", ".join(f"{k} {_f(v)}" for k, v in vals.items()))
-            if rare is not None:
-                owner = _owner(recs)
-                for c in cols:
-                    vals = []
-                    for r in recs:
-                        for key, e in r["evals"].items():
-                            if key.startswith("test") and owner.get(e["dataset"]) == c:
-                                vals.append(f"{r['arm']} {_f(rare_accuracy(r['metrics'][key], rare))}")
-                    lines.append(f"rare-group SG top-1 on {c}'s test set: " + ", ".join(vals))
-        if question in ("resolution", "hd"):
-            diag = [v for (a, c), v in mat.items() if _own(a, c) and v is not None]
-            off = [v for (a, c), v in mat.items() if not _own(a, c) and v is not None]
-            if diag and off:
-                lines.append(f"matched train/test mean {_f(sum(diag) / len(diag))}, crossed mean "
-                             f"{_f(sum(off) / len(off))} ({_pts(sum(diag) / len(diag), sum(off) / len(off))})")
-        real = ", ".join(f"{r['arm']} {_f(sg(r, 'real'))}" for r in recs if "real" in r["evals"])
+            cols, macro = cross_matrix(recs, "macro_accuracy")
+            owner = _owner(recs)
+            for c in cols:
+                vals = {r["arm"]: macro.get((r["arm"], c)) for r in recs if macro.get((r["arm"], c)) is not None}
+                parts.append(f"SG macro accuracy on {c}'s test set: " + ", ".join(f"{k} {_f(v)}" for k, v in vals.items()))
+                if rare is not None:
+                    rv = [f"{r['arm']} {_f(rare_accuracy(r['metrics'][key], rare))}" for r in recs
+                          for key, e in r["evals"].items() if key.startswith("test") and owner.get(e["dataset"]) == c]
+                    parts.append(f"rare-group SG top-1 on {c}'s test set: " + ", ".join(rv))
+        real = ", ".join(f"{r['arm']} {_f(metric(r, 'real'))} / {_f(metric(r, 'real', 'crystal_system'))}"
+                         for r in recs if "real" in r["evals"])
         if real:
-            lines.append(f"real-structure set: {real}")
-        return "; ".join(lines) + "."
+            parts.append(f"real-structure set, SG / CS top-1: {real}")
+        return "; ".join(parts) + "."
     return ""
 
 
@@ -327,8 +341,8 @@ def write_report(studydir: str | Path, out: str | Path, image_dir: str | Path | 
             continue
         lines += ["", "Accuracy (from each arm's `eval/<set>/metrics.json`):", ""]
         lines += accuracy_table(qrecs, rare if q == "imbalance" else None)
-        for what in ("top1", "macro_accuracy"):
-            mt = matrix_table(qrecs, what)
+        for what, head in (("top1", "space_group"), ("top1", "crystal_system"), ("macro_accuracy", "space_group")):
+            mt = matrix_table(qrecs, what, head)
             if mt and (what == "top1" or q == "imbalance"):
                 lines += ["", "Trained on (rows) x tested on (columns), synthetic test sets:", ""] + mt
         mt = measured_table(qrecs)
