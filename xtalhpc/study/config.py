@@ -135,7 +135,8 @@ class ArmData:
         if self.source == "synthetic":
             _need(self.synthetic >= 1, "data.synthetic", f"{self.synthetic}: source 'synthetic' needs synthetic >= 1")
         else:
-            _need(self.per_group >= 1, "data.per_group", f"{self.per_group}: source {self.source!r} needs per_group >= 1")
+            _need(self.per_group >= 1, "data.per_group",
+                  f"{self.per_group}: source {self.source!r} needs per_group >= 1")
         _need(self.prior_power >= 0, "data.prior_power", f"{self.prior_power} must be >= 0")
         _need(not self.prior or self.source == "synthetic", "data.prior", "a prior applies to source 'synthetic' only")
         _need(self.seed >= 0, "data.seed", f"{self.seed} must be >= 0")

@@ -262,7 +262,8 @@ class Driver:
             src.mkdir(exist_ok=True)
             for i, f in enumerate(files):
                 _link(Path(f), src / f"{i:05d}-{Path(f).name}")
-            self._run(["generate", str(src), "--output", str(path / "dataset"), "--instrument", instrument, "--split", "none",
+            self._run(["generate", str(src), "--output", str(path / "dataset"), "--instrument", instrument,
+                       "--split", "none",
                        "--max-reject-fraction", "1.0", "--ranks", str(self.study.study.ranks), "--quiet"],
                       f"generate real ({instrument})")
             return {"n_files": len(files), **_dataset_counts(path / "dataset")}
@@ -327,7 +328,8 @@ class Driver:
         t0 = time.perf_counter()
         for s in sets:
             out = adir / "eval" / s.key
-            argv = ["evaluate", str(run), "--dataset", s.dataset, "--split", s.split, "--output", str(out), "--augment", s.augment,
+            argv = ["evaluate", str(run), "--dataset", s.dataset, "--split", s.split, "--output", str(out),
+                    "--augment", s.augment,
                     "--batch-size", str(self.study.eval.batch_size), "--cluster", self.cluster]
             self._run(argv + self._slurm_flags(), f"evaluate {s.key}")
             evals[s.key] = {"label": s.label, "dataset": s.dataset, "split": s.split, "augment": s.augment,
@@ -337,12 +339,14 @@ class Driver:
             out = adir / "eval" / "measured"
             out.mkdir(parents=True, exist_ok=True)
             self._run(["--model", str(run / "model.pt"), "--csv", self.study.eval.measured_csv, "--repeat", "1",
-                       "--json", str(out / "measured.json")], "bench_measured", python_script=str(bench_measured_script()))
+                       "--json", str(out / "measured.json")], "bench_measured",
+                      python_script=str(bench_measured_script()))
             measured = str((out / "measured.json").relative_to(adir))
         t_eval = time.perf_counter() - t0
         gen_s = sum(r.get("wall_s", 0.0) for r in made)
         rec = {"arm": arm.name, "question": arm.question, "label": arm.config.arm.label, "order": arm.config.arm.order,
-               "digest": arm.digest, "recipe": str(arm.path), "data": config_to_dict(arm.config.data), "dataset": str(ds / "dataset"),
+               "digest": arm.digest, "recipe": str(arm.path), "data": config_to_dict(arm.config.data),
+               "dataset": str(ds / "dataset"),
                "dataset_counts": {k: ds_rec.get(k) for k in ("n_patterns", "splits")},
                "train_steps": _last_step(run), "batch_size": arm.train_config.data.batch_size,
                "evals": evals, "measured": measured,
@@ -384,7 +388,8 @@ class Driver:
                 self.log(f"{arm.name}: done (recipe digest {arm.digest[:12]}), skipped")
                 self._event(arm=arm.name, event="skipped", digest=arm.digest)
                 continue
-            self.log(f"{arm.name}: running ({arm.question}: {arm.config.arm.label}); log {self.out}/logs/{arm.name}.log")
+            self.log(f"{arm.name}: running ({arm.question}: {arm.config.arm.label}); "
+                     f"log {self.out}/logs/{arm.name}.log")
             self._event(arm=arm.name, event="start", digest=arm.digest)
             try:
                 rec = self.run_arm(arm)
