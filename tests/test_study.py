@@ -148,7 +148,8 @@ def test_study_end_to_end_resume_and_rerun(tmp_path):
                 assert cells[13] == f"{acc:.3f}"
     assert "the poster's words" in md and "more of it" in md
     assert (report.parent / "study" / "imbalance-test.png").stat().st_size > 1000  # evaluate --compare's plot
-    assert (out / "compare" / "imbalance-test" / "compare.csv").exists()
+    cmp_rows = (out / "compare" / "imbalance-test" / "compare.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in cmp_rows[1:]] == ["a-plain", "b-weighted"]  # runs named by their arms
 
     # resume: both arms done -> nothing runs; then a changed recipe reruns that arm only
     mt_a = (a / "eval" / "test" / "metrics.json").stat().st_mtime_ns

@@ -423,13 +423,18 @@ class Driver:
         self.logfile = self.out / "logs" / "compare.log"
         for q, rs in by_q.items():
             for key in ("test", "real", "heldout"):
-                paths = [str(self.out / "arms" / r["arm"] / r["evals"][key]["metrics"]) for r in rs
-                         if key in r["evals"]]
-                if len(paths) < 2:
+                arms = [r for r in rs if key in r["evals"]]
+                if len(arms) < 2:
                     continue
                 dest = self.out / "compare" / f"{q}-{key}"
                 if dest.exists():
                     shutil.rmtree(dest)
+                names = self.out / "compare" / "inputs" / f"{q}-{key}"  # --compare names a run by its folder
+                names.mkdir(parents=True, exist_ok=True)
+                paths = []
+                for r in arms:
+                    _link((self.out / "arms" / r["arm"] / r["evals"][key]["metrics"]).parent, names / r["arm"])
+                    paths.append(str(names / r["arm"]))
                 self._run(["evaluate", "--compare", *paths, "--output", str(dest)], f"compare {q} {key}")
                 out[f"{q}-{key}"] = dest
         return out
