@@ -293,6 +293,10 @@ def answer(question: str, recs: list[dict], rare: set[str] | None) -> str:
     return ""
 
 
+def _minutes(recs: list[dict], key: str) -> str:
+    return f"{sum(r['wall_s'][key] for r in recs) / 60:.0f}"
+
+
 def write_report(studydir: str | Path, out: str | Path, image_dir: str | Path | None = None,
                  command: str = "") -> Path:
     studydir = Path(studydir)
@@ -310,7 +314,9 @@ def write_report(studydir: str | Path, out: str | Path, image_dir: str | Path | 
              f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} from `{studydir}` by", "",
              "```bash\n" + (command or f"xtalhpc study {info.get('folder', 'jobs/study')} --output {studydir}")
              + "\n```",
-             "", f"Arms finished: {len(done)} of {len(all_arms)}."]
+             "", f"Arms finished: {len(done)} of {len(all_arms)}; their wall time on this machine, summed over the "
+             f"arms: {_minutes(recs, 'total')} min (data {_minutes(recs, 'data')}, training {_minutes(recs, 'train')}, "
+             f"evaluation {_minutes(recs, 'evaluate')}; a dataset shared by arms counts for each)."]
     if remaining:
         lines += [f"Not finished: {', '.join(remaining)}. The same command resumes: finished arms are skipped, the "
                   "others run (datasets already made are reused)."]
