@@ -35,6 +35,7 @@ COMMANDS: tuple[str, ...] = (
     "export",
     "evaluate",
     "predict",
+    "study",
 )
 
 
