@@ -81,6 +81,13 @@ class Driver:
         self.logfile: Path = self.out / "logs" / "study.log"
         self._all: dict[str, Arm] = {}
         self._used: list[dict] = []  # made records (datasets, pools) the current arm used
+        if study.eval.measured_csv and any(a.config.evaluate.measured for a in arms) \
+                and not bench_measured_script().is_file():
+            # refused before any arm runs, not after hours of training
+            raise InputError(f"the measured-pattern evaluation runs {bench_measured_script()}, which only a "
+                             "checkout of the repository has; run the study from a checkout, or set "
+                             "eval.measured_csv = \"\" to leave the measured patterns out",
+                             study_folder or None, "eval.measured_csv")
 
     # ------------------------------------------------------------------ child processes
     def _run(self, argv: list[str], what: str, python_script: str | None = None) -> None:
