@@ -132,6 +132,23 @@ def test_export_writes_the_model_file_of_a_checkpoint(run_a, tmp_path, capsys):
     assert "is not a training run" in capsys.readouterr().err
 
 
+def test_resume_needs_no_init_model_once_checkpointed(run_a, dataset, tmp_path):
+    """A run started from --init resumes from its checkpoint on a machine where the init model is
+    gone (a long run carried across sessions): only the start needs it."""
+    import shutil
+
+    init = tmp_path / "init.pt"
+    shutil.copy(run_a / "model.pt", init)
+    run = tmp_path / "r"
+    common = ("--dataset", dataset, "--output", run, "--steps", "4", "--eval-every", "4", "--init", init)
+    assert _train(*common, "--stop-at", "2") == EXIT_OK
+    init.unlink()
+    assert _train(*common, "--resume") == EXIT_OK
+    assert "resumed from" in _logs(run) and (run / "model.pt").exists()
+    # without a checkpoint it is still checked
+    assert _train("--dataset", dataset, "--output", tmp_path / "r2", "--init", init) == EXIT_USAGE
+
+
 def test_resume_continues_at_the_saved_step_like_an_uninterrupted_run(dataset, run_a, tmp_path):
     run = tmp_path / "b"
     common = ("--dataset", dataset, "--output", run, "--procs", "2", "--steps", "12", "--eval-every", "6")

@@ -58,7 +58,8 @@ def prepare_run(cfg: TrainConfig, dataset: str, output: str, spec: LaunchSpec, *
 
     check_spec(spec, gpus_visible)
     data = load_training_data(dataset)
-    if cfg.run.init:
+    if cfg.run.init and not (resume and checkpoint_paths(Path(output))):
+        # (a resumed run starts from its checkpoint: the init model need not exist any more)
         check_init_model(cfg.run.init, data, cfg)
     run = OutputDir(output, "train")
     ours = run.check_empty_or_ours(CONFIG_NAME)
