@@ -226,3 +226,17 @@ def test_shipped_recipes_load():
     vol = [a for a in arms if a.question == "volume"]
     assert len({a.config.data.synthetic for a in vol}) >= 3
     assert re.search(r"lowres", " ".join(a.config.data.instrument for a in arms))
+
+
+def test_report_writes_paths_a_reader_can_use(tmp_path):
+    """docs/study.md names no path of the machine it was made on: the study folder is $STUDY, this
+    checkout '.', the shared data beside it ../shared."""
+    from xtalhpc.study.report import portable_paths
+
+    repo = Path(__file__).resolve().parents[1]
+    study = tmp_path / "study"
+    text = (f"xtalhpc generate {repo.parent}/shared/data/structures --output {study}/data/x\n"
+            f"python {repo}/benchmarks/bench_measured.py --csv {repo}/benchmarks/measured.csv --json {study}/m.json")
+    assert portable_paths(text, study) == (
+        "xtalhpc generate ../shared/data/structures --output $STUDY/data/x\n"
+        "python benchmarks/bench_measured.py --csv benchmarks/measured.csv --json $STUDY/m.json")
