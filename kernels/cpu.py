@@ -40,8 +40,102 @@ TWO_PI = 2.0 * math.pi
 RAD2DEG = 180.0 / math.pi
 
 
+#: Largest deviation (angstrom, per axis) of an atom's inversion partner from the exact image
+#: for the paired sum (inversion_pairs); the same bound as the operations the simulator uses
+#: (xtalhpc.crystal.EXACT_TOL). Partners are represented by their midpoint, so the error in F
+#: is second order in the deviation.
+PAIR_TOL = 1e-9
+#: Occupancies of inversion partners must agree to this (absolute).
+PAIR_OCC_TOL = 1e-12
+
+
+@njit(cache=True, error_model="numpy")
+def inversion_pairs(type_off, type_atom_off, frac, occ, cell_len, inv_t, tol, out_frac, out_occ, out_tao,
+                    centro):
+    """Pair the atoms of every centrosymmetric structure for the real (cosine) structure factor.
+
+    ``inv_t[i]`` is the translation tau of an inversion -x + tau among structure i's operations
+    (NaN: none). Each atom at x of a type (same scattering and B) must have a partner of the
+    same type and occupancy (within PAIR_OCC_TOL) at tau - x (mod 1, within ``tol`` angstrom
+    per axis); an atom may be its own partner (at a centre). When every atom is paired,
+    structure i gets one atom per pair at u = x - tau / 2 (the pair's midpoint image) with
+    occupancy occ_a + occ_b (self-paired: occ_a), and centro[i] = True: then
+    F(h) = exp(2 pi i h.tau/2) sum_t w_t sum_pairs occ cos(2 pi h.u), whose |F|^2 is that of the
+    real sum (structure_factors sums only cosines). Otherwise the structure's atoms are copied
+    as they are (centro[i] = False, the full complex sum). Types keep their order and
+    boundaries (out_tao); returns the number of output atoms.
+    """
+    n = type_off.shape[0] - 1
+    pos = 0
+    for i in range(n):
+        t0 = type_off[i]
+        t1 = type_off[i + 1]
+        start = pos
+        ok = not math.isnan(inv_t[i, 0])
+        if ok:
+            tx = tol / cell_len[i, 0]
+            ty = tol / cell_len[i, 1]
+            tz = tol / cell_len[i, 2]
+            for t in range(t0, t1):
+                out_tao[t] = pos
+                a0 = type_atom_off[t]
+                a1 = type_atom_off[t + 1]
+                used = np.zeros(a1 - a0, dtype=np.bool_)
+                for a in range(a0, a1):
+                    if used[a - a0]:
+                        continue
+                    found = -1
+                    d0 = 0.0
+                    d1 = 0.0
+                    d2 = 0.0
+                    for b in range(a, a1):
+                        if used[b - a0] or abs(occ[a] - occ[b]) > PAIR_OCC_TOL:
+                            continue
+                        d0 = frac[a, 0] + frac[b, 0] - inv_t[i, 0]
+                        d0 -= math.floor(d0 + 0.5)
+                        if abs(d0) > tx:
+                            continue
+                        d1 = frac[a, 1] + frac[b, 1] - inv_t[i, 1]
+                        d1 -= math.floor(d1 + 0.5)
+                        if abs(d1) > ty:
+                            continue
+                        d2 = frac[a, 2] + frac[b, 2] - inv_t[i, 2]
+                        d2 -= math.floor(d2 + 0.5)
+                        if abs(d2) > tz:
+                            continue
+                        found = b
+                        break
+                    if found < 0:
+                        ok = False
+                        break
+                    used[a - a0] = True
+                    used[found - a0] = True
+                    # x_b = tau - x_a + d (mod 1): the pair's midpoint image about tau / 2 is
+                    # u = x_a - tau / 2 - d / 2, and its partner -u.
+                    out_frac[pos, 0] = frac[a, 0] - 0.5 * inv_t[i, 0] - 0.5 * d0
+                    out_frac[pos, 1] = frac[a, 1] - 0.5 * inv_t[i, 1] - 0.5 * d1
+                    out_frac[pos, 2] = frac[a, 2] - 0.5 * inv_t[i, 2] - 0.5 * d2
+                    out_occ[pos] = occ[a] if found == a else occ[a] + occ[found]
+                    pos += 1
+                if not ok:
+                    break
+        centro[i] = ok
+        if not ok:
+            pos = start
+            for t in range(t0, t1):
+                out_tao[t] = pos
+                for a in range(type_atom_off[t], type_atom_off[t + 1]):
+                    out_frac[pos, 0] = frac[a, 0]
+                    out_frac[pos, 1] = frac[a, 1]
+                    out_frac[pos, 2] = frac[a, 2]
+                    out_occ[pos] = occ[a]
+                    pos += 1
+    out_tao[type_off[n]] = pos
+    return pos
+
+
 @njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract"})
-def _sf_one(i, recip, cell_len, qmax, refl_off, type_off, type_atom_off, type_coef, type_b, frac, occ,
+def _sf_one(i, recip, cell_len, qmax, refl_off, type_off, type_atom_off, type_coef, type_b, frac, occ, centro,
             laue_off, laue_rot, tab_off, tab_k, tab_l, table, orbit, out_hkl, out_q, out_f2, out_mult):
     """The reflections of structure ``i`` in (h, k) columns of consecutive l: every half-sphere
     reflection (multiplicity 2, itself and its Friedel mate) or, when its Laue group has order
@@ -60,6 +154,9 @@ def _sf_one(i, recip, cell_len, qmax, refl_off, type_off, type_atom_off, type_co
     A structure with an absorbing type (imaginary amplitude c'' != 0) also sums
     F'' = sum_t c''_t DW_t S_t, its weight stepped with the Debye-Waller term's recurrence,
     and stores physics.powder_f2; the others never touch that path.
+    A centrosymmetric structure packed by inversion_pairs (``centro[i]``: one atom per
+    inversion pair, about the centre) sums the real parts only: F' and F'' are then real
+    times one common phase, so |F|^2 = powder_f2(F', 0, F'', 0) exactly.
     """
     g11, g22, g33, g12, g13, g23 = recip[i, 0], recip[i, 1], recip[i, 2], recip[i, 3], recip[i, 4], recip[i, 5]
     hmax, kmax, lmax = index_bounds(cell_len[i, 0], cell_len[i, 1], cell_len[i, 2], qmax)
@@ -129,6 +226,7 @@ def _sf_one(i, recip, cell_len, qmax, refl_off, type_off, type_atom_off, type_co
     r0, r1 = laue_off[i], laue_off[i + 1]
     sym = r1 - r0 >= MIN_LAUE_ORDER
     order = r1 - r0
+    real = centro[i]
     pos = refl_off[i]
     for h in range(0, hmax + 1):
         k0 = 0 if h == 0 else -kmax
@@ -164,9 +262,13 @@ def _sf_one(i, recip, cell_len, qmax, refl_off, type_off, type_atom_off, type_co
                         t = t0 + tt
                         sr = 0.0
                         si = 0.0
-                        for j in range(type_atom_off[t] - a0, type_atom_off[t + 1] - a0):
-                            sr += re[j]
-                            si += im[j]
+                        if real:
+                            for j in range(type_atom_off[t] - a0, type_atom_off[t + 1] - a0):
+                                sr += re[j]
+                        else:
+                            for j in range(type_atom_off[t] - a0, type_atom_off[t + 1] - a0):
+                                sr += re[j]
+                                si += im[j]
                         wgt = 0.0
                         for m in range(nterm[tt]):
                             wgt += val[tt, m]
@@ -209,17 +311,18 @@ def _sf_one(i, recip, cell_len, qmax, refl_off, type_off, type_atom_off, type_co
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def structure_factors(recip, cell_len, qmax, refl_off, type_off, type_atom_off, type_coef, type_b, frac, occ,
+def structure_factors(recip, cell_len, qmax, refl_off, type_off, type_atom_off, type_coef, type_b, frac, occ, centro,
                       laue_off, laue_rot, tab_off, tab_k, tab_l, table, orbit, out_hkl, out_q, out_f2, out_mult):
     """|F(hkl)|^2 (units of coef^2: fm^2 for neutrons) and multiplicity per computed reflection.
 
     Structures whose Laue group has order >= MIN_LAUE_ORDER get one reflection per orbit
     with the orbit size as multiplicity; the others every half-sphere reflection with
     multiplicity 2 (itself and its Friedel mate). Canonical intervals come from the
-    structure's Laue-group table (see count_reflections).
+    structure's Laue-group table (see count_reflections). ``centro[i]``: structure i's atoms
+    are inversion pairs as packed by inversion_pairs (real sum); False: the atoms as they are.
     """
     for i in prange(recip.shape[0]):
-        _sf_one(i, recip, cell_len, qmax, refl_off, type_off, type_atom_off, type_coef, type_b, frac, occ,
+        _sf_one(i, recip, cell_len, qmax, refl_off, type_off, type_atom_off, type_coef, type_b, frac, occ, centro,
                 laue_off, laue_rot, tab_off, tab_k, tab_l, table, orbit, out_hkl, out_q, out_f2, out_mult)
 
 

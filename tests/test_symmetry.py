@@ -162,7 +162,8 @@ def test_group_tables_equal_the_per_column_search(rng):
         m = int(off[-1])
         out = (np.empty((m, 3), np.int32), np.empty(m), np.empty(m), np.empty(m, np.int32))
         cpu.structure_factors(p.recip, p.cell_len, qmax, off, p.type_off, p.type_atom_off, p.type_coef, p.type_b,
-                              p.frac, p.occ, p.laue_off, p.laue_rot, p.tab_off, tab_k, tab_l, p.table, p.orbit, *out)
+                              p.frac, p.occ, np.zeros(n, np.bool_), p.laue_off, p.laue_rot, p.tab_off, tab_k, tab_l,
+                              p.table, p.orbit, *out)
         results.append((counts, out))
     (with_tables, a), (searched, b) = results
     assert (p.tab_k[:5] >= 0).all() and (p.tab_l[:5] >= 0).all() and p.tab_k[5] == -1
