@@ -227,6 +227,25 @@ def _sf_one(i, recip, cell_len, qmax, refl_off, type_off, type_atom_off, type_co
     sym = r1 - r0 >= MIN_LAUE_ORDER
     order = r1 - r0
     real = centro[i]
+    # Neutrons without absorbers (one Gaussian term per type: b exp(-B s^2)): each type's weight
+    # is folded into its atoms' phases and stepped per atom, so the sum over l is one
+    # vectorised pass over all atoms, with no per-type work; a crystal with a B per site has
+    # about as many types as sites, and per-type loops were most of its time.
+    fold = not cplx
+    for tt in range(nt):
+        if nterm[tt] != 1:
+            fold = False
+    if fold:
+        atype = np.empty(na, dtype=np.int64)
+        acc = np.empty(na)
+        for tt in range(nt):
+            for j in range(type_atom_off[t0 + tt] - a0, type_atom_off[t0 + tt + 1] - a0):
+                atype[j] = tt
+                acc[j] = cc[tt, 0]
+    else:
+        atype = np.zeros(0, dtype=np.int64)
+        acc = np.zeros(0)
+    ra = np.empty(na if fold else 0)
     pos = refl_off[i]
     for h in range(0, hmax + 1):
         k0 = 0 if h == 0 else -kmax
@@ -251,6 +270,12 @@ def _sf_one(i, recip, cell_len, qmax, refl_off, type_off, type_atom_off, type_co
                 ai = exr[h, j] * eyi[ky, j] + exi[h, j] * eyr[ky, j]
                 re[j] = ar * ezr[lz, j] - ai * ezi[lz, j]
                 im[j] = ar * ezi[lz, j] + ai * ezr[lz, j]
+            if fold:
+                for j in range(na):
+                    wv = val[atype[j], 0]
+                    re[j] *= wv
+                    im[j] *= wv
+                    ra[j] = rat[atype[j], 0]
             for l in range(lo, hi + 1):
                 q = inv_d2(h, k, l, g11, g22, g33, g12, g13, g23)
                 if q > 0.0 and q <= qmax:
@@ -258,7 +283,15 @@ def _sf_one(i, recip, cell_len, qmax, refl_off, type_off, type_atom_off, type_co
                     fi = 0.0
                     gr = 0.0
                     gi = 0.0
-                    for tt in range(nt):
+                    if fold:
+                        if real:
+                            for j in range(na):
+                                fr += re[j]
+                        else:
+                            for j in range(na):
+                                fr += re[j]
+                                fi += im[j]
+                    for tt in range(nt if not fold else 0):
                         t = t0 + tt
                         sr = 0.0
                         si = 0.0
@@ -297,7 +330,15 @@ def _sf_one(i, recip, cell_len, qmax, refl_off, type_off, type_atom_off, type_co
                         out_hkl[pos, 1] = k
                         out_hkl[pos, 2] = l
                     pos += 1
-                if l < hi:
+                if l < hi and fold:
+                    # weights and phases together: a(l+1) = a(l) exp(2 pi i z) r(l), r(l+1) = r(l) c
+                    for j in range(na):
+                        r = ra[j]
+                        x = re[j] * stc[j] - im[j] * sts[j]
+                        im[j] = r * (re[j] * sts[j] + im[j] * stc[j])
+                        re[j] = r * x
+                        ra[j] = r * acc[j]
+                elif l < hi:
                     for tt in range(nt):
                         if cplx:
                             vim[tt] *= rat[tt, 0]
