@@ -705,15 +705,19 @@ def _simulate_batch(crystals: Sequence[Crystal], instrument, *, device: str, on_
     offsets = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(per_item_counts, out=offsets[1:])
     m = int(offsets[-1])
-    hkl = np.empty((m, 3), dtype=np.int32)
-    qv = np.empty(m)
-    f2 = np.empty(m)
-    mult = np.empty(m, dtype=np.int32)
-    tt = np.empty(m)
-    inten = np.empty(m)
-    for items, fc, a_hkl, a_q, a_f2, a_m, a_tt, a_i in fam_parts:
-        dst = np.repeat(offsets[items], fc) + (np.arange(len(a_q)) - np.repeat(np.cumsum(fc) - fc, fc))
-        hkl[dst], qv[dst], f2[dst], mult[dst], tt[dst], inten[dst] = a_hkl, a_q, a_f2, a_m, a_tt, a_i
+    if len(fam_parts) == 1 and len(fam_parts[0][0]) == n:
+        # one chunk holding every item (in input order): its gathered families are the result
+        hkl, qv, f2, mult, tt, inten = fam_parts[0][2:]
+    else:
+        hkl = np.empty((m, 3), dtype=np.int32)
+        qv = np.empty(m)
+        f2 = np.empty(m)
+        mult = np.empty(m, dtype=np.int32)
+        tt = np.empty(m)
+        inten = np.empty(m)
+        for items, fc, a_hkl, a_q, a_f2, a_m, a_tt, a_i in fam_parts:
+            dst = np.repeat(offsets[items], fc) + (np.arange(len(a_q)) - np.repeat(np.cumsum(fc) - fc, fc))
+            hkl[dst], qv[dst], f2[dst], mult[dst], tt[dst], inten[dst] = a_hkl, a_q, a_f2, a_m, a_tt, a_i
     timings["total"] = time.perf_counter() - t0
     return BatchResult(two_theta=inst.two_theta, patterns=patterns, ok=ok, errors=errors, peak_offsets=offsets,
                        peak_hkl=hkl, peak_d=1.0 / np.sqrt(qv), peak_two_theta=tt, peak_multiplicity=mult,
