@@ -149,11 +149,14 @@ def _sf_one(i, recip, cell_len, qmax, refl_off, type_off, type_atom_off, type_co
       per atom per column), then one complex multiply per atom per step in l;
     * each Gaussian term of w_t (the Debye-Waller factor, and the X-ray form-factor
       Gaussians) along a column by the exact recurrence of a Gaussian in l: Q(l) is
-      quadratic in l, so v(l+1) = v(l) r(l), r(l+1) = r(l) exp(-beta C / 2).
+      quadratic in l, so v(l+1) = v(l) r(l), r(l+1) = r(l) exp(-beta C / 2). The
+      Debye-Waller factor (neutrons without absorbers: the whole weight b' DW) is carried
+      and stepped per atom, with its phase; X-ray form factors and the lengths b', b'' of
+      absorbers are applied per group of types with the same coefficients (see "fold" and
+      "split" below).
     Both recurrences are exact up to rounding (~1e-14 over a column).
     A structure with an absorbing type (imaginary amplitude c'' != 0) also sums
-    F'' = sum_t c''_t DW_t S_t, its weight stepped with the Debye-Waller term's recurrence,
-    and stores physics.powder_f2; the others never touch that path.
+    F'' = sum_t c''_t DW_t S_t and stores physics.powder_f2; the others never touch that path.
     A centrosymmetric structure packed by inversion_pairs (``centro[i]``: one atom per
     inversion pair, about the centre) sums the real parts only: F' and F'' are then real
     times one common phase, so |F|^2 = powder_f2(F', 0, F'', 0) exactly.
@@ -209,43 +212,77 @@ def _sf_one(i, recip, cell_len, qmax, refl_off, type_off, type_atom_off, type_co
         nterm[tt] = weight_terms(type_coef, t0 + tt, type_b[t0 + tt], amp, beta, tt)
         for m in range(nterm[tt]):
             beta[tt, m] *= 0.25
-    cc = np.empty((nt, 6))
-    for tt in range(nt):
-        for m in range(nterm[tt]):
-            cc[tt, m] = math.exp(-2.0 * beta[tt, m] * g33)
-    # Absorbing types: imaginary weight c'' exp(-B s^2), stepped like the first term (same beta).
     cplx = False
     for tt in range(nt):
         if scattering_amplitude_imag(type_coef, t0 + tt) != 0.0:
             cplx = True
-    vim = np.zeros(nt)
-    val = np.empty((nt, 6))
-    rat = np.empty((nt, 6))
-    re = np.empty(na)
-    im = np.empty(na)
-    r0, r1 = laue_off[i], laue_off[i + 1]
-    sym = r1 - r0 >= MIN_LAUE_ORDER
-    order = r1 - r0
-    real = centro[i]
-    # Neutrons without absorbers (one Gaussian term per type: b exp(-B s^2)): each type's weight
-    # is folded into its atoms' phases and stepped per atom, so the sum over l is one
-    # vectorised pass over all atoms, with no per-type work; a crystal with a B per site has
-    # about as many types as sites, and per-type loops were most of its time.
+    # Each type's weight is carried by its atoms and stepped per atom, a(l+1) = a(l) exp(2 pi i z) r(l),
+    # r(l+1) = r(l) c, so the sum over l is a vectorised pass over the atoms with no per-type
+    # work (a crystal refined with a B per site has about as many types as sites, and per-type
+    # loops had been most of its time):
+    # * fold (neutrons without absorbers, one term per type): the whole weight b' exp(-B s^2);
+    #   F is the plain sum over the atoms;
+    # * split (X-rays, absorbers): the Debye-Waller factor exp(-B s^2) only; the amplitude
+    #   f(s) (X-ray form factor, or b' and b'') is applied per *group* of consecutive types
+    #   with the same coefficients (one per species), its Gaussian terms stepped per group.
     fold = not cplx
     for tt in range(nt):
         if nterm[tt] != 1:
             fold = False
-    if fold:
-        atype = np.empty(na, dtype=np.int64)
-        acc = np.empty(na)
+    aamp = np.empty(nt)
+    abeta = np.empty(nt)
+    for tt in range(nt):
+        aamp[tt] = amp[tt, 0] if fold else 1.0
+        abeta[tt] = beta[tt, 0]  # B / 4
+    atype = np.empty(na, dtype=np.int64)
+    acc = np.empty(na)
+    for tt in range(nt):
+        c = math.exp(-2.0 * abeta[tt] * g33)
+        for j in range(type_atom_off[t0 + tt] - a0, type_atom_off[t0 + tt + 1] - a0):
+            atype[j] = tt
+            acc[j] = c
+    # groups (split): runs of types with identical coefficient rows
+    gfirst = np.empty(nt + 1, dtype=np.int64)
+    ng = 0
+    if not fold:
         for tt in range(nt):
-            for j in range(type_atom_off[t0 + tt] - a0, type_atom_off[t0 + tt + 1] - a0):
-                atype[j] = tt
-                acc[j] = cc[tt, 0]
-    else:
-        atype = np.zeros(0, dtype=np.int64)
-        acc = np.zeros(0)
-    ra = np.empty(na if fold else 0)
+            new = tt == 0
+            if not new:
+                for col in range(type_coef.shape[1]):
+                    if type_coef[t0 + tt, col] != type_coef[t0 + tt - 1, col]:
+                        new = True
+                        break
+            if new:
+                gfirst[ng] = tt
+                ng += 1
+    gfirst[ng] = nt
+    gnterm = np.zeros(ng, dtype=np.int64)
+    gamp = np.empty((ng, 6))
+    gbeta = np.empty((ng, 6))
+    gcc = np.empty((ng, 6))
+    gim = np.empty(ng)
+    ga0 = np.empty(ng, dtype=np.int64)
+    ga1 = np.empty(ng, dtype=np.int64)
+    for g in range(ng):
+        t = t0 + gfirst[g]
+        gnterm[g] = weight_terms(type_coef, t, 0.0, gamp, gbeta, g)  # f(s) alone: B is the atoms'
+        for m in range(gnterm[g]):
+            gbeta[g, m] *= 0.25
+            gcc[g, m] = math.exp(-2.0 * gbeta[g, m] * g33)
+        gim[g] = scattering_amplitude_imag(type_coef, t)
+        ga0[g] = type_atom_off[t] - a0
+        ga1[g] = type_atom_off[t0 + gfirst[g + 1]] - a0
+    gval = np.empty((ng, 6))
+    grat = np.empty((ng, 6))
+    av = np.empty(nt)
+    ar_ = np.empty(nt)
+    re = np.empty(na)
+    im = np.empty(na)
+    ra = np.empty(na)
+    r0, r1 = laue_off[i], laue_off[i + 1]
+    sym = r1 - r0 >= MIN_LAUE_ORDER
+    order = r1 - r0
+    real = centro[i]
     pos = refl_off[i]
     for h in range(0, hmax + 1):
         k0 = 0 if h == 0 else -kmax
@@ -257,12 +294,12 @@ def _sf_one(i, recip, cell_len, qmax, refl_off, type_off, type_atom_off, type_co
             bq = 2.0 * (g13 * h + g23 * k)
             q0 = inv_d2(h, k, lo, g11, g22, g33, g12, g13, g23)
             for tt in range(nt):
-                for m in range(nterm[tt]):
-                    val[tt, m] = amp[tt, m] * math.exp(-beta[tt, m] * q0)
-                    rat[tt, m] = math.exp(-beta[tt, m] * (bq + g33 * (2 * lo + 1)))
-            if cplx:
-                for tt in range(nt):
-                    vim[tt] = scattering_amplitude_imag(type_coef, t0 + tt) * math.exp(-beta[tt, 0] * q0)
+                av[tt] = aamp[tt] * math.exp(-abeta[tt] * q0)
+                ar_[tt] = math.exp(-abeta[tt] * (bq + g33 * (2 * lo + 1)))
+            for g in range(ng):
+                for m in range(gnterm[g]):
+                    gval[g, m] = gamp[g, m] * math.exp(-gbeta[g, m] * q0)
+                    grat[g, m] = math.exp(-gbeta[g, m] * (bq + g33 * (2 * lo + 1)))
             ky = k + kmax
             lz = lo + lmax
             for j in range(na):
@@ -270,12 +307,11 @@ def _sf_one(i, recip, cell_len, qmax, refl_off, type_off, type_atom_off, type_co
                 ai = exr[h, j] * eyi[ky, j] + exi[h, j] * eyr[ky, j]
                 re[j] = ar * ezr[lz, j] - ai * ezi[lz, j]
                 im[j] = ar * ezi[lz, j] + ai * ezr[lz, j]
-            if fold:
-                for j in range(na):
-                    wv = val[atype[j], 0]
-                    re[j] *= wv
-                    im[j] *= wv
-                    ra[j] = rat[atype[j], 0]
+            for j in range(na):
+                wv = av[atype[j]]
+                re[j] *= wv
+                im[j] *= wv
+                ra[j] = ar_[atype[j]]
             for l in range(lo, hi + 1):
                 q = inv_d2(h, k, l, g11, g22, g33, g12, g13, g23)
                 if q > 0.0 and q <= qmax:
@@ -291,25 +327,24 @@ def _sf_one(i, recip, cell_len, qmax, refl_off, type_off, type_atom_off, type_co
                             for j in range(na):
                                 fr += re[j]
                                 fi += im[j]
-                    for tt in range(nt if not fold else 0):
-                        t = t0 + tt
+                    for g in range(ng):
                         sr = 0.0
                         si = 0.0
                         if real:
-                            for j in range(type_atom_off[t] - a0, type_atom_off[t + 1] - a0):
+                            for j in range(ga0[g], ga1[g]):
                                 sr += re[j]
                         else:
-                            for j in range(type_atom_off[t] - a0, type_atom_off[t + 1] - a0):
+                            for j in range(ga0[g], ga1[g]):
                                 sr += re[j]
                                 si += im[j]
                         wgt = 0.0
-                        for m in range(nterm[tt]):
-                            wgt += val[tt, m]
+                        for m in range(gnterm[g]):
+                            wgt += gval[g, m]
                         fr += wgt * sr
                         fi += wgt * si
                         if cplx:
-                            gr += vim[tt] * sr
-                            gi += vim[tt] * si
+                            gr += gim[g] * sr
+                            gi += gim[g] * si
                     out_q[pos] = q
                     out_f2[pos] = powder_f2(fr, fi, gr, gi)
                     if eb != NO_ORBIT:  # the orbit from the group's table
@@ -330,7 +365,7 @@ def _sf_one(i, recip, cell_len, qmax, refl_off, type_off, type_atom_off, type_co
                         out_hkl[pos, 1] = k
                         out_hkl[pos, 2] = l
                     pos += 1
-                if l < hi and fold:
+                if l < hi:
                     # weights and phases together: a(l+1) = a(l) exp(2 pi i z) r(l), r(l+1) = r(l) c
                     for j in range(na):
                         r = ra[j]
@@ -338,17 +373,10 @@ def _sf_one(i, recip, cell_len, qmax, refl_off, type_off, type_atom_off, type_co
                         im[j] = r * (re[j] * sts[j] + im[j] * stc[j])
                         re[j] = r * x
                         ra[j] = r * acc[j]
-                elif l < hi:
-                    for tt in range(nt):
-                        if cplx:
-                            vim[tt] *= rat[tt, 0]
-                        for m in range(nterm[tt]):
-                            val[tt, m] *= rat[tt, m]
-                            rat[tt, m] *= cc[tt, m]
-                    for j in range(na):
-                        r = re[j] * stc[j] - im[j] * sts[j]
-                        im[j] = re[j] * sts[j] + im[j] * stc[j]
-                        re[j] = r
+                    for g in range(ng):
+                        for m in range(gnterm[g]):
+                            gval[g, m] *= grat[g, m]
+                            grat[g, m] *= gcc[g, m]
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
