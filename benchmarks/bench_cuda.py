@@ -197,7 +197,7 @@ def host_seconds(crystals, inst, repeat: int = 3) -> dict:
     (which the CUDA path runs on the device instead)."""
     from numba import config, set_num_threads
 
-    from xtalhpc.simulate import ABSENT_TOL, D_TOL, F2_TOL, qmax_of
+    from xtalhpc.simulate import ABSENT_TOL, D_TOL, F2_TOL, pair_atoms, qmax_of
     from xtalhpc_kernels import cpu
     from xtalhpc_kernels.cuda import L_BLOCK
     from xtalhpc_kernels.cuda_launch import enumerate_columns
@@ -206,9 +206,10 @@ def host_seconds(crystals, inst, repeat: int = 3) -> dict:
     n, m = len(counts), int(refl_off[-1])
     qmax = qmax_of(inst)
     hkl, q, f2, mult = np.empty((m, 3), np.int32), np.empty(m), np.empty(m), np.empty(m, np.int32)
-    cpu.structure_factors(p.recip, p.cell_len, qmax, refl_off, p.type_off, p.type_atom_off, p.type_coef, p.type_b,
-                          p.frac, p.occ, p.laue_off, p.laue_rot, p.tab_off, p.tab_k, p.tab_l, p.table, p.orbit,
-                          hkl, q, f2, mult)
+    pair_atoms(p)  # the CPU path's atoms: one per inversion pair in centrosymmetric structures
+    cpu.structure_factors(p.recip, p.cell_len, qmax, refl_off, p.type_off, p.sf_type_atom_off, p.type_coef,
+                          p.type_b, p.sf_frac, p.sf_occ, p.sf_centro, p.laue_off, p.laue_rot, p.tab_off, p.tab_k,
+                          p.tab_l, p.table, p.orbit, hkl, q, f2, mult)
     outs = (np.empty((m, 3), np.int32), np.empty(m), np.empty(m), np.empty(m, np.int32), np.zeros(n, np.int64))
     set_num_threads(1)
     best_f = best_c = np.inf

@@ -40,8 +40,102 @@ TWO_PI = 2.0 * math.pi
 RAD2DEG = 180.0 / math.pi
 
 
+#: Largest deviation (angstrom, per axis) of an atom's inversion partner from the exact image
+#: for the paired sum (inversion_pairs); the same bound as the operations the simulator uses
+#: (xtalhpc.crystal.EXACT_TOL). Partners are represented by their midpoint, so the error in F
+#: is second order in the deviation.
+PAIR_TOL = 1e-9
+#: Occupancies of inversion partners must agree to this (absolute).
+PAIR_OCC_TOL = 1e-12
+
+
+@njit(cache=True, error_model="numpy")
+def inversion_pairs(type_off, type_atom_off, frac, occ, cell_len, inv_t, tol, out_frac, out_occ, out_tao,
+                    centro):
+    """Pair the atoms of every centrosymmetric structure for the real (cosine) structure factor.
+
+    ``inv_t[i]`` is the translation tau of an inversion -x + tau among structure i's operations
+    (NaN: none). Each atom at x of a type (same scattering and B) must have a partner of the
+    same type and occupancy (within PAIR_OCC_TOL) at tau - x (mod 1, within ``tol`` angstrom
+    per axis); an atom may be its own partner (at a centre). When every atom is paired,
+    structure i gets one atom per pair at u = x - tau / 2 (the pair's midpoint image) with
+    occupancy occ_a + occ_b (self-paired: occ_a), and centro[i] = True: then
+    F(h) = exp(2 pi i h.tau/2) sum_t w_t sum_pairs occ cos(2 pi h.u), whose |F|^2 is that of the
+    real sum (structure_factors sums only cosines). Otherwise the structure's atoms are copied
+    as they are (centro[i] = False, the full complex sum). Types keep their order and
+    boundaries (out_tao); returns the number of output atoms.
+    """
+    n = type_off.shape[0] - 1
+    pos = 0
+    for i in range(n):
+        t0 = type_off[i]
+        t1 = type_off[i + 1]
+        start = pos
+        ok = not math.isnan(inv_t[i, 0])
+        if ok:
+            tx = tol / cell_len[i, 0]
+            ty = tol / cell_len[i, 1]
+            tz = tol / cell_len[i, 2]
+            for t in range(t0, t1):
+                out_tao[t] = pos
+                a0 = type_atom_off[t]
+                a1 = type_atom_off[t + 1]
+                used = np.zeros(a1 - a0, dtype=np.bool_)
+                for a in range(a0, a1):
+                    if used[a - a0]:
+                        continue
+                    found = -1
+                    d0 = 0.0
+                    d1 = 0.0
+                    d2 = 0.0
+                    for b in range(a, a1):
+                        if used[b - a0] or abs(occ[a] - occ[b]) > PAIR_OCC_TOL:
+                            continue
+                        d0 = frac[a, 0] + frac[b, 0] - inv_t[i, 0]
+                        d0 -= math.floor(d0 + 0.5)
+                        if abs(d0) > tx:
+                            continue
+                        d1 = frac[a, 1] + frac[b, 1] - inv_t[i, 1]
+                        d1 -= math.floor(d1 + 0.5)
+                        if abs(d1) > ty:
+                            continue
+                        d2 = frac[a, 2] + frac[b, 2] - inv_t[i, 2]
+                        d2 -= math.floor(d2 + 0.5)
+                        if abs(d2) > tz:
+                            continue
+                        found = b
+                        break
+                    if found < 0:
+                        ok = False
+                        break
+                    used[a - a0] = True
+                    used[found - a0] = True
+                    # x_b = tau - x_a + d (mod 1): the pair's midpoint image about tau / 2 is
+                    # u = x_a - tau / 2 - d / 2, and its partner -u.
+                    out_frac[pos, 0] = frac[a, 0] - 0.5 * inv_t[i, 0] - 0.5 * d0
+                    out_frac[pos, 1] = frac[a, 1] - 0.5 * inv_t[i, 1] - 0.5 * d1
+                    out_frac[pos, 2] = frac[a, 2] - 0.5 * inv_t[i, 2] - 0.5 * d2
+                    out_occ[pos] = occ[a] if found == a else occ[a] + occ[found]
+                    pos += 1
+                if not ok:
+                    break
+        centro[i] = ok
+        if not ok:
+            pos = start
+            for t in range(t0, t1):
+                out_tao[t] = pos
+                for a in range(type_atom_off[t], type_atom_off[t + 1]):
+                    out_frac[pos, 0] = frac[a, 0]
+                    out_frac[pos, 1] = frac[a, 1]
+                    out_frac[pos, 2] = frac[a, 2]
+                    out_occ[pos] = occ[a]
+                    pos += 1
+    out_tao[type_off[n]] = pos
+    return pos
+
+
 @njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract"})
-def _sf_one(i, recip, cell_len, qmax, refl_off, type_off, type_atom_off, type_coef, type_b, frac, occ,
+def _sf_one(i, recip, cell_len, qmax, refl_off, type_off, type_atom_off, type_coef, type_b, frac, occ, centro,
             laue_off, laue_rot, tab_off, tab_k, tab_l, table, orbit, out_hkl, out_q, out_f2, out_mult):
     """The reflections of structure ``i`` in (h, k) columns of consecutive l: every half-sphere
     reflection (multiplicity 2, itself and its Friedel mate) or, when its Laue group has order
@@ -55,11 +149,17 @@ def _sf_one(i, recip, cell_len, qmax, refl_off, type_off, type_atom_off, type_co
       per atom per column), then one complex multiply per atom per step in l;
     * each Gaussian term of w_t (the Debye-Waller factor, and the X-ray form-factor
       Gaussians) along a column by the exact recurrence of a Gaussian in l: Q(l) is
-      quadratic in l, so v(l+1) = v(l) r(l), r(l+1) = r(l) exp(-beta C / 2).
+      quadratic in l, so v(l+1) = v(l) r(l), r(l+1) = r(l) exp(-beta C / 2). The
+      Debye-Waller factor (neutrons without absorbers: the whole weight b' DW) is carried
+      and stepped per atom, with its phase; X-ray form factors and the lengths b', b'' of
+      absorbers are applied per group of types with the same coefficients (see "fold" and
+      "split" below).
     Both recurrences are exact up to rounding (~1e-14 over a column).
     A structure with an absorbing type (imaginary amplitude c'' != 0) also sums
-    F'' = sum_t c''_t DW_t S_t, its weight stepped with the Debye-Waller term's recurrence,
-    and stores physics.powder_f2; the others never touch that path.
+    F'' = sum_t c''_t DW_t S_t and stores physics.powder_f2; the others never touch that path.
+    A centrosymmetric structure packed by inversion_pairs (``centro[i]``: one atom per
+    inversion pair, about the centre) sums the real parts only: F' and F'' are then real
+    times one common phase, so |F|^2 = powder_f2(F', 0, F'', 0) exactly.
     """
     g11, g22, g33, g12, g13, g23 = recip[i, 0], recip[i, 1], recip[i, 2], recip[i, 3], recip[i, 4], recip[i, 5]
     hmax, kmax, lmax = index_bounds(cell_len[i, 0], cell_len[i, 1], cell_len[i, 2], qmax)
@@ -112,23 +212,77 @@ def _sf_one(i, recip, cell_len, qmax, refl_off, type_off, type_atom_off, type_co
         nterm[tt] = weight_terms(type_coef, t0 + tt, type_b[t0 + tt], amp, beta, tt)
         for m in range(nterm[tt]):
             beta[tt, m] *= 0.25
-    cc = np.empty((nt, 6))
-    for tt in range(nt):
-        for m in range(nterm[tt]):
-            cc[tt, m] = math.exp(-2.0 * beta[tt, m] * g33)
-    # Absorbing types: imaginary weight c'' exp(-B s^2), stepped like the first term (same beta).
     cplx = False
     for tt in range(nt):
         if scattering_amplitude_imag(type_coef, t0 + tt) != 0.0:
             cplx = True
-    vim = np.zeros(nt)
-    val = np.empty((nt, 6))
-    rat = np.empty((nt, 6))
+    # Each type's weight is carried by its atoms and stepped per atom, a(l+1) = a(l) exp(2 pi i z) r(l),
+    # r(l+1) = r(l) c, so the sum over l is a vectorised pass over the atoms with no per-type
+    # work (a crystal refined with a B per site has about as many types as sites, and per-type
+    # loops had been most of its time):
+    # * fold (neutrons without absorbers, one term per type): the whole weight b' exp(-B s^2);
+    #   F is the plain sum over the atoms;
+    # * split (X-rays, absorbers): the Debye-Waller factor exp(-B s^2) only; the amplitude
+    #   f(s) (X-ray form factor, or b' and b'') is applied per *group* of consecutive types
+    #   with the same coefficients (one per species), its Gaussian terms stepped per group.
+    fold = not cplx
+    for tt in range(nt):
+        if nterm[tt] != 1:
+            fold = False
+    aamp = np.empty(nt)
+    abeta = np.empty(nt)
+    for tt in range(nt):
+        aamp[tt] = amp[tt, 0] if fold else 1.0
+        abeta[tt] = beta[tt, 0]  # B / 4
+    atype = np.empty(na, dtype=np.int64)
+    acc = np.empty(na)
+    for tt in range(nt):
+        c = math.exp(-2.0 * abeta[tt] * g33)
+        for j in range(type_atom_off[t0 + tt] - a0, type_atom_off[t0 + tt + 1] - a0):
+            atype[j] = tt
+            acc[j] = c
+    # groups (split): runs of types with identical coefficient rows
+    gfirst = np.empty(nt + 1, dtype=np.int64)
+    ng = 0
+    if not fold:
+        for tt in range(nt):
+            new = tt == 0
+            if not new:
+                for col in range(type_coef.shape[1]):
+                    if type_coef[t0 + tt, col] != type_coef[t0 + tt - 1, col]:
+                        new = True
+                        break
+            if new:
+                gfirst[ng] = tt
+                ng += 1
+    gfirst[ng] = nt
+    gnterm = np.zeros(ng, dtype=np.int64)
+    gamp = np.empty((ng, 6))
+    gbeta = np.empty((ng, 6))
+    gcc = np.empty((ng, 6))
+    gim = np.empty(ng)
+    ga0 = np.empty(ng, dtype=np.int64)
+    ga1 = np.empty(ng, dtype=np.int64)
+    for g in range(ng):
+        t = t0 + gfirst[g]
+        gnterm[g] = weight_terms(type_coef, t, 0.0, gamp, gbeta, g)  # f(s) alone: B is the atoms'
+        for m in range(gnterm[g]):
+            gbeta[g, m] *= 0.25
+            gcc[g, m] = math.exp(-2.0 * gbeta[g, m] * g33)
+        gim[g] = scattering_amplitude_imag(type_coef, t)
+        ga0[g] = type_atom_off[t] - a0
+        ga1[g] = type_atom_off[t0 + gfirst[g + 1]] - a0
+    gval = np.empty((ng, 6))
+    grat = np.empty((ng, 6))
+    av = np.empty(nt)
+    ar_ = np.empty(nt)
     re = np.empty(na)
     im = np.empty(na)
+    ra = np.empty(na)
     r0, r1 = laue_off[i], laue_off[i + 1]
     sym = r1 - r0 >= MIN_LAUE_ORDER
     order = r1 - r0
+    real = centro[i]
     pos = refl_off[i]
     for h in range(0, hmax + 1):
         k0 = 0 if h == 0 else -kmax
@@ -140,12 +294,12 @@ def _sf_one(i, recip, cell_len, qmax, refl_off, type_off, type_atom_off, type_co
             bq = 2.0 * (g13 * h + g23 * k)
             q0 = inv_d2(h, k, lo, g11, g22, g33, g12, g13, g23)
             for tt in range(nt):
-                for m in range(nterm[tt]):
-                    val[tt, m] = amp[tt, m] * math.exp(-beta[tt, m] * q0)
-                    rat[tt, m] = math.exp(-beta[tt, m] * (bq + g33 * (2 * lo + 1)))
-            if cplx:
-                for tt in range(nt):
-                    vim[tt] = scattering_amplitude_imag(type_coef, t0 + tt) * math.exp(-beta[tt, 0] * q0)
+                av[tt] = aamp[tt] * math.exp(-abeta[tt] * q0)
+                ar_[tt] = math.exp(-abeta[tt] * (bq + g33 * (2 * lo + 1)))
+            for g in range(ng):
+                for m in range(gnterm[g]):
+                    gval[g, m] = gamp[g, m] * math.exp(-gbeta[g, m] * q0)
+                    grat[g, m] = math.exp(-gbeta[g, m] * (bq + g33 * (2 * lo + 1)))
             ky = k + kmax
             lz = lo + lmax
             for j in range(na):
@@ -153,6 +307,11 @@ def _sf_one(i, recip, cell_len, qmax, refl_off, type_off, type_atom_off, type_co
                 ai = exr[h, j] * eyi[ky, j] + exi[h, j] * eyr[ky, j]
                 re[j] = ar * ezr[lz, j] - ai * ezi[lz, j]
                 im[j] = ar * ezi[lz, j] + ai * ezr[lz, j]
+            for j in range(na):
+                wv = av[atype[j]]
+                re[j] *= wv
+                im[j] *= wv
+                ra[j] = ar_[atype[j]]
             for l in range(lo, hi + 1):
                 q = inv_d2(h, k, l, g11, g22, g33, g12, g13, g23)
                 if q > 0.0 and q <= qmax:
@@ -160,21 +319,32 @@ def _sf_one(i, recip, cell_len, qmax, refl_off, type_off, type_atom_off, type_co
                     fi = 0.0
                     gr = 0.0
                     gi = 0.0
-                    for tt in range(nt):
-                        t = t0 + tt
+                    if fold:
+                        if real:
+                            for j in range(na):
+                                fr += re[j]
+                        else:
+                            for j in range(na):
+                                fr += re[j]
+                                fi += im[j]
+                    for g in range(ng):
                         sr = 0.0
                         si = 0.0
-                        for j in range(type_atom_off[t] - a0, type_atom_off[t + 1] - a0):
-                            sr += re[j]
-                            si += im[j]
+                        if real:
+                            for j in range(ga0[g], ga1[g]):
+                                sr += re[j]
+                        else:
+                            for j in range(ga0[g], ga1[g]):
+                                sr += re[j]
+                                si += im[j]
                         wgt = 0.0
-                        for m in range(nterm[tt]):
-                            wgt += val[tt, m]
+                        for m in range(gnterm[g]):
+                            wgt += gval[g, m]
                         fr += wgt * sr
                         fi += wgt * si
                         if cplx:
-                            gr += vim[tt] * sr
-                            gi += vim[tt] * si
+                            gr += gim[g] * sr
+                            gi += gim[g] * si
                     out_q[pos] = q
                     out_f2[pos] = powder_f2(fr, fi, gr, gi)
                     if eb != NO_ORBIT:  # the orbit from the group's table
@@ -196,30 +366,32 @@ def _sf_one(i, recip, cell_len, qmax, refl_off, type_off, type_atom_off, type_co
                         out_hkl[pos, 2] = l
                     pos += 1
                 if l < hi:
-                    for tt in range(nt):
-                        if cplx:
-                            vim[tt] *= rat[tt, 0]
-                        for m in range(nterm[tt]):
-                            val[tt, m] *= rat[tt, m]
-                            rat[tt, m] *= cc[tt, m]
+                    # weights and phases together: a(l+1) = a(l) exp(2 pi i z) r(l), r(l+1) = r(l) c
                     for j in range(na):
-                        r = re[j] * stc[j] - im[j] * sts[j]
-                        im[j] = re[j] * sts[j] + im[j] * stc[j]
-                        re[j] = r
+                        r = ra[j]
+                        x = re[j] * stc[j] - im[j] * sts[j]
+                        im[j] = r * (re[j] * sts[j] + im[j] * stc[j])
+                        re[j] = r * x
+                        ra[j] = r * acc[j]
+                    for g in range(ng):
+                        for m in range(gnterm[g]):
+                            gval[g, m] *= grat[g, m]
+                            grat[g, m] *= gcc[g, m]
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def structure_factors(recip, cell_len, qmax, refl_off, type_off, type_atom_off, type_coef, type_b, frac, occ,
+def structure_factors(recip, cell_len, qmax, refl_off, type_off, type_atom_off, type_coef, type_b, frac, occ, centro,
                       laue_off, laue_rot, tab_off, tab_k, tab_l, table, orbit, out_hkl, out_q, out_f2, out_mult):
     """|F(hkl)|^2 (units of coef^2: fm^2 for neutrons) and multiplicity per computed reflection.
 
     Structures whose Laue group has order >= MIN_LAUE_ORDER get one reflection per orbit
     with the orbit size as multiplicity; the others every half-sphere reflection with
     multiplicity 2 (itself and its Friedel mate). Canonical intervals come from the
-    structure's Laue-group table (see count_reflections).
+    structure's Laue-group table (see count_reflections). ``centro[i]``: structure i's atoms
+    are inversion pairs as packed by inversion_pairs (real sum); False: the atoms as they are.
     """
     for i in prange(recip.shape[0]):
-        _sf_one(i, recip, cell_len, qmax, refl_off, type_off, type_atom_off, type_coef, type_b, frac, occ,
+        _sf_one(i, recip, cell_len, qmax, refl_off, type_off, type_atom_off, type_coef, type_b, frac, occ, centro,
                 laue_off, laue_rot, tab_off, tab_k, tab_l, table, orbit, out_hkl, out_q, out_f2, out_mult)
 
 

@@ -162,7 +162,8 @@ def test_group_tables_equal_the_per_column_search(rng):
         m = int(off[-1])
         out = (np.empty((m, 3), np.int32), np.empty(m), np.empty(m), np.empty(m, np.int32))
         cpu.structure_factors(p.recip, p.cell_len, qmax, off, p.type_off, p.type_atom_off, p.type_coef, p.type_b,
-                              p.frac, p.occ, p.laue_off, p.laue_rot, p.tab_off, tab_k, tab_l, p.table, p.orbit, *out)
+                              p.frac, p.occ, np.zeros(n, np.bool_), p.laue_off, p.laue_rot, p.tab_off, tab_k, tab_l,
+                              p.table, p.orbit, *out)
         results.append((counts, out))
     (with_tables, a), (searched, b) = results
     assert (p.tab_k[:5] >= 0).all() and (p.tab_l[:5] >= 0).all() and p.tab_k[5] == -1
@@ -395,3 +396,91 @@ def test_generate_stores_declared_and_found_groups(tmp_path):
     assert np.max(np.abs(a["pattern"][0] - a["pattern"][1])) <= PATTERN_TOL
     b = got["--no-find-symmetry"]
     assert b["space_group"].tolist() == [136, 1] and b["space_group_found"].tolist() == [0, 0]
+
+
+# ---- inversion pairs (issue 18): the CPU structure factors of a centrosymmetric crystal ------
+#: What the paired sum must keep: |F|^2 of every family to 1e-9 of its own value (the two sums
+#: differ by float64 rounding, ~1e-15), families below 1e-6 of the strongest to 1e-9 of it.
+PAIR_RTOL = 1e-9
+
+
+def _shifted(c: Crystal, s) -> Crystal:
+    """``c`` with every atom moved by ``s`` (fractional) and its operations conjugated to match:
+    x' = R (x - s) + t + s, so an inversion -x + t becomes -x + t + 2 s (centre off the origin)."""
+    s = np.asarray(s, dtype=float)
+    ops = c.symmetry.copy()
+    ops[:, :, 3] = ops[:, :, 3] + s - ops[:, :, :3] @ s
+    return c.replace(frac=c.frac + s, symmetry=ops)
+
+
+def _pair_cases():
+    from xtalhpc.io import read_blocks
+
+    tests_data = __import__("pathlib").Path(__file__).resolve().parent / "data"
+    mono = read_blocks(tests_data / "structures" / "monoclinic_adp.cif")[0]   # P2_1/c, a half-occupied site
+    si = read_blocks(BUNDLED / "Silicon.cif")[0]                                # Fd-3m origin 1: centre at 1/8
+    return {
+        "monoclinic": mono,
+        "monoclinic shifted": _shifted(mono, (0.1234, 0.2718, 0.3141)),
+        "silicon (centre off the origin)": si,
+        "sapphire": read_blocks(BUNDLED / "Sapphire.cif")[0],
+        "ZnO (no inversion)": read_blocks(BUNDLED / "ZnO.cif")[0],
+        "GdN (absorber)": read_blocks(tests_data / "absorbers" / "GdN.cif")[0],
+        "Sm P1, found R-3m (absorber)": read_blocks(tests_data / "absorbers" / "Sm_rhombohedral_P1.cif")[0],
+        "monoclinic without operations": mono.replace(symmetry=None),
+    }
+
+
+@pytest.mark.parametrize("instrument", ["bt1-cu311", "lab-cuka"])
+def test_inversion_pairs_match_the_full_sum(monkeypatch, instrument):
+    """Centrosymmetric crystals are summed over one atom per inversion pair (cosines only); the
+    result equals the full complex sum over every atom, with the centre at the origin or off it,
+    with absorbers (complex lengths: F' and F'' both real times one phase) and for X-rays
+    (several Gaussian terms per type); a crystal without an inversion (or without operations)
+    takes the full sum."""
+    import xtalhpc.simulate as sim
+
+    cases = _pair_cases()
+    crystals = list(cases.values())
+    p, _ = sim.pack(crystals, "neutron")
+    sim.pair_atoms(p)
+    paired = dict(zip(cases, p.sf_centro.tolist()))
+    assert paired == {k: not ("no inversion" in k or "without operations" in k) for k in cases}, paired
+    summed = np.diff(p.sf_type_atom_off[p.type_off])
+    assert summed[0] == 8 and crystals[0].n_atoms == 14  # 6 pairs + the two Fe at centres
+    assert np.array_equal(summed[~p.sf_centro], np.diff(p.type_atom_off[p.type_off])[~p.sf_centro])
+    got = simulate_batch(crystals, instrument)
+    monkeypatch.setattr(sim, "inversion_translation", lambda symmetry: None)  # every crystal: full sum
+    ref = simulate_batch(crystals, instrument)
+    for i, name in enumerate(cases):
+        a, b = got.reflections(i), ref.reflections(i)
+        assert len(a) == len(b) and np.array_equal(a.hkl, b.hkl) and np.array_equal(a.multiplicity, b.multiplicity)
+        scale = np.maximum(b.F2, 1e-6 * b.F2.max())
+        assert np.all(np.abs(a.F2 - b.F2) <= PAIR_RTOL * scale), name
+        iscale = np.maximum(b.intensity, 1e-6 * b.intensity.max())
+        assert np.all(np.abs(a.intensity - b.intensity) <= PAIR_RTOL * iscale), name
+        assert np.max(np.abs(got.patterns[i] - ref.patterns[i])) <= PATTERN_TOL * ref.patterns[i].max(), name
+    # the shifted crystal is the same crystal: same |F|^2 (the origin shift is a phase)
+    a, b = got.reflections(0), got.reflections(1)
+    assert np.array_equal(a.hkl, b.hkl)
+    assert np.all(np.abs(a.F2 - b.F2) <= 1e-9 * np.maximum(b.F2, 1e-6 * b.F2.max()))
+
+
+def test_inversion_pairs_need_exact_partners():
+    """An atom whose partner is off its exact image (by more than PAIR_TOL), or of another
+    occupancy, keeps the whole crystal on the full sum."""
+    import xtalhpc.simulate as sim
+
+    mono = _pair_cases()["monoclinic"]
+    moved = mono.frac.copy()
+    moved[1] += 1e-7  # one oxygen of a pair: the inversion no longer holds exactly
+    occ = mono.occupancy.copy()
+    occ[int(np.argmin(occ))] = 0.4  # one of the two half-occupied Li
+    crystals = [mono, Crystal(mono.cell, moved, mono.species, mono.occupancy, mono.b_iso, symmetry=mono.symmetry),
+                Crystal(mono.cell, mono.frac, mono.species, occ, mono.b_iso, symmetry=mono.symmetry)]
+    p, _ = sim.pack(crystals, "neutron")
+    sim.pair_atoms(p)
+    assert p.sf_centro.tolist() == [True, False, False]
+    s0, s1 = p.sf_type_atom_off[p.type_off[1]], p.sf_type_atom_off[p.type_off[-1]]
+    a0 = p.type_atom_off[p.type_off[1]]
+    assert s1 - s0 == len(p.frac) - a0 and np.array_equal(p.sf_frac[s0:s1], p.frac[a0:])  # copied as they are

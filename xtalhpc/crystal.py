@@ -481,6 +481,27 @@ def _laue_cached(key: bytes, m: int) -> np.ndarray:
     return out
 
 
+def inversion_translation(symmetry: np.ndarray | None) -> np.ndarray | None:
+    """Translation tau of an inversion x' = -x + tau among the operations (the first such;
+    centres of inversion at tau / 2), or None where there is none (or no operations). Cached
+    by the operators' bytes, like :func:`laue_rotations`."""
+    if symmetry is None:
+        return None
+    ops = np.ascontiguousarray(symmetry, dtype=np.float64)
+    return _inversion_cached(ops.tobytes(), ops.shape[0])
+
+
+@lru_cache(maxsize=4096)
+def _inversion_cached(key: bytes, m: int) -> np.ndarray | None:
+    ops = np.frombuffer(key, dtype=np.float64).reshape(m, 3, 4)
+    hit = np.flatnonzero((np.round(ops[:, :, :3]) == -np.eye(3)).all(axis=(1, 2)))
+    if not hit.size:
+        return None
+    tau = ops[hit[0], :, 3] - np.floor(ops[hit[0], :, 3])
+    tau.flags.writeable = False
+    return tau
+
+
 def _laue_rotations(symmetry: np.ndarray) -> np.ndarray:
     """Distinct rotations of the Laue group (point group plus inversion) acting on row
     vectors of Miller indices: h' = h R, with R the rotation of x' = R x + t.

@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .crystal import Crystal
+from .crystal import Crystal, inversion_translation
 from .errors import InputError, ScatteringError, XtalhpcError, is_item_error, job_error
 from .instruments import Instrument, get_instrument
 from .scattering import IMAG, N_COEFF, scattering_coefficients
@@ -163,6 +163,15 @@ class PackedBatch:
     tab_l: np.ndarray | None = None
     table: np.ndarray | None = None
     orbit: np.ndarray | None = None
+    #: Translation tau of an inversion -x + tau among structure i's operations, NaN where it
+    #: has none (see kernels/cpu.inversion_pairs).
+    inv_t: np.ndarray | None = None
+    #: The atoms as the CPU structure factors read them (pair_atoms): one per inversion pair
+    #: where ``sf_centro[i]``, else the packed atoms.
+    sf_frac: np.ndarray | None = None
+    sf_occ: np.ndarray | None = None
+    sf_type_atom_off: np.ndarray | None = None
+    sf_centro: np.ndarray | None = None
 
 
 #: Below this many values _rank sorts in Python (cheaper than NumPy's fixed costs).
@@ -348,10 +357,16 @@ def pack(crystals: Sequence[Crystal], radiation: str,
     gids: dict[bytes, int] = {}
     obj_gid = np.array([gids.setdefault(laue[j].tobytes(), len(gids)) for j in first_of], dtype=np.int64)
     groups = [np.frombuffer(key, dtype=np.int64).reshape(-1, 3, 3) for key in gids]
+    inv_t = np.full((m, 3), np.nan)
+    for j, c in enumerate(cs):
+        tau = inversion_translation(c.symmetry)
+        if tau is not None:
+            inv_t[j] = tau
     packed = PackedBatch(recip=recip, cell_len=np.ascontiguousarray(cells[:, :3]), type_off=type_off,
                          type_atom_off=type_atom_off, type_coef=coef_table[sid_s[first]], type_b=b_s[first].copy(),
                          frac=np.ascontiguousarray(frac[order]), occ=occ[order], laue_off=laue_off,
-                         laue_rot=np.concatenate(laue), laue_gid=obj_gid[inv.reshape(-1)], laue_groups=groups)
+                         laue_rot=np.concatenate(laue), laue_gid=obj_gid[inv.reshape(-1)], laue_groups=groups,
+                         inv_t=inv_t)
     return packed, errors
 
 
@@ -372,7 +387,8 @@ def subset(p: PackedBatch, idx: np.ndarray) -> PackedBatch:
     r, laue_off = ragged(p.laue_off, idx)
     out = PackedBatch(p.recip[idx], p.cell_len[idx], type_off, ta_off, p.type_coef[t], p.type_b[t],
                       np.ascontiguousarray(p.frac[a]), p.occ[a], laue_off, p.laue_rot[r],
-                      laue_gid=None if p.laue_gid is None else p.laue_gid[idx], laue_groups=p.laue_groups)
+                      laue_gid=None if p.laue_gid is None else p.laue_gid[idx], laue_groups=p.laue_groups,
+                      inv_t=None if p.inv_t is None else p.inv_t[idx])
     if p.tab_off is not None:
         out.tab_off, out.tab_k, out.tab_l = p.tab_off[idx], p.tab_k[idx], p.tab_l[idx]
         out.table, out.orbit = p.table, p.orbit
@@ -464,6 +480,23 @@ def column_tables(p: PackedBatch, qmax: float) -> None:
     p.orbit = np.concatenate(orb_parts) if orb_parts else np.zeros((1, 4), dtype=np.int32)
 
 
+def pair_atoms(p: PackedBatch) -> None:
+    """Attach to ``p`` the atoms the CPU structure factors read (kernels/cpu.inversion_pairs):
+    a structure with an inversion whose every atom has its partner (same type and occupancy,
+    at the exact image) is summed over one atom per pair, cosines only, half the work of the
+    full complex sum and the same |F|^2; the others keep their atoms (``sf_centro`` False)."""
+    from xtalhpc_kernels.cpu import PAIR_TOL, inversion_pairs
+
+    n = p.recip.shape[0]
+    inv_t = p.inv_t if p.inv_t is not None else np.full((n, 3), np.nan)
+    p.sf_frac = np.empty_like(p.frac)
+    p.sf_occ = np.empty_like(p.occ)
+    p.sf_type_atom_off = np.empty_like(p.type_atom_off)
+    p.sf_centro = np.zeros(n, dtype=np.bool_)
+    inversion_pairs(p.type_off, p.type_atom_off, p.frac, p.occ, p.cell_len, inv_t, PAIR_TOL, p.sf_frac, p.sf_occ,
+                    p.sf_type_atom_off, p.sf_centro)
+
+
 def qmax_of(instrument: Instrument) -> float:
     """Largest Q = 1/d^2 whose peak centre can fall on the grid."""
     return 1.0 / instrument.d_min ** 2
@@ -521,9 +554,11 @@ def _run_cpu_kernels(p: PackedBatch, counts: np.ndarray, inst: Instrument, timin
     mult = np.empty(m, dtype=np.int32)
     if p.tab_off is None:
         column_tables(p, qmax)
-    cpu.structure_factors(p.recip, p.cell_len, qmax, refl_off, p.type_off, p.type_atom_off, p.type_coef, p.type_b,
-                          p.frac, p.occ, p.laue_off, p.laue_rot, p.tab_off, p.tab_k, p.tab_l, p.table, p.orbit,
-                          hkl, q, f2, mult)
+    if p.sf_centro is None:
+        pair_atoms(p)
+    cpu.structure_factors(p.recip, p.cell_len, qmax, refl_off, p.type_off, p.sf_type_atom_off, p.type_coef,
+                          p.type_b, p.sf_frac, p.sf_occ, p.sf_centro, p.laue_off, p.laue_rot, p.tab_off, p.tab_k,
+                          p.tab_l, p.table, p.orbit, hkl, q, f2, mult)
     t2 = time.perf_counter()
     timings["structure_factors"] = timings.get("structure_factors", 0.0) + t2 - t
     fam_hkl = np.empty((m, 3), dtype=np.int32)
@@ -670,15 +705,19 @@ def _simulate_batch(crystals: Sequence[Crystal], instrument, *, device: str, on_
     offsets = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(per_item_counts, out=offsets[1:])
     m = int(offsets[-1])
-    hkl = np.empty((m, 3), dtype=np.int32)
-    qv = np.empty(m)
-    f2 = np.empty(m)
-    mult = np.empty(m, dtype=np.int32)
-    tt = np.empty(m)
-    inten = np.empty(m)
-    for items, fc, a_hkl, a_q, a_f2, a_m, a_tt, a_i in fam_parts:
-        dst = np.repeat(offsets[items], fc) + (np.arange(len(a_q)) - np.repeat(np.cumsum(fc) - fc, fc))
-        hkl[dst], qv[dst], f2[dst], mult[dst], tt[dst], inten[dst] = a_hkl, a_q, a_f2, a_m, a_tt, a_i
+    if len(fam_parts) == 1 and len(fam_parts[0][0]) == n:
+        # one chunk holding every item (in input order): its gathered families are the result
+        hkl, qv, f2, mult, tt, inten = fam_parts[0][2:]
+    else:
+        hkl = np.empty((m, 3), dtype=np.int32)
+        qv = np.empty(m)
+        f2 = np.empty(m)
+        mult = np.empty(m, dtype=np.int32)
+        tt = np.empty(m)
+        inten = np.empty(m)
+        for items, fc, a_hkl, a_q, a_f2, a_m, a_tt, a_i in fam_parts:
+            dst = np.repeat(offsets[items], fc) + (np.arange(len(a_q)) - np.repeat(np.cumsum(fc) - fc, fc))
+            hkl[dst], qv[dst], f2[dst], mult[dst], tt[dst], inten[dst] = a_hkl, a_q, a_f2, a_m, a_tt, a_i
     timings["total"] = time.perf_counter() - t0
     return BatchResult(two_theta=inst.two_theta, patterns=patterns, ok=ok, errors=errors, peak_offsets=offsets,
                        peak_hkl=hkl, peak_d=1.0 / np.sqrt(qv), peak_two_theta=tt, peak_multiplicity=mult,
