@@ -83,3 +83,89 @@ def test_submitit_slurm_and_plain_sbatch_train_the_same_model(cluster, dataset, 
     d2 = _digests(text)
     assert d2 == d1  # the same seed, data, processes: the same parameters
     torch.load(run2 / "model.pt", weights_only=True)
+
+
+def _train_cmd(cfg: Path, dataset: Path, run: Path, *extra: str) -> list[str]:
+    return [str(slurm_helpers.VENV_BIN / "xtalhpc"), "train", str(cfg), "--dataset", str(dataset), "--output",
+            str(run), "--procs", "2", "--steps", "200", "--eval-every", "200", *extra]
+
+
+def test_usr2_requeues_training_which_resumes_to_the_parameters_of_an_uninterrupted_run(cluster, dataset, tmp_path):
+    """Issue 13 (2): ``scancel --signal=USR2`` (what Slurm sends ahead of a time limit or a preemption) to a
+    2-rank DDP training job: submitit calls ``TrainTask.checkpoint``, requeues the job, the second run
+    (same job id) resumes from the newest checkpoint at its saved step, and the final parameters are
+    bit-equal to those of the same training run uninterrupted (here on the local executor)."""
+    cfg = tmp_path / "smoke-checkpoints.toml"
+    text = SMOKE.read_text()
+    assert "checkpoint_every = 60" in text
+    cfg.write_text(text.replace("checkpoint_every = 60", "checkpoint_every = 10"))
+    ref = tmp_path / "reference"
+    r = subprocess.run(_train_cmd(cfg, dataset, ref, "--cluster", "local"), capture_output=True, text=True,
+                       env=cluster, timeout=JOB_TIMEOUT_S)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ref_digests = _digests("\n".join(p.read_text() for p in sorted((ref / "logs").rglob("*_log.err"))))
+    assert set(ref_digests) == {0, 1} and ref_digests[0] == ref_digests[1], ref_digests
+
+    run = tmp_path / "slurm"
+    proc = subprocess.Popen(_train_cmd(cfg, dataset, run, "--cluster", "slurm", "--time", "10"), env=cluster,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        t0 = time.monotonic()
+        while not any(int(p.stem.split("-")[1]) >= 20 for p in (run / "checkpoints").glob("step-*.pt")):
+            if proc.poll() is not None or time.monotonic() - t0 > JOB_TIMEOUT_S:
+                pytest.fail(f"no checkpoint of step >= 20 in {run / 'checkpoints'} (exit {proc.poll()}):\n"
+                            + (proc.stdout.read()[-3000:] if proc.poll() is not None else ""))
+            time.sleep(0.1)
+        job_ids = {p.name.split("_")[0] for p in (run / "logs").glob("*_0_log.err")}
+        assert len(job_ids) == 1, job_ids
+        job = job_ids.pop()
+        # to the job's steps (the srun tasks that run submitit's Python), not to the batch shell
+        subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=30, env=cluster)
+        out, _ = proc.communicate(timeout=JOB_TIMEOUT_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            subprocess.run(["scancel", "--name=xtalhpc-train"], timeout=30)
+    logs = "\n".join(p.read_text() for p in sorted((run / "logs").glob("*_log.err")))
+    assert proc.returncode == 0, out[-3000:] + logs[-3000:]
+    resumed = re.findall(r"resumed from \S+ at step (\d+)", logs)
+    assert len(resumed) == 1 and 20 <= int(resumed[0]) < 200, logs[-3000:]
+    digests = _digests(logs)
+    print(f"job {job}: USR2, requeued, resumed at step {resumed[0]} of 200; final sha256 {digests.get(0)}")
+    assert digests == ref_digests  # the same parameters as the uninterrupted run, on both ranks
+    t0 = time.monotonic()
+    while True:  # the accounting record of the second run lags the job's end by a few seconds
+        acct = subprocess.run(["sacct", "--noheader", "--parsable2", "--allocations", "--duplicates",
+                               "--format=JobIDRaw,State", "--jobs", job], capture_output=True, text=True, timeout=30)
+        states = [line.split("|")[1] for line in acct.stdout.split()]
+        if states[-1:] != ["RUNNING"] or time.monotonic() - t0 > 60:
+            break
+        time.sleep(1)
+    assert states == ["REQUEUED", "COMPLETED"], acct.stdout
+
+
+def test_evaluate_on_slurm_matches_local_evaluation(cluster, dataset, tmp_path):
+    """``xtalhpc evaluate --cluster slurm`` (a submitit job on the cluster) writes the metrics the same
+    evaluation gives in this process."""
+    import json
+
+    run = tmp_path / "run"
+    r = subprocess.run([str(slurm_helpers.VENV_BIN / "xtalhpc"), "train", str(SMOKE), "--dataset", str(dataset),
+                        "--output", str(run), "--steps", "20", "--eval-every", "20", "--cluster", "debug"],
+                       capture_output=True, text=True, env=cluster, timeout=JOB_TIMEOUT_S)
+    assert r.returncode == 0, r.stderr[-3000:]
+    metrics = {}
+    for where in ("debug", "slurm"):
+        out = tmp_path / f"eval-{where}"
+        r = subprocess.run([str(slurm_helpers.VENV_BIN / "xtalhpc"), "evaluate", str(run), "--dataset", str(dataset),
+                            "--split", "all", "--output", str(out), "--cluster", where, "--time", "10"],
+                           capture_output=True, text=True, env=cluster, timeout=JOB_TIMEOUT_S)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+        metrics[where] = json.loads((out / "metrics.json").read_text())
+        if where == "slurm":
+            assert "submitted job" in r.stdout + r.stderr, r.stderr[-2000:]
+            assert list((out / "logs").glob("*_0_log.err")), sorted(out.rglob("*"))
+    assert metrics["slurm"]["n"] == metrics["debug"]["n"] == 300
+    for head, m in metrics["debug"]["heads"].items():
+        for k in ("top1", "top3", "top5"):
+            assert metrics["slurm"]["heads"][head][k] == m[k], (head, k)
