@@ -240,3 +240,45 @@ def test_report_writes_paths_a_reader_can_use(tmp_path):
     assert portable_paths(text, study) == (
         "xtalhpc generate ../shared/data/structures --output $STUDY/data/x\n"
         "python benchmarks/bench_measured.py --csv benchmarks/measured.csv --json $STUDY/m.json")
+
+
+@pytest.mark.slurm
+def test_study_sbatch_runs_the_arms_as_slurm_jobs(tmp_path):
+    """slurm/study.sh on a real cluster: the driver in a 1-CPU job, each arm's training and evaluation
+    submitted by it as Slurm jobs of their own (`--cluster slurm`), both arms done, the report written."""
+    import time
+
+    slurm_helpers = pytest.importorskip("slurm_helpers")
+    slurm_helpers.require_cluster(accounting=True)
+    env = slurm_helpers.job_env()
+    env["XTALHPC_VENV"] = str(Path(sys.executable).parent.parent)
+    recipes = _study_folder(tmp_path, measured=False)
+    out, report = tmp_path / "study", tmp_path / "docs" / "study.md"
+    r = subprocess.run(["sbatch", "--parsable", "--cpus-per-task=1", "--mem=4G", "--time=20",
+                        f"--output={tmp_path}/study-%j.out", str(REPO / "slurm" / "study.sh"), str(recipes), str(out),
+                        "--", "--report", str(report)], capture_output=True, text=True, env=env, cwd=REPO,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    job = r.stdout.strip().split(";")[0]
+    t0 = time.monotonic()
+    while True:
+        q = subprocess.run(["sacct", "--noheader", "--parsable2", "--allocations", "--format=State,ExitCode",
+                            "--jobs", job], capture_output=True, text=True, timeout=30).stdout.split()
+        if q and q[-1].split("|")[0] not in ("PENDING", "RUNNING", "REQUEUED", "COMPLETING"):
+            break
+        if time.monotonic() - t0 > 900:
+            subprocess.run(["scancel", job], timeout=30)
+            subprocess.run(["scancel", "--name=xtalhpc-train"], timeout=30)
+            subprocess.run(["scancel", "--name=xtalhpc-evaluate"], timeout=30)
+            pytest.fail(f"study job {job} not finished in 900 s")
+        time.sleep(2)
+    log = (tmp_path / f"study-{job}.out").read_text()
+    assert q[-1] == "COMPLETED|0:0", log[-3000:]
+    for arm in ("a-plain", "b-weighted"):
+        done = json.loads((out / "arms" / arm / "done.json").read_text())
+        assert any(c.startswith("xtalhpc train ") and "--cluster slurm" in c for c in done["commands"]), done
+        # submitit's Slurm logs: one per task, named by the Slurm job id of the arm's training
+        train_logs = list((out / "arms" / arm / "run" / "logs").glob("*_0_log.err"))
+        assert train_logs and train_logs[0].name.split("_")[0].isdigit(), train_logs
+        assert train_logs[0].name.split("_")[0] != job
+    assert "a-plain" in report.read_text()
