@@ -5,10 +5,10 @@ no extras and nothing of the test environment (no SciPy, pymatgen, numba-cuda, .
 installs the CPU build of PyTorch first (what the Makefile does: a plain ``torch``
 requirement would pull the multi-GB CUDA build) and then the wheel, and runs every
 console command on small inputs in one venv: synthesize, generate from CIFs and with
---synthetic, simulate, verify, balance, split, dedup, info. Each must exit 0 and write
-non-empty output. evaluate and predict run with a tiny model file this test writes through the
-real model-file writer (random weights; xtalhpc/data/models ships no model yet); train (issue 11)
-joins when it lands.
+--synthetic, simulate, verify, balance, split, dedup, info, train (a few steps of
+jobs/train-smoke.toml through submitit's local executor), evaluate of the trained run and of a tiny
+model file this test writes through the real model-file writer, predict with that file and with
+the model the wheel ships (xtalhpc/data/models). Each must exit 0 and write non-empty output.
 
 Skips, with the reason printed, when pip cannot reach a package index (offline).
 Prints how long the install took.
@@ -157,3 +157,15 @@ def test_every_command_runs_in_a_plain_install(clean_venv):
     doc = json.loads(nonempty(work / "p.json").read_text())
     assert doc[0]["error"] is None and len(doc[0]["space_group"]) == 5
     nonempty(work / "p.png")
+
+    # train (issue 11) from the installed package, then evaluate the run
+    run("train", str(REPO / "jobs" / "train-smoke.toml"), "--dataset", "ds_syn", "--output", "run", "--steps", "4",
+        "--eval-every", "4", "--cluster", "local")
+    for f in ("model.pt", "metrics.jsonl", "config.toml", "job.json"):
+        nonempty(work / "run" / f)
+    run("evaluate", "run", "--dataset", "ds_syn", "--split", "all", "--output", "ev_run")
+    assert json.loads(nonempty(work / "ev_run" / "metrics.json").read_text())["n"] == 20
+    # predict with the model the wheel ships (the default --model)
+    run("predict", "one.xye", "--wavelength", str(wl), "--json", "p_shipped.json")
+    doc = json.loads(nonempty(work / "p_shipped.json").read_text())
+    assert doc[0]["error"] is None and len(doc[0]["space_group"]) == 5, doc
