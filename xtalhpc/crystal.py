@@ -38,6 +38,25 @@ def parse_species(symbol: str, source: str | None = None, field_name: str | None
     a mass number in front (an isotope), or D / T for hydrogen isotopes. It is
     checked against ``periodictable``; anything else raises ScatteringError.
     """
+    got = _species_parsed(str(symbol).strip())
+    if got is not None:
+        return got
+    return _parse_species(symbol, source, field_name)  # raises, with the symbol as given
+
+
+@lru_cache(maxsize=4096)
+def _species_parsed(symbol: str) -> tuple[str, int] | None:
+    """:func:`parse_species` of a stripped symbol, cached (readers and every Crystal parse the
+    same few dozen symbols over and over); None where it is not a species (the caller then
+    raises through :func:`_parse_species`, whose message names the symbol as given)."""
+    try:
+        return _parse_species(symbol)
+    except ScatteringError:
+        return None
+
+
+def _parse_species(symbol: str, source: str | None = None, field_name: str | None = None) -> tuple[str, int]:
+    """:func:`parse_species`, uncached."""
     import periodictable
 
     s = str(symbol).strip()
@@ -125,6 +144,17 @@ def cell_from_vectors(vectors) -> np.ndarray:
     return np.array([a, b, c, ang(v[1], v[2], b, c), ang(v[0], v[2], a, c), ang(v[0], v[1], a, b)])
 
 
+def _check_cell_values(cell: np.ndarray, src) -> None:
+    """The checks of a Crystal's 6 cell numbers, in order, each with its message (run where the
+    one-line test of :meth:`Crystal.__post_init__` fails)."""
+    if not np.all(np.isfinite(cell)):
+        raise StructureError(f"cell {cell.tolist()} has a non-finite value", src, "cell")
+    if np.any(cell[:3] <= 0):
+        raise StructureError(f"cell lengths {cell[:3].tolist()} must be > 0 angstrom", src, "cell")
+    if np.any(cell[3:] <= 0) or np.any(cell[3:] >= 180):
+        raise StructureError(f"cell angles {cell[3:].tolist()} must lie in (0, 180) degrees", src, "cell")
+
+
 #: Fields a :meth:`Crystal.replace` may change without the atoms being validated again.
 LABEL_FIELDS = frozenset({"notes", "space_group", "space_group_found", "space_group_declared", "symmetry"})
 
@@ -198,12 +228,10 @@ class Crystal:
         cell = np.asarray(self.cell, dtype=np.float64).reshape(-1)
         if cell.shape != (6,):
             raise StructureError(f"cell needs 6 numbers (a, b, c, alpha, beta, gamma), got {cell.size}", src, "cell")
-        if not np.all(np.isfinite(cell)):
-            raise StructureError(f"cell {cell.tolist()} has a non-finite value", src, "cell")
-        if np.any(cell[:3] <= 0):
-            raise StructureError(f"cell lengths {cell[:3].tolist()} must be > 0 angstrom", src, "cell")
-        if np.any(cell[3:] <= 0) or np.any(cell[3:] >= 180):
-            raise StructureError(f"cell angles {cell[3:].tolist()} must lie in (0, 180) degrees", src, "cell")
+        a, b, c, al, be, ga = cell.tolist()
+        if not (0.0 < a < math.inf and 0.0 < b < math.inf and 0.0 < c < math.inf and 0.0 < al < 180.0
+                and 0.0 < be < 180.0 and 0.0 < ga < 180.0):
+            _check_cell_values(cell, src)  # raises the message of the first check that fails
         vol = cell_volume(cell)
         # Relative test: a flat cell (alpha + beta + gamma = 360) leaves det(G) ~ 1e-15 in float64.
         if not vol > 1e-6 * cell[0] * cell[1] * cell[2]:
