@@ -418,8 +418,8 @@ def symmetrize_arrays(cell, frac, species, occupancy, b_iso, symmetry, tol: floa
 
     ops = check_symmetry_metric(symmetry, cell, source)
     n = len(frac)
-    sp = np.asarray(species)
-    kind = np.unique(sp, return_inverse=True)[1].reshape(-1).astype(np.int64)
+    ids: dict = {}  # species ids in order of first appearance (the kernel only compares them)
+    kind = np.fromiter([ids.setdefault(s, len(ids)) for s in species], np.int64, n)
     rot = np.ascontiguousarray(ops[:, :, :3])
     trans = np.ascontiguousarray(ops[:, :, 3])
     partner = np.empty((len(ops), n), dtype=np.int64)
@@ -427,10 +427,10 @@ def symmetrize_arrays(cell, frac, species, occupancy, b_iso, symmetry, tol: floa
     bad = symmetry_partners(np.ascontiguousarray(frac, dtype=np.float64), kind,
                             np.ascontiguousarray(occupancy, dtype=np.float64),
                             np.ascontiguousarray(b_iso, dtype=np.float64), rot, trans,
-                            np.ascontiguousarray(np.linalg.inv(rot)), float(tol), partner, acc)
+                            _inverse_rotations(rot.tobytes(), len(rot)).copy(), float(tol), partner, acc)
     if bad >= 0:
         op, j = ops[bad // n], bad % n
-        raise StructureError(f"symmetry operation {np.round(op, 4).tolist()} maps atom {j} ({sp[j]}) onto no "
+        raise StructureError(f"symmetry operation {np.round(op, 4).tolist()} maps atom {j} ({species[j]}) onto no "
                              f"atom of the same species, occupancy and B within {tol:.3g} (fractional)", source,
                              "symmetry")
     # The metric too: G <- mean of R^T G R, so symmetry-equivalent reflections have exactly
@@ -442,6 +442,15 @@ def symmetrize_arrays(cell, frac, species, occupancy, b_iso, symmetry, tol: floa
     cosines = (gs[1, 2] / (ln[1] * ln[2]), gs[0, 2] / (ln[0] * ln[2]), gs[0, 1] / (ln[0] * ln[1]))
     new_cell = np.concatenate([ln, np.degrees(np.arccos(np.clip(cosines, -1.0, 1.0)))])
     return ops, new_cell, frac + acc / len(ops)
+
+
+@lru_cache(maxsize=4096)
+def _inverse_rotations(key: bytes, m: int) -> np.ndarray:
+    """np.linalg.inv of m rotations (float64 bytes), cached by them (a dataset repeats a few
+    hundred settings); read-only."""
+    out = np.linalg.inv(np.frombuffer(key, dtype=np.float64).reshape(m, 3, 3))
+    out.flags.writeable = False
+    return out
 
 
 def with_symmetry(c: "Crystal", symmetry, tol_angstrom: float = 0.1, what: str = "operators") -> "Crystal":
