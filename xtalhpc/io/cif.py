@@ -41,7 +41,7 @@ import numpy as np
 from ..crystal import DEFAULT_B_ISO, Crystal, cell_metric, lattice_vectors, parse_species, symmetry_fit, wrap_unit
 from ..errors import InputError, StructureError
 from .cif_block import (CELL_TAGS, HALL_TAGS, HM_TAGS, MAGN_CEN_TAGS, MAGN_OP_TAGS, NUMBER_TAGS,  # noqa: F401
-                        SYMOP_TAGS, _NULLS, _cell, _is_null, _number, _symmetry, _value)
+                        SYMOP_TAGS, _NULLS, _cell, _is_null, _number, _symmetry, _symmetry_arrays, _value)
 
 #: Images of one site closer than this (angstrom) are one atom on a special
 #: position. gemmi's ``get_all_unit_cell_sites`` uses 0.4 A, which also merges
@@ -277,9 +277,7 @@ def _read_block(block, src: str, stem: str, file_notes: tuple = ()) -> Crystal:
     import gemmi
 
     cell6, missing_angles = _cell(block, src)
-    ops, number, notes, _origin = _symmetry(block, cell6, src)
-    rots = np.array([op.rot for op in ops], dtype=float) / gemmi.Op.DEN
-    trans = np.array([op.tran for op in ops], dtype=float) / gemmi.Op.DEN
+    ops, number, notes, _origin, rots, trans = _symmetry_arrays(block, cell6, src)
     if missing_angles:
         if number is None or number < 16:
             raise StructureError(f"{', '.join(missing_angles)} absent and the space group "

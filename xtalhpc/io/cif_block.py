@@ -87,6 +87,13 @@ def _parse_ops(triplets, src, tag):
 
 def _symmetry(block, cell6, src):
     """Operators for the expansion, the space-group number, notes and the source tag."""
+    return _symmetry_arrays(block, cell6, src)[:4]
+
+
+def _symmetry_arrays(block, cell6, src):
+    """:func:`_symmetry`, and the operators' rotations (m, 3, 3) and translations (m, 3) as
+    floats. An operator loop whose operators form a group that gemmi's table knows (the common
+    case) is handled once per distinct loop per process (:func:`_known_group`)."""
     import gemmi
 
     notes: list[str] = []
@@ -95,7 +102,16 @@ def _symmetry(block, cell6, src):
     for tag in SYMOP_TAGS:
         col = block.find_values(tag)
         if col:
-            ops = _parse_ops(list(col), src, tag)
+            raws = tuple(col)
+            known = _known_group(tag, raws)
+            if known is not None:
+                full, number, group_notes, rots, trans = known
+                number_tag, raw_number = _value(block, NUMBER_TAGS)
+                tag_number = _tag_number(raw_number, src, number_tag)
+                notes.extend(group_notes)
+                _number_notes(notes, number, number_tag, tag_number)
+                return list(full), number, notes, tag, rots.copy(), trans.copy()
+            ops = _parse_ops(list(raws), src, tag)
             origin = tag
             break
     if ops is None:
@@ -139,21 +155,15 @@ def _symmetry(block, cell6, src):
             ops = list(sg.operations())
             origin = tag
     number_tag, raw_number = _value(block, NUMBER_TAGS)
-    tag_number = None
-    if not _is_null(raw_number):
-        try:
-            tag_number = int(_number(raw_number, src, number_tag))
-        except StructureError:
-            tag_number = None
-        if tag_number is not None and not 1 <= tag_number <= 230:
-            raise StructureError(f"space group number {tag_number} is outside 1-230", src, number_tag)
+    tag_number = _tag_number(raw_number, src, number_tag)
     if ops is None and tag_number is not None:
         ops = list(gemmi.find_spacegroup_by_number(tag_number).operations())
         origin = number_tag
         notes.append(f"symmetry from {number_tag} = {tag_number} alone: standard setting assumed")
     if ops is None:
         notes.append("no symmetry operators, Hall/H-M symbol or IT number: atoms taken as the whole cell (P1)")
-        return [gemmi.Op("x,y,z")], None, notes, None
+        ops = [gemmi.Op("x,y,z")]
+        return ops, None, notes, None, *_op_arrays(ops)
 
     given = {op.wrap().triplet() for op in ops}
     identity = gemmi.Op("x,y,z")
@@ -180,13 +190,81 @@ def _symmetry(block, cell6, src):
     number = _table_number(group)
     if number is None:
         number = _spglib_number(full, cell6)
+    number = _number_notes(notes, number, number_tag, tag_number)
+    return full, number, notes, origin, *_op_arrays(full)
+
+
+def _op_arrays(ops):
+    """Rotations (m, 3, 3) and translations (m, 3) of gemmi operators, as floats."""
+    import gemmi
+
+    rots = np.array([op.rot for op in ops], dtype=float) / gemmi.Op.DEN
+    trans = np.array([op.tran for op in ops], dtype=float) / gemmi.Op.DEN
+    return rots, trans
+
+
+def _tag_number(raw_number, src, number_tag):
+    """The IT number a block's tag gives (None where absent or not a number); outside 1-230 an error."""
+    tag_number = None
+    if not _is_null(raw_number):
+        try:
+            tag_number = int(_number(raw_number, src, number_tag))
+        except StructureError:
+            tag_number = None
+        if tag_number is not None and not 1 <= tag_number <= 230:
+            raise StructureError(f"space group number {tag_number} is outside 1-230", src, number_tag)
+    return tag_number
+
+
+def _number_notes(notes, number, number_tag, tag_number):
+    """The group number to use, given the operators' (``number``) and the tag's: notes where
+    the one is missing or they differ."""
     if number is None and tag_number is not None:
         number = tag_number
         notes.append(f"space group of the operators not identified; using {number_tag} = {tag_number}")
     if number is not None and tag_number is not None and number != tag_number:
         notes.append(f"{number_tag} says {tag_number} but the symmetry operators form group {number}; "
                      f"using {number}")
-    return full, number, notes, origin
+    return number
+
+
+#: :func:`_known_group` results by (tag, raw operator strings): a set of files repeats a few
+#: hundred operator loops (every P1 export the same 'x,y,z').
+_KNOWN_GROUPS: dict = {}
+
+
+def _known_group(tag, raws):
+    """For an operator loop (its tag and raw values) whose operators parse, form a group with
+    the identity among them, and make a setting gemmi's table knows: (operators of the group,
+    its number, notes, rotations, translations), computed once per process; else None (the
+    caller then takes the general path, with its messages and fallbacks)."""
+    key = (tag, raws)
+    if key in _KNOWN_GROUPS:
+        return _KNOWN_GROUPS[key]
+    import gemmi
+
+    try:
+        ops = _parse_ops(list(raws), "", tag)
+        given = {op.wrap().triplet() for op in ops}
+        if gemmi.Op("x,y,z").triplet() not in given:
+            return None
+        group = gemmi.GroupOps(ops)
+        group.add_missing_elements()
+    except (StructureError, RuntimeError):
+        return None
+    full = [op for op in group]
+    if len(full) != len(given):
+        return None
+    number = _table_number(group)
+    if number is None:
+        return None
+    rots, trans = _op_arrays(full)
+    rots.flags.writeable = False
+    trans.flags.writeable = False
+    if len(_KNOWN_GROUPS) >= 4096:
+        _KNOWN_GROUPS.clear()
+    _KNOWN_GROUPS[key] = got = (tuple(full), number, (), rots, trans)
+    return got
 
 
 #: Space-group number (or None) of each operation set seen, keyed by its sorted triplets:
