@@ -364,17 +364,18 @@ def check_symmetry_metric(ops, cell, source: str | None = None) -> np.ndarray:
     if ops.ndim != 3 or ops.shape[1:] != (3, 4) or ops.shape[0] == 0:
         raise StructureError(f"symmetry operations must have shape (m, 3, 4), got {ops.shape}", source, "symmetry")
     rot = ops[:, :, :3]
-    if np.any(np.abs(rot - np.round(rot)) > 1e-6):
+    rounded = np.round(rot)
+    if np.any(np.abs(rot - rounded) > 1e-6):
         raise StructureError("symmetry rotations must be integer matrices in the cell's basis", source, "symmetry")
     g = cell_metric(cell)
-    r = _distinct_rotations_cached(np.round(rot).astype(np.int64).tobytes())  # centring repeats rotations
+    r = _distinct_rotations_cached(rounded.astype(np.int64).tobytes())  # centring repeats rotations
     rg = np.swapaxes(r, 1, 2) @ g @ r
     bad = np.abs(rg - g).max(axis=(1, 2)) > METRIC_TOL * np.abs(g).max()
     if bad.any():
         raise StructureError(f"{int(bad.sum())} of {len(r)} distinct symmetry rotations do not preserve the cell metric "
                              "(operators of another setting?)", source, "symmetry")
     out = ops.copy()
-    out[:, :, :3] = np.round(rot)
+    out[:, :, :3] = rounded
     return out
 
 

@@ -225,6 +225,17 @@ def _species(raw_type, label, src, tag, formula_elements=None):
     return el, True
 
 
+@lru_cache(maxsize=65536)
+def _species_known(raw_type, label, formula_elements):
+    """:func:`_species` of a type symbol (``label`` '' where the type is given: the label then
+    only names the site in a message) or of a label, cached across blocks and files; None where
+    it raises (the caller then takes the path that raises it for the site)."""
+    try:
+        return _species(raw_type, label, "", "_atom_site_type_symbol", formula_elements)
+    except (StructureError, InputError):
+        return None
+
+
 # ---- displacement ---------------------------------------------------------------
 
 def _aniso_ueq(block, cell6, src):
@@ -494,12 +505,12 @@ def _sites_fast(labels_col, type_col, calc_col, xyz_cols, occ_col, occ_num, u_co
     else:
         keys = [(t, lab if t in _NULLS else "") for t, lab in zip(type_col, labels)]
     cache: dict = {}
-    try:
-        for k, lab in zip(keys, labels):
-            if k not in cache:
-                cache[k] = _species(k[0], lab, src, "_atom_site_type_symbol", formula_elements)
-    except StructureError:
-        return None
+    for k, lab in zip(keys, labels):
+        if k not in cache:
+            got = _species_known(k[0], k[1], formula_elements)
+            if got is None:  # not a species: the row loop raises its message
+                return None
+            cache[k] = got
     species = [cache[k][0] for k in keys]
     from_label = [lab for k, lab in zip(keys, labels) if cache[k][1]]
     # displacement, first found: the aniso loop's U_eq, U_iso, B_iso, else the default

@@ -344,10 +344,13 @@ def _cell(block, src):
             raise StructureError(f"{raw!r} is not a number", src, tag)
         vals.append(x)
     cell6 = np.array(vals)
-    if np.any(cell6[:3] <= 0):
-        raise StructureError(f"cell lengths {cell6[:3].tolist()} must be > 0 angstrom", src, "_cell_length_a")
-    if np.any(cell6[3:] <= 0) or np.any(cell6[3:] >= 180):
-        raise StructureError(f"cell angles {cell6[3:].tolist()} must lie in (0, 180) degrees", src, "_cell_angle_alpha")
+    a, b, c, al, be, ga = vals
+    if not (a > 0 and b > 0 and c > 0 and 0 < al < 180 and 0 < be < 180 and 0 < ga < 180):  # else: which one
+        if np.any(cell6[:3] <= 0):
+            raise StructureError(f"cell lengths {cell6[:3].tolist()} must be > 0 angstrom", src, "_cell_length_a")
+        if np.any(cell6[3:] <= 0) or np.any(cell6[3:] >= 180):
+            raise StructureError(f"cell angles {cell6[3:].tolist()} must lie in (0, 180) degrees", src,
+                                 "_cell_angle_alpha")
     vol = cell_volume(cell6)
     # relative to a*b*c so that rounding noise of an impossible angle set (120, 120, 120) is caught
     if not vol > _MIN_REL_VOLUME * float(np.prod(cell6[:3])):
