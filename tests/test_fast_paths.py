@@ -5,6 +5,10 @@
 * ``kernels/sites``: ``unique_images`` keeps the site openers of ``merge_sites`` run on each
   site's images, and ``merge_sites_binned`` (a cell list) gives ``merge_sites``' sites, on real
   structures and on random cells with clustered atoms;
+* an operator loop gemmi's table knows, handled once per process, gives what the general path
+  gives (``cif_block._known_group``);
+* ``kernels/symmetry.symmetry_partners`` (its bin grid offset from special positions) finds the
+  partners of a search over all pairs;
 * ``Crystal`` keeps positions in [0, 1) (a tiny negative coordinate wraps to 0, not 1);
 * ``simulate_batch`` of one structure with several Numba threads gives the one-thread
   pattern and leaves the thread count as it was.
@@ -103,6 +107,22 @@ def test_reader_fast_rows_equal_the_row_loop(monkeypatch, tmp_path):
         assert [_fields(c) for c in read_blocks(p, find_symmetry=False)] == fast[p], p
 
 
+def test_known_operator_loops_equal_the_general_path(monkeypatch):
+    """An operator loop that gemmi's table knows is handled once per process
+    (``cif_block._known_group``): the crystals, notes included, are those of the general path,
+    on first reading (cache filled) and on second (cache hit)."""
+    from xtalhpc.io import cif_block
+
+    cif_block._KNOWN_GROUPS.clear()
+    first = {p: [_fields(c) for c in read_blocks(p, find_symmetry=False)] for p in CIFS}
+    hits = len(cif_block._KNOWN_GROUPS)
+    second = {p: [_fields(c) for c in read_blocks(p, find_symmetry=False)] for p in CIFS}
+    assert hits and second == first
+    monkeypatch.setattr(cif_block, "_known_group", lambda *a: None)
+    for p in CIFS:
+        assert [_fields(c) for c in read_blocks(p, find_symmetry=False)] == first[p], p
+
+
 def _structures():
     out = []
     for p in CIFS:
@@ -152,6 +172,75 @@ def test_merge_sites_binned_equals_merge_sites():
             same(np.ascontiguousarray(frac), lat, tol)
         binned_used += n >= 64
     assert binned_used
+
+
+def _partners_by_full_search(frac, kind, occ, b_iso, rot, trans, tol):
+    """The partner rule of ``symmetry_partners`` over all atom pairs (no bins): the atom of the
+    same kind, occupancy and B nearest to each image (periodic Chebyshev distance < tol, ties to
+    the lower index), -1 where none."""
+    y = (rot[:, None, :, 0] * frac[None, :, None, 0] + rot[:, None, :, 1] * frac[None, :, None, 1]
+         + rot[:, None, :, 2] * frac[None, :, None, 2] + trans[:, None, :])
+    yw = y - np.floor(y)
+    yw[yw >= 1.0] = 0.0
+    w = frac - np.floor(frac)
+    w[w >= 1.0] = 0.0
+    d = yw[:, :, None, :] - w[None, None, :, :]
+    dm = np.abs(d - np.floor(d + 0.5)).max(axis=3)
+    same = ((kind[:, None] == kind[None, :]) & (np.abs(occ[:, None] - occ[None, :]) < 1e-6)
+            & (np.abs(b_iso[:, None] - b_iso[None, :]) < 1e-6))
+    dm = np.where(same[None] & (dm < tol), dm, np.inf)
+    best = dm.argmin(axis=2)  # the first (lowest index) of equal minima
+    return np.where(np.isfinite(dm.min(axis=2)), best, -1)
+
+
+def test_symmetry_partners_equal_a_full_search():
+    """The partner search bins on a grid offset to keep special positions off its faces: the
+    partners are those of a search over all pairs, on the bundled and test CIFs (their own
+    operators) and on random cells with atoms on special positions, at several tolerances."""
+    from xtalhpc_kernels.symmetry import symmetry_partners
+
+    def check(frac, kind, occ, b_iso, ops, tol):
+        rot = np.ascontiguousarray(ops[:, :, :3])
+        trans = np.ascontiguousarray(ops[:, :, 3])
+        partner = np.full((len(ops), len(frac)), -1, dtype=np.int64)
+        acc = np.zeros((len(frac), 3))
+        bad = symmetry_partners(np.ascontiguousarray(frac), kind, occ, b_iso, rot, trans,
+                                np.ascontiguousarray(np.linalg.inv(rot)), tol, partner, acc)
+        want = _partners_by_full_search(frac, kind, occ, b_iso, rot, trans, tol)
+        if bad < 0:
+            assert (want >= 0).all() and np.array_equal(partner, want)
+        else:  # the first (operation, atom) without a partner, in operation-major order
+            assert bad == int(np.flatnonzero((want < 0).reshape(-1))[0])
+        return bad < 0
+
+    checked = 0
+    for c in _structures():
+        if c.symmetry is None:
+            continue
+        kind = np.unique(np.asarray(c.species), return_inverse=True)[1].reshape(-1).astype(np.int64)
+        for tol in (1e-3, 0.1 / float(min(c.cell[:3])), 0.04):
+            checked += check(c.frac, kind, c.occupancy, c.b_iso, c.symmetry, tol)
+    assert checked
+    rng = np.random.default_rng(7)
+    e = np.eye(3)
+    half = np.full((3, 1), 0.5)
+    zero = np.zeros((3, 1))
+    ops = np.array([np.hstack([e, zero]), np.hstack([-e, zero]), np.hstack([e, half]), np.hstack([-e, half])])
+    found = 0
+    for k in range(40):
+        n = int(rng.integers(2, 80))
+        den = (2, 3, 4, 6, 8, 12, 24)[k % 7]
+        base = rng.integers(0, den, (n, 3)) / den  # special positions, many on bin faces
+        base[::5] = rng.random((len(base[::5]), 3))
+        # the orbits under the group (atoms on special positions repeated: ties to the lower index)
+        frac = np.concatenate([base @ op[:, :3].T + op[:, 3] for op in ops])
+        frac[1::7] += rng.normal(0, 2e-4, (len(frac[1::7]), 3))  # near, not on, the exact images
+        frac -= np.floor(frac)
+        kind = np.tile(rng.integers(0, 3, n), 4).astype(np.int64)
+        b_iso = np.tile(rng.choice([0.5, 1.0], n), 4)
+        for tol in (1e-3, 0.01, 0.03, 0.2):
+            found += check(frac, kind, np.ones(len(frac)), b_iso, ops, tol)
+    assert found
 
 
 def test_crystal_positions_stay_below_one():
