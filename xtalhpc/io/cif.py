@@ -52,6 +52,7 @@ from .cif_block import (CELL_TAGS, HALL_TAGS, HM_TAGS, MAGN_CEN_TAGS, MAGN_OP_TA
 MERGE_TOL = 0.1
 
 _EIGHT_PI2 = 8.0 * math.pi ** 2
+_EYE3 = np.eye(3)
 # A duplicated tag with one of these prefixes could change the structure: never tolerated.
 _STRUCTURAL_TAG_PREFIXES = ("_cell", "_atom", "_symmetry", "_space_group")
 # Relative deviation of the cell metric from symmetry invariance above which a
@@ -299,7 +300,9 @@ def _read_block(block, src: str, stem: str, file_notes: tuple = ()) -> Crystal:
                                  missing_angles[0])
         notes.append(f"{', '.join(missing_angles)} absent: 90 deg (CIF default; fixed by space group {number})")
 
-    dev = _metric_deviation(rots, cell6)
+    # the identity alone (a P1 file): no metric to check, each site its own single image
+    p1 = len(rots) == 1 and not trans.any() and bool((rots[0] == _EYE3).all())
+    dev = 0.0 if p1 else _metric_deviation(rots, cell6)
     if dev > _METRIC_MAX:
         raise StructureError(f"the symmetry operators ({_origin}) do not fit the cell "
                              f"{np.round(cell6, 4).tolist()}: the metric changes by {dev:.2g} relative under "
@@ -426,7 +429,7 @@ def _read_block(block, src: str, stem: str, file_notes: tuple = ()) -> Crystal:
         raise StructureError(f"no atoms: {what}", src, "_atom_site_fract_x")
     # Every site through every operator at once; images of one site closer than MERGE_TOL merged
     # (one compiled call for the whole block).
-    images, keep = _expand(np.asarray(sites, dtype=np.float64), rots, trans, L)
+    images, keep = _expand(np.asarray(sites, dtype=np.float64), rots, trans, L, p1)
     counts = keep.sum(axis=1)
     frac = images[keep]
     mult_mismatch = []
@@ -536,12 +539,17 @@ def _sites_fast(labels_col, type_col, calc_col, xyz_cols, occ_col, occ_num, u_co
     return xyz, species, np.minimum(occ, 1.0), b, labels, range(n), default_b, from_label
 
 
-def _expand(sites: np.ndarray, rots: np.ndarray, trans: np.ndarray, lattice: np.ndarray):
+def _expand(sites: np.ndarray, rots: np.ndarray, trans: np.ndarray, lattice: np.ndarray, identity: bool = False):
     """Images (s, m, 3) of every site under every operator, wrapped into [0, 1), and the mask
     (s, m) of those kept: the first of each group closer than MERGE_TOL (minimum image) within
-    a site (``xtalhpc_kernels.sites.unique_images``)."""
+    a site (``xtalhpc_kernels.sites.unique_images``). ``identity``: the operators are the
+    identity alone (each site is its one image, kept)."""
     from xtalhpc_kernels.sites import unique_images
 
+    if identity:  # what the einsum gives for x -> 1 x + 0 (finite x), without it
+        images = (sites + trans)[:, None, :]
+        images -= np.floor(images)
+        return images, np.ones(images.shape[:2], dtype=np.bool_)
     images = np.einsum("kij,sj->ski", rots, sites) + trans
     images -= np.floor(images)
     keep = np.empty(images.shape[:2], dtype=np.bool_)
