@@ -9,6 +9,8 @@
   gives (``cif_block._known_group``);
 * ``kernels/symmetry.symmetry_partners`` (its bin grid offset from special positions) finds the
   partners of a search over all pairs;
+* the volume bound from the angles agrees with det(G) (Crystal and CIF reader skip the
+  determinant far above their bounds);
 * ``Crystal`` keeps positions in [0, 1) (a tiny negative coordinate wraps to 0, not 1);
 * ``simulate_batch`` of one structure with several Numba threads gives the one-thread
   pattern and leaves the thread count as it was.
@@ -241,6 +243,31 @@ def test_symmetry_partners_equal_a_full_search():
         for tol in (1e-3, 0.01, 0.03, 0.2):
             found += check(frac, kind, np.ones(len(frac)), b_iso, ops, tol)
     assert found
+
+
+def test_volume_bound_from_the_angles():
+    """The Crystal and the CIF reader skip det(G) where (V / abc)^2 from the angles
+    (``rel_volume_sq``) is far above their bounds: it agrees with det(G) / (abc)^2 to rounding,
+    so the skip never passes a cell the determinant would reject; random and nearly flat cells."""
+    from xtalhpc.crystal import cell_volume, rel_volume_sq
+
+    rng = np.random.default_rng(5)
+    angles = list(rng.uniform(1, 179, (3000, 3)))
+    for _ in range(3000):  # nearly flat: alpha + beta + gamma ~ 360 or one angle ~ the sum/difference of two
+        al, be = rng.uniform(20, 170, 2)
+        ga = (360 - al - be if rng.random() < 0.5 else abs(al - be)) + rng.normal(0, 1e-3)
+        if 0 < ga < 180:
+            angles.append(np.array([al, be, ga])[rng.permutation(3)])
+    for ang in angles:
+        lengths = rng.uniform(1e-3, 1e3, 3)
+        cell = np.r_[lengths, ang]
+        exact = cell_volume(cell) / float(np.prod(lengths))
+        quick = rel_volume_sq(*ang)
+        assert abs(quick - np.sign(exact) * exact * exact) < 1e-12
+        if quick > 1e-10:
+            assert exact > 1e-6
+        if quick > 4e-6:
+            assert exact > 1e-3
 
 
 def test_crystal_positions_stay_below_one():

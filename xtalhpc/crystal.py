@@ -122,6 +122,14 @@ def cell_volume(cell) -> float:
     return math.sqrt(det) if det > 0 else (0.0 if det == 0 else -math.sqrt(-det))
 
 
+def rel_volume_sq(alpha: float, beta: float, gamma: float) -> float:
+    """(V / abc)^2 = 1 - cos^2 alpha - cos^2 beta - cos^2 gamma + 2 cos alpha cos beta cos gamma
+    (angles in degrees), for quick bounds: it equals det(G) / (abc)^2 of :func:`cell_volume` to
+    rounding (~1e-15), so a value clearly above a bound needs no determinant."""
+    ca, cb, cg = math.cos(math.radians(alpha)), math.cos(math.radians(beta)), math.cos(math.radians(gamma))
+    return 1.0 - ca * ca - cb * cb - cg * cg + 2.0 * ca * cb * cg
+
+
 def lattice_vectors(cell) -> np.ndarray:
     """Rows a, b, c in Cartesian angstrom (a along x, b in the xy plane)."""
     a, b, c, al, be, ga = (float(x) for x in cell)
@@ -232,10 +240,13 @@ class Crystal:
         if not (0.0 < a < math.inf and 0.0 < b < math.inf and 0.0 < c < math.inf and 0.0 < al < 180.0
                 and 0.0 < be < 180.0 and 0.0 < ga < 180.0):
             _check_cell_values(cell, src)  # raises the message of the first check that fails
-        vol = cell_volume(cell)
         # Relative test: a flat cell (alpha + beta + gamma = 360) leaves det(G) ~ 1e-15 in float64.
-        if not vol > 1e-6 * cell[0] * cell[1] * cell[2]:
-            raise StructureError(f"cell {cell.tolist()} has zero or negative volume ({vol:.3g} A^3)", src, "cell")
+        # (V / abc)^2 from the angles first: far above the bound (lengths where G cannot overflow
+        # or underflow), det(G) is not needed.
+        if not (1e-30 < min(a, b, c) and max(a, b, c) < 1e30 and rel_volume_sq(al, be, ga) > 1e-10):
+            vol = cell_volume(cell)
+            if not vol > 1e-6 * cell[0] * cell[1] * cell[2]:
+                raise StructureError(f"cell {cell.tolist()} has zero or negative volume ({vol:.3g} A^3)", src, "cell")
         set_(self, "cell", cell)
 
         frac = np.asarray(self.frac, dtype=np.float64)

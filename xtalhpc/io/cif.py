@@ -508,14 +508,14 @@ def _sites_fast(labels_col, type_col, calc_col, xyz_cols, occ_col, occ_num, u_co
     else:
         keys = [(t, lab if t in _NULLS else "") for t, lab in zip(type_col, labels)]
     cache: dict = {}
-    for k, lab in zip(keys, labels):
-        if k not in cache:
-            got = _species_known(k[0], k[1], formula_elements)
-            if got is None:  # not a species: the row loop raises its message
-                return None
-            cache[k] = got
+    for k in dict.fromkeys(keys):  # each distinct key once
+        got = _species_known(k[0], k[1], formula_elements)
+        if got is None:  # not a species: the row loop raises its message
+            return None
+        cache[k] = got
     species = [cache[k][0] for k in keys]
-    from_label = [lab for k, lab in zip(keys, labels) if cache[k][1]]
+    by_label = any(v[1] for v in cache.values())
+    from_label = [lab for k, lab in zip(keys, labels) if cache[k][1]] if by_label else []
     # displacement, first found: the aniso loop's U_eq, U_iso, B_iso, else the default
     nan = math.nan
     u = np.full(n, nan)
@@ -535,7 +535,7 @@ def _sites_fast(labels_col, type_col, calc_col, xyz_cols, occ_col, occ_num, u_co
     b = np.where(given, _EIGHT_PI2 * u, DEFAULT_B_ISO)
     if not (b >= 0).all():  # a displacement that is not a number, or negative
         return None
-    default_b = [lab for lab, g in zip(labels, given.tolist()) if not g]
+    default_b = [] if given.all() else [lab for lab, g in zip(labels, given.tolist()) if not g]
     return xyz, species, np.minimum(occ, 1.0), b, labels, range(n), default_b, from_label
 
 

@@ -9,7 +9,7 @@ import re
 
 import numpy as np
 
-from ..crystal import cell_volume, lattice_vectors
+from ..crystal import cell_volume, lattice_vectors, rel_volume_sq
 from ..errors import StructureError
 
 #: Tags holding symmetry operators, in order of preference (DDL1 and DDL2 spellings).
@@ -351,8 +351,12 @@ def _cell(block, src):
         if np.any(cell6[3:] <= 0) or np.any(cell6[3:] >= 180):
             raise StructureError(f"cell angles {cell6[3:].tolist()} must lie in (0, 180) degrees", src,
                                  "_cell_angle_alpha")
+    # relative to a*b*c so that rounding noise of an impossible angle set (120, 120, 120) is caught;
+    # (V / abc)^2 from the angles first: far above the bound (4x; lengths where G cannot overflow
+    # or underflow), det(G) is not needed
+    if 1e-30 < min(a, b, c) and max(a, b, c) < 1e30 and rel_volume_sq(al, be, ga) > 4.0 * _MIN_REL_VOLUME ** 2:
+        return cell6, missing_angles
     vol = cell_volume(cell6)
-    # relative to a*b*c so that rounding noise of an impossible angle set (120, 120, 120) is caught
     if not vol > _MIN_REL_VOLUME * float(np.prod(cell6[:3])):
         raise StructureError(f"cell {cell6.tolist()} has zero or negative volume ({vol:.3g} A^3); "
                              "the angles cannot close a cell", src, "_cell_angle_alpha")
