@@ -125,6 +125,27 @@ def test_known_operator_loops_equal_the_general_path(monkeypatch):
         assert [_fields(c) for c in read_blocks(p, find_symmetry=False)] == first[p], p
 
 
+def test_group_arrays_equal_the_operators_arrays():
+    """``_group_arrays`` (from the coset representatives and centring vectors) gives the arrays
+    of the group's operators in iteration order, for every setting of gemmi's table and for
+    groups built from shifted operators (translations outside [0, 1))."""
+    import gemmi
+
+    from xtalhpc.io.cif_block import _group_arrays, _op_arrays
+
+    groups = [sg.operations() for sg in gemmi.spacegroup_table()]
+    for hm in ("F m -3 m", "I a -3 d", "R -3 c:H", "C 1 2/c 1"):
+        ops = list(gemmi.find_spacegroup_by_name(hm).operations())
+        den = gemmi.Op.DEN
+        shifted = [op.translated([-den, 2 * den, 0]) if i % 3 == 1 else op for i, op in enumerate(ops)]
+        g = gemmi.GroupOps(shifted)
+        g.add_missing_elements()
+        groups.append(g)
+    for g in groups:
+        got, want = _group_arrays(g), _op_arrays([op for op in g])
+        assert all(np.array_equal(a, b) and a.dtype == b.dtype for a, b in zip(got, want))
+
+
 def _structures():
     out = []
     for p in CIFS:

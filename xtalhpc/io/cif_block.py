@@ -203,6 +203,23 @@ def _op_arrays(ops):
     return rots, trans
 
 
+def _group_arrays(group):
+    """:func:`_op_arrays` of the operations of a gemmi GroupOps in its iteration order (each
+    centring vector over the coset representatives, translations wrapped into [0, 1)), built
+    from the representatives and centring vectors (an F-centred group: 48 operators read from
+    gemmi instead of 192)."""
+    import gemmi
+
+    den = gemmi.Op.DEN
+    sym = group.sym_ops
+    rs = np.array([op.rot for op in sym], dtype=np.int64)
+    ts = np.array([op.tran for op in sym], dtype=np.int64)
+    cen = np.array(group.cen_ops, dtype=np.int64).reshape(-1, 3)
+    rots = np.tile(rs, (len(cen), 1, 1)).astype(float) / den
+    trans = ((ts[None, :, :] + cen[:, None, :]) % den).reshape(-1, 3).astype(float) / den
+    return rots, trans
+
+
 def _tag_number(raw_number, src, number_tag):
     """The IT number a block's tag gives (None where absent or not a number); outside 1-230 an error."""
     tag_number = None
@@ -255,10 +272,11 @@ def _known_group(tag, raws):
     full = [op for op in group]
     if len(full) != len(given):
         return None
-    number = _table_number(group)
+    # the group is the given operators (as many, and it holds them): its table key is theirs
+    number = _table_number(group, tuple(sorted(given)))
     if number is None:
         return None
-    rots, trans = _op_arrays(full)
+    rots, trans = _group_arrays(group)
     rots.flags.writeable = False
     trans.flags.writeable = False
     if len(_KNOWN_GROUPS) >= 4096:
@@ -272,12 +290,14 @@ def _known_group(tag, raws):
 _TABLE_NUMBERS: dict[tuple[str, ...], int | None] = {}
 
 
-def _table_number(group) -> int | None:
+def _table_number(group, key: tuple[str, ...] | None = None) -> int | None:
     """gemmi.find_spacegroup_by_ops(group).number (None where the table has no such setting),
-    once per distinct operation set per process."""
+    once per distinct operation set per process (``key``: the sorted triplets of the group's
+    operations, where the caller has them)."""
     import gemmi
 
-    key = tuple(sorted(op.triplet() for op in group))
+    if key is None:
+        key = tuple(sorted(op.triplet() for op in group))
     if key not in _TABLE_NUMBERS:
         if len(_TABLE_NUMBERS) >= 4096:
             _TABLE_NUMBERS.clear()
