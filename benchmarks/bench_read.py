@@ -54,7 +54,10 @@ def inner(list_file: Path) -> dict:
     inst = get_instrument("bt1-cu311")
     clock = time.process_time
     # load every kernel the stages use before timing: a file with operators (the reader's
-    # expansion and symmetrisation) and a P1 re-export (symmetry finding), then the simulator
+    # expansion and symmetrisation) and a P1 re-export (symmetry finding), then the simulator;
+    # and spglib, which the reader imports for an operator set gemmi's table does not know (~15
+    # ms, once per process, like the kernels' loading: 0.2 ms per structure of a 75-file run)
+    import spglib  # noqa: F401
     for p in (paths[0], paths[-1]):
         warm = read_blocks(p, find_symmetry=False)[0]
         warm = detect_symmetry(warm) if warm.symmetry is None else warm

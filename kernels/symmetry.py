@@ -30,6 +30,75 @@ def _bins_per_axis(n, tol):
     return nb if nb >= 3 else 1
 
 
+#: Offsets of the bin grid tried by :func:`symmetry_partners`, in bin widths.
+_GRID_SHIFTS = (0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875)
+
+
+@njit(cache=True, error_model="numpy")
+def _grid_shift(frac, nb, reach):
+    """Offset (bin widths) of the bin grid that puts fewest atoms within ``reach`` of a bin
+    face. Atoms on special positions (0, 1/4, 1/2, 1/8, ...) sit exactly on the faces of an
+    unshifted grid of 2, 4 or 8 bins per axis, and every image of such an atom then searched
+    2-8 bins; the partners found do not depend on the grid (all bins within ``tol`` are
+    searched), only the work does."""
+    n = frac.shape[0]
+    best_s = 0.0
+    best_c = n * 3 + 1
+    for s in _GRID_SHIFTS:
+        cnt = 0
+        for j in range(n):
+            for a in range(3):
+                u = frac[j, a] - math.floor(frac[j, a])
+                if u >= 1.0:
+                    u = 0.0
+                v = u * nb + s
+                f = v - math.floor(v)
+                if f < reach or 1.0 - f < reach:
+                    cnt += 1
+        if cnt < best_c:
+            best_c = cnt
+            best_s = s
+    return best_s
+
+
+@njit(cache=True, error_model="numpy")
+def _cell_list_shifted(frac, nb, shift):
+    """:func:`_cell_list` on a grid offset by ``shift`` bin widths (bin c holds
+    (u nb + shift) mod nb in [c, c + 1)): (w, start, order)."""
+    n = frac.shape[0]
+    nbin = nb * nb * nb
+    w = np.empty((n, 3))
+    bin_of = np.empty(n, np.int64)
+    start = np.zeros(nbin + 1, np.int64)
+    for j in range(n):
+        bidx = 0
+        for a in range(3):
+            u = frac[j, a] - math.floor(frac[j, a])
+            if u >= 1.0:
+                u = 0.0
+            w[j, a] = u
+            bidx = bidx * nb + _shifted_bin(u, nb, shift)
+        bin_of[j] = bidx
+        start[bidx + 1] += 1
+    for q in range(nbin):
+        start[q + 1] += start[q]
+    fill = start[:nbin].copy()
+    order = np.empty(n, np.int64)
+    for j in range(n):
+        order[fill[bin_of[j]]] = j
+        fill[bin_of[j]] += 1
+    return w, start, order
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _shifted_bin(u, nb, shift):
+    """Bin of a wrapped coordinate u in [0, 1) on the grid offset by ``shift`` bin widths."""
+    c = int(u * nb + shift)
+    if c >= nb:
+        c -= nb
+    return c
+
+
 @njit(cache=True, error_model="numpy")
 def symmetry_partners(frac, kind, occ, b_iso, rot, trans, rinv, tol, partner, acc):
     """Partners of every atom under every operation, and the summed symmetrising shifts.
@@ -43,17 +112,22 @@ def symmetry_partners(frac, kind, occ, b_iso, rot, trans, rinv, tol, partner, ac
     ``acc[j]`` the shift R^-1 (x_k - (R x_j + t)), unwrapped to the nearest lattice
     translation, summed over operations in order. Returns -1, or ``o * n + j`` of
     the first (operation, atom) without a partner (``acc`` is then incomplete).
+
+    The bin grid is offset (:func:`_grid_shift`) so that few atoms lie near its faces; an
+    image searches its own bin and, along an axis where it lies within ``tol`` of a face,
+    the neighbour across it (periodically).
     """
     n = frac.shape[0]
     m = rot.shape[0]
     nb = _bins_per_axis(n, tol)
-    w, start, order = _cell_list(frac, nb)
+    reach = tol * nb * (1.0 + 1e-9)  # the tolerance in bin widths (bins are >= tol wide)
+    shift = _grid_shift(frac, nb, reach) if nb >= 3 else 0.0
+    w, start, order = _cell_list_shifted(frac, nb, shift)
     y = np.empty(3)
     yw = np.empty(3)
     cb = np.empty(3, np.int64)
     lo = np.zeros(3, np.int64)
     hi = np.zeros(3, np.int64)
-    reach = tol * nb * (1.0 + 1e-9)  # the tolerance in bin widths (bins are >= tol wide)
     for o in range(m):
         for j in range(n):
             for a in range(3):
@@ -62,25 +136,32 @@ def symmetry_partners(frac, kind, occ, b_iso, rot, trans, rinv, tol, partner, ac
                 if u >= 1.0:
                     u = 0.0
                 yw[a] = u
-                c = int(u * nb)
-                if c >= nb:
-                    c = nb - 1
+                c = _shifted_bin(u, nb, shift)
                 cb[a] = c
                 # a neighbouring bin only where the image lies within tol of that side
-                lo[a] = -1 if nb >= 3 and u * nb - c < reach else 0
-                hi[a] = 1 if nb >= 3 and c + 1 - u * nb < reach else 0
+                v = u * nb + shift - c
+                if v >= nb:  # wrapped past the last bin
+                    v -= nb
+                lo[a] = -1 if nb >= 3 and v < reach else 0
+                hi[a] = 1 if nb >= 3 and 1.0 - v < reach else 0
             best = -1
             best_d = tol
+            kj = kind[j]
+            oj = occ[j]
+            bj = b_iso[j]
             for d0 in range(lo[0], hi[0] + 1):
-                b0 = (cb[0] + d0) % nb
+                b0 = cb[0] + d0
+                b0 = b0 + nb if b0 < 0 else (b0 - nb if b0 >= nb else b0)
                 for d1 in range(lo[1], hi[1] + 1):
-                    b1 = (cb[1] + d1) % nb
+                    b1 = cb[1] + d1
+                    b1 = b1 + nb if b1 < 0 else (b1 - nb if b1 >= nb else b1)
                     for d2 in range(lo[2], hi[2] + 1):
-                        q = (b0 * nb + b1) * nb + (cb[2] + d2) % nb
+                        b2 = cb[2] + d2
+                        b2 = b2 + nb if b2 < 0 else (b2 - nb if b2 >= nb else b2)
+                        q = (b0 * nb + b1) * nb + b2
                         for p in range(start[q], start[q + 1]):
                             k = order[p]
-                            if kind[k] != kind[j] or abs(occ[k] - occ[j]) >= 1e-6 \
-                                    or abs(b_iso[k] - b_iso[j]) >= 1e-6:
+                            if kind[k] != kj or abs(occ[k] - oj) >= 1e-6 or abs(b_iso[k] - bj) >= 1e-6:
                                 continue
                             dm = 0.0
                             for a in range(3):

@@ -5,6 +5,12 @@
 * ``kernels/sites``: ``unique_images`` keeps the site openers of ``merge_sites`` run on each
   site's images, and ``merge_sites_binned`` (a cell list) gives ``merge_sites``' sites, on real
   structures and on random cells with clustered atoms;
+* an operator loop gemmi's table knows, handled once per process, gives what the general path
+  gives (``cif_block._known_group``);
+* ``kernels/symmetry.symmetry_partners`` (its bin grid offset from special positions) finds the
+  partners of a search over all pairs;
+* the volume bound from the angles agrees with det(G) (Crystal and CIF reader skip the
+  determinant far above their bounds);
 * ``Crystal`` keeps positions in [0, 1) (a tiny negative coordinate wraps to 0, not 1);
 * ``simulate_batch`` of one structure with several Numba threads gives the one-thread
   pattern and leaves the thread count as it was.
@@ -103,6 +109,43 @@ def test_reader_fast_rows_equal_the_row_loop(monkeypatch, tmp_path):
         assert [_fields(c) for c in read_blocks(p, find_symmetry=False)] == fast[p], p
 
 
+def test_known_operator_loops_equal_the_general_path(monkeypatch):
+    """An operator loop that gemmi's table knows is handled once per process
+    (``cif_block._known_group``): the crystals, notes included, are those of the general path,
+    on first reading (cache filled) and on second (cache hit)."""
+    from xtalhpc.io import cif_block
+
+    cif_block._KNOWN_GROUPS.clear()
+    first = {p: [_fields(c) for c in read_blocks(p, find_symmetry=False)] for p in CIFS}
+    hits = len(cif_block._KNOWN_GROUPS)
+    second = {p: [_fields(c) for c in read_blocks(p, find_symmetry=False)] for p in CIFS}
+    assert hits and second == first
+    monkeypatch.setattr(cif_block, "_known_group", lambda *a: None)
+    for p in CIFS:
+        assert [_fields(c) for c in read_blocks(p, find_symmetry=False)] == first[p], p
+
+
+def test_group_arrays_equal_the_operators_arrays():
+    """``_group_arrays`` (from the coset representatives and centring vectors) gives the arrays
+    of the group's operators in iteration order, for every setting of gemmi's table and for
+    groups built from shifted operators (translations outside [0, 1))."""
+    import gemmi
+
+    from xtalhpc.io.cif_block import _group_arrays, _op_arrays
+
+    groups = [sg.operations() for sg in gemmi.spacegroup_table()]
+    for hm in ("F m -3 m", "I a -3 d", "R -3 c:H", "C 1 2/c 1"):
+        ops = list(gemmi.find_spacegroup_by_name(hm).operations())
+        den = gemmi.Op.DEN
+        shifted = [op.translated([-den, 2 * den, 0]) if i % 3 == 1 else op for i, op in enumerate(ops)]
+        g = gemmi.GroupOps(shifted)
+        g.add_missing_elements()
+        groups.append(g)
+    for g in groups:
+        got, want = _group_arrays(g), _op_arrays([op for op in g])
+        assert all(np.array_equal(a, b) and a.dtype == b.dtype for a, b in zip(got, want))
+
+
 def _structures():
     out = []
     for p in CIFS:
@@ -152,6 +195,100 @@ def test_merge_sites_binned_equals_merge_sites():
             same(np.ascontiguousarray(frac), lat, tol)
         binned_used += n >= 64
     assert binned_used
+
+
+def _partners_by_full_search(frac, kind, occ, b_iso, rot, trans, tol):
+    """The partner rule of ``symmetry_partners`` over all atom pairs (no bins): the atom of the
+    same kind, occupancy and B nearest to each image (periodic Chebyshev distance < tol, ties to
+    the lower index), -1 where none."""
+    y = (rot[:, None, :, 0] * frac[None, :, None, 0] + rot[:, None, :, 1] * frac[None, :, None, 1]
+         + rot[:, None, :, 2] * frac[None, :, None, 2] + trans[:, None, :])
+    yw = y - np.floor(y)
+    yw[yw >= 1.0] = 0.0
+    w = frac - np.floor(frac)
+    w[w >= 1.0] = 0.0
+    d = yw[:, :, None, :] - w[None, None, :, :]
+    dm = np.abs(d - np.floor(d + 0.5)).max(axis=3)
+    same = ((kind[:, None] == kind[None, :]) & (np.abs(occ[:, None] - occ[None, :]) < 1e-6)
+            & (np.abs(b_iso[:, None] - b_iso[None, :]) < 1e-6))
+    dm = np.where(same[None] & (dm < tol), dm, np.inf)
+    best = dm.argmin(axis=2)  # the first (lowest index) of equal minima
+    return np.where(np.isfinite(dm.min(axis=2)), best, -1)
+
+
+def test_symmetry_partners_equal_a_full_search():
+    """The partner search bins on a grid offset to keep special positions off its faces: the
+    partners are those of a search over all pairs, on the bundled and test CIFs (their own
+    operators) and on random cells with atoms on special positions, at several tolerances."""
+    from xtalhpc_kernels.symmetry import symmetry_partners
+
+    def check(frac, kind, occ, b_iso, ops, tol):
+        rot = np.ascontiguousarray(ops[:, :, :3])
+        trans = np.ascontiguousarray(ops[:, :, 3])
+        partner = np.full((len(ops), len(frac)), -1, dtype=np.int64)
+        acc = np.zeros((len(frac), 3))
+        bad = symmetry_partners(np.ascontiguousarray(frac), kind, occ, b_iso, rot, trans,
+                                np.ascontiguousarray(np.linalg.inv(rot)), tol, partner, acc)
+        want = _partners_by_full_search(frac, kind, occ, b_iso, rot, trans, tol)
+        if bad < 0:
+            assert (want >= 0).all() and np.array_equal(partner, want)
+        else:  # the first (operation, atom) without a partner, in operation-major order
+            assert bad == int(np.flatnonzero((want < 0).reshape(-1))[0])
+        return bad < 0
+
+    checked = 0
+    for c in _structures():
+        if c.symmetry is None:
+            continue
+        kind = np.unique(np.asarray(c.species), return_inverse=True)[1].reshape(-1).astype(np.int64)
+        for tol in (1e-3, 0.1 / float(min(c.cell[:3])), 0.04):
+            checked += check(c.frac, kind, c.occupancy, c.b_iso, c.symmetry, tol)
+    assert checked
+    rng = np.random.default_rng(7)
+    e = np.eye(3)
+    half = np.full((3, 1), 0.5)
+    zero = np.zeros((3, 1))
+    ops = np.array([np.hstack([e, zero]), np.hstack([-e, zero]), np.hstack([e, half]), np.hstack([-e, half])])
+    found = 0
+    for k in range(40):
+        n = int(rng.integers(2, 80))
+        den = (2, 3, 4, 6, 8, 12, 24)[k % 7]
+        base = rng.integers(0, den, (n, 3)) / den  # special positions, many on bin faces
+        base[::5] = rng.random((len(base[::5]), 3))
+        # the orbits under the group (atoms on special positions repeated: ties to the lower index)
+        frac = np.concatenate([base @ op[:, :3].T + op[:, 3] for op in ops])
+        frac[1::7] += rng.normal(0, 2e-4, (len(frac[1::7]), 3))  # near, not on, the exact images
+        frac -= np.floor(frac)
+        kind = np.tile(rng.integers(0, 3, n), 4).astype(np.int64)
+        b_iso = np.tile(rng.choice([0.5, 1.0], n), 4)
+        for tol in (1e-3, 0.01, 0.03, 0.2):
+            found += check(frac, kind, np.ones(len(frac)), b_iso, ops, tol)
+    assert found
+
+
+def test_volume_bound_from_the_angles():
+    """The Crystal and the CIF reader skip det(G) where (V / abc)^2 from the angles
+    (``rel_volume_sq``) is far above their bounds: it agrees with det(G) / (abc)^2 to rounding,
+    so the skip never passes a cell the determinant would reject; random and nearly flat cells."""
+    from xtalhpc.crystal import cell_volume, rel_volume_sq
+
+    rng = np.random.default_rng(5)
+    angles = list(rng.uniform(1, 179, (3000, 3)))
+    for _ in range(3000):  # nearly flat: alpha + beta + gamma ~ 360 or one angle ~ the sum/difference of two
+        al, be = rng.uniform(20, 170, 2)
+        ga = (360 - al - be if rng.random() < 0.5 else abs(al - be)) + rng.normal(0, 1e-3)
+        if 0 < ga < 180:
+            angles.append(np.array([al, be, ga])[rng.permutation(3)])
+    for ang in angles:
+        lengths = rng.uniform(1e-3, 1e3, 3)
+        cell = np.r_[lengths, ang]
+        exact = cell_volume(cell) / float(np.prod(lengths))
+        quick = rel_volume_sq(*ang)
+        assert abs(quick - np.sign(exact) * exact * exact) < 1e-12
+        if quick > 1e-10:
+            assert exact > 1e-6
+        if quick > 4e-6:
+            assert exact > 1e-3
 
 
 def test_crystal_positions_stay_below_one():

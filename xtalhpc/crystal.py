@@ -38,6 +38,25 @@ def parse_species(symbol: str, source: str | None = None, field_name: str | None
     a mass number in front (an isotope), or D / T for hydrogen isotopes. It is
     checked against ``periodictable``; anything else raises ScatteringError.
     """
+    got = _species_parsed(str(symbol).strip())
+    if got is not None:
+        return got
+    return _parse_species(symbol, source, field_name)  # raises, with the symbol as given
+
+
+@lru_cache(maxsize=4096)
+def _species_parsed(symbol: str) -> tuple[str, int] | None:
+    """:func:`parse_species` of a stripped symbol, cached (readers and every Crystal parse the
+    same few dozen symbols over and over); None where it is not a species (the caller then
+    raises through :func:`_parse_species`, whose message names the symbol as given)."""
+    try:
+        return _parse_species(symbol)
+    except ScatteringError:
+        return None
+
+
+def _parse_species(symbol: str, source: str | None = None, field_name: str | None = None) -> tuple[str, int]:
+    """:func:`parse_species`, uncached."""
     import periodictable
 
     s = str(symbol).strip()
@@ -103,6 +122,14 @@ def cell_volume(cell) -> float:
     return math.sqrt(det) if det > 0 else (0.0 if det == 0 else -math.sqrt(-det))
 
 
+def rel_volume_sq(alpha: float, beta: float, gamma: float) -> float:
+    """(V / abc)^2 = 1 - cos^2 alpha - cos^2 beta - cos^2 gamma + 2 cos alpha cos beta cos gamma
+    (angles in degrees), for quick bounds: it equals det(G) / (abc)^2 of :func:`cell_volume` to
+    rounding (~1e-15), so a value clearly above a bound needs no determinant."""
+    ca, cb, cg = math.cos(math.radians(alpha)), math.cos(math.radians(beta)), math.cos(math.radians(gamma))
+    return 1.0 - ca * ca - cb * cb - cg * cg + 2.0 * ca * cb * cg
+
+
 def lattice_vectors(cell) -> np.ndarray:
     """Rows a, b, c in Cartesian angstrom (a along x, b in the xy plane)."""
     a, b, c, al, be, ga = (float(x) for x in cell)
@@ -123,6 +150,17 @@ def cell_from_vectors(vectors) -> np.ndarray:
         return math.degrees(math.acos(max(-1.0, min(1.0, float(np.dot(x, y)) / (nx * ny)))))
 
     return np.array([a, b, c, ang(v[1], v[2], b, c), ang(v[0], v[2], a, c), ang(v[0], v[1], a, b)])
+
+
+def _check_cell_values(cell: np.ndarray, src) -> None:
+    """The checks of a Crystal's 6 cell numbers, in order, each with its message (run where the
+    one-line test of :meth:`Crystal.__post_init__` fails)."""
+    if not np.all(np.isfinite(cell)):
+        raise StructureError(f"cell {cell.tolist()} has a non-finite value", src, "cell")
+    if np.any(cell[:3] <= 0):
+        raise StructureError(f"cell lengths {cell[:3].tolist()} must be > 0 angstrom", src, "cell")
+    if np.any(cell[3:] <= 0) or np.any(cell[3:] >= 180):
+        raise StructureError(f"cell angles {cell[3:].tolist()} must lie in (0, 180) degrees", src, "cell")
 
 
 #: Fields a :meth:`Crystal.replace` may change without the atoms being validated again.
@@ -198,16 +236,17 @@ class Crystal:
         cell = np.asarray(self.cell, dtype=np.float64).reshape(-1)
         if cell.shape != (6,):
             raise StructureError(f"cell needs 6 numbers (a, b, c, alpha, beta, gamma), got {cell.size}", src, "cell")
-        if not np.all(np.isfinite(cell)):
-            raise StructureError(f"cell {cell.tolist()} has a non-finite value", src, "cell")
-        if np.any(cell[:3] <= 0):
-            raise StructureError(f"cell lengths {cell[:3].tolist()} must be > 0 angstrom", src, "cell")
-        if np.any(cell[3:] <= 0) or np.any(cell[3:] >= 180):
-            raise StructureError(f"cell angles {cell[3:].tolist()} must lie in (0, 180) degrees", src, "cell")
-        vol = cell_volume(cell)
+        a, b, c, al, be, ga = cell.tolist()
+        if not (0.0 < a < math.inf and 0.0 < b < math.inf and 0.0 < c < math.inf and 0.0 < al < 180.0
+                and 0.0 < be < 180.0 and 0.0 < ga < 180.0):
+            _check_cell_values(cell, src)  # raises the message of the first check that fails
         # Relative test: a flat cell (alpha + beta + gamma = 360) leaves det(G) ~ 1e-15 in float64.
-        if not vol > 1e-6 * cell[0] * cell[1] * cell[2]:
-            raise StructureError(f"cell {cell.tolist()} has zero or negative volume ({vol:.3g} A^3)", src, "cell")
+        # (V / abc)^2 from the angles first: far above the bound (lengths where G cannot overflow
+        # or underflow), det(G) is not needed.
+        if not (1e-30 < min(a, b, c) and max(a, b, c) < 1e30 and rel_volume_sq(al, be, ga) > 1e-10):
+            vol = cell_volume(cell)
+            if not vol > 1e-6 * cell[0] * cell[1] * cell[2]:
+                raise StructureError(f"cell {cell.tolist()} has zero or negative volume ({vol:.3g} A^3)", src, "cell")
         set_(self, "cell", cell)
 
         frac = np.asarray(self.frac, dtype=np.float64)
@@ -336,17 +375,18 @@ def check_symmetry_metric(ops, cell, source: str | None = None) -> np.ndarray:
     if ops.ndim != 3 or ops.shape[1:] != (3, 4) or ops.shape[0] == 0:
         raise StructureError(f"symmetry operations must have shape (m, 3, 4), got {ops.shape}", source, "symmetry")
     rot = ops[:, :, :3]
-    if np.any(np.abs(rot - np.round(rot)) > 1e-6):
+    rounded = np.round(rot)
+    if np.any(np.abs(rot - rounded) > 1e-6):
         raise StructureError("symmetry rotations must be integer matrices in the cell's basis", source, "symmetry")
     g = cell_metric(cell)
-    r = _distinct_rotations_cached(np.round(rot).astype(np.int64).tobytes())  # centring repeats rotations
+    r = _distinct_rotations_cached(rounded.astype(np.int64).tobytes())  # centring repeats rotations
     rg = np.swapaxes(r, 1, 2) @ g @ r
     bad = np.abs(rg - g).max(axis=(1, 2)) > METRIC_TOL * np.abs(g).max()
     if bad.any():
         raise StructureError(f"{int(bad.sum())} of {len(r)} distinct symmetry rotations do not preserve the cell metric "
                              "(operators of another setting?)", source, "symmetry")
     out = ops.copy()
-    out[:, :, :3] = np.round(rot)
+    out[:, :, :3] = rounded
     return out
 
 
@@ -390,8 +430,8 @@ def symmetrize_arrays(cell, frac, species, occupancy, b_iso, symmetry, tol: floa
 
     ops = check_symmetry_metric(symmetry, cell, source)
     n = len(frac)
-    sp = np.asarray(species)
-    kind = np.unique(sp, return_inverse=True)[1].reshape(-1).astype(np.int64)
+    ids: dict = {}  # species ids in order of first appearance (the kernel only compares them)
+    kind = np.fromiter([ids.setdefault(s, len(ids)) for s in species], np.int64, n)
     rot = np.ascontiguousarray(ops[:, :, :3])
     trans = np.ascontiguousarray(ops[:, :, 3])
     partner = np.empty((len(ops), n), dtype=np.int64)
@@ -399,10 +439,10 @@ def symmetrize_arrays(cell, frac, species, occupancy, b_iso, symmetry, tol: floa
     bad = symmetry_partners(np.ascontiguousarray(frac, dtype=np.float64), kind,
                             np.ascontiguousarray(occupancy, dtype=np.float64),
                             np.ascontiguousarray(b_iso, dtype=np.float64), rot, trans,
-                            np.ascontiguousarray(np.linalg.inv(rot)), float(tol), partner, acc)
+                            _inverse_rotations(rot.tobytes(), len(rot)).copy(), float(tol), partner, acc)
     if bad >= 0:
         op, j = ops[bad // n], bad % n
-        raise StructureError(f"symmetry operation {np.round(op, 4).tolist()} maps atom {j} ({sp[j]}) onto no "
+        raise StructureError(f"symmetry operation {np.round(op, 4).tolist()} maps atom {j} ({species[j]}) onto no "
                              f"atom of the same species, occupancy and B within {tol:.3g} (fractional)", source,
                              "symmetry")
     # The metric too: G <- mean of R^T G R, so symmetry-equivalent reflections have exactly
@@ -414,6 +454,15 @@ def symmetrize_arrays(cell, frac, species, occupancy, b_iso, symmetry, tol: floa
     cosines = (gs[1, 2] / (ln[1] * ln[2]), gs[0, 2] / (ln[0] * ln[2]), gs[0, 1] / (ln[0] * ln[1]))
     new_cell = np.concatenate([ln, np.degrees(np.arccos(np.clip(cosines, -1.0, 1.0)))])
     return ops, new_cell, frac + acc / len(ops)
+
+
+@lru_cache(maxsize=4096)
+def _inverse_rotations(key: bytes, m: int) -> np.ndarray:
+    """np.linalg.inv of m rotations (float64 bytes), cached by them (a dataset repeats a few
+    hundred settings); read-only."""
+    out = np.linalg.inv(np.frombuffer(key, dtype=np.float64).reshape(m, 3, 3))
+    out.flags.writeable = False
+    return out
 
 
 def with_symmetry(c: "Crystal", symmetry, tol_angstrom: float = 0.1, what: str = "operators") -> "Crystal":

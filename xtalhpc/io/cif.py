@@ -41,7 +41,7 @@ import numpy as np
 from ..crystal import DEFAULT_B_ISO, Crystal, cell_metric, lattice_vectors, parse_species, symmetry_fit, wrap_unit
 from ..errors import InputError, StructureError
 from .cif_block import (CELL_TAGS, HALL_TAGS, HM_TAGS, MAGN_CEN_TAGS, MAGN_OP_TAGS, NUMBER_TAGS,  # noqa: F401
-                        SYMOP_TAGS, _NULLS, _cell, _is_null, _number, _symmetry, _value)
+                        SYMOP_TAGS, _NULLS, _cell, _is_null, _number, _symmetry, _symmetry_arrays, _value)
 
 #: Images of one site closer than this (angstrom) are one atom on a special
 #: position. gemmi's ``get_all_unit_cell_sites`` uses 0.4 A, which also merges
@@ -52,6 +52,7 @@ from .cif_block import (CELL_TAGS, HALL_TAGS, HM_TAGS, MAGN_CEN_TAGS, MAGN_OP_TA
 MERGE_TOL = 0.1
 
 _EIGHT_PI2 = 8.0 * math.pi ** 2
+_EYE3 = np.eye(3)
 # A duplicated tag with one of these prefixes could change the structure: never tolerated.
 _STRUCTURAL_TAG_PREFIXES = ("_cell", "_atom", "_symmetry", "_space_group")
 # Relative deviation of the cell metric from symmetry invariance above which a
@@ -225,6 +226,17 @@ def _species(raw_type, label, src, tag, formula_elements=None):
     return el, True
 
 
+@lru_cache(maxsize=65536)
+def _species_known(raw_type, label, formula_elements):
+    """:func:`_species` of a type symbol (``label`` '' where the type is given: the label then
+    only names the site in a message) or of a label, cached across blocks and files; None where
+    it raises (the caller then takes the path that raises it for the site)."""
+    try:
+        return _species(raw_type, label, "", "_atom_site_type_symbol", formula_elements)
+    except (StructureError, InputError):
+        return None
+
+
 # ---- displacement ---------------------------------------------------------------
 
 def _aniso_ueq(block, cell6, src):
@@ -277,9 +289,7 @@ def _read_block(block, src: str, stem: str, file_notes: tuple = ()) -> Crystal:
     import gemmi
 
     cell6, missing_angles = _cell(block, src)
-    ops, number, notes, _origin = _symmetry(block, cell6, src)
-    rots = np.array([op.rot for op in ops], dtype=float) / gemmi.Op.DEN
-    trans = np.array([op.tran for op in ops], dtype=float) / gemmi.Op.DEN
+    ops, number, notes, _origin, rots, trans = _symmetry_arrays(block, cell6, src)
     if missing_angles:
         if number is None or number < 16:
             raise StructureError(f"{', '.join(missing_angles)} absent and the space group "
@@ -290,7 +300,9 @@ def _read_block(block, src: str, stem: str, file_notes: tuple = ()) -> Crystal:
                                  missing_angles[0])
         notes.append(f"{', '.join(missing_angles)} absent: 90 deg (CIF default; fixed by space group {number})")
 
-    dev = _metric_deviation(rots, cell6)
+    # the identity alone (a P1 file): no metric to check, each site its own single image
+    p1 = len(rots) == 1 and not trans.any() and bool((rots[0] == _EYE3).all())
+    dev = 0.0 if p1 else _metric_deviation(rots, cell6)
     if dev > _METRIC_MAX:
         raise StructureError(f"the symmetry operators ({_origin}) do not fit the cell "
                              f"{np.round(cell6, 4).tolist()}: the metric changes by {dev:.2g} relative under "
@@ -417,7 +429,7 @@ def _read_block(block, src: str, stem: str, file_notes: tuple = ()) -> Crystal:
         raise StructureError(f"no atoms: {what}", src, "_atom_site_fract_x")
     # Every site through every operator at once; images of one site closer than MERGE_TOL merged
     # (one compiled call for the whole block).
-    images, keep = _expand(np.asarray(sites, dtype=np.float64), rots, trans, L)
+    images, keep = _expand(np.asarray(sites, dtype=np.float64), rots, trans, L, p1)
     counts = keep.sum(axis=1)
     frac = images[keep]
     mult_mismatch = []
@@ -496,14 +508,14 @@ def _sites_fast(labels_col, type_col, calc_col, xyz_cols, occ_col, occ_num, u_co
     else:
         keys = [(t, lab if t in _NULLS else "") for t, lab in zip(type_col, labels)]
     cache: dict = {}
-    try:
-        for k, lab in zip(keys, labels):
-            if k not in cache:
-                cache[k] = _species(k[0], lab, src, "_atom_site_type_symbol", formula_elements)
-    except StructureError:
-        return None
+    for k in dict.fromkeys(keys):  # each distinct key once
+        got = _species_known(k[0], k[1], formula_elements)
+        if got is None:  # not a species: the row loop raises its message
+            return None
+        cache[k] = got
     species = [cache[k][0] for k in keys]
-    from_label = [lab for k, lab in zip(keys, labels) if cache[k][1]]
+    by_label = any(v[1] for v in cache.values())
+    from_label = [lab for k, lab in zip(keys, labels) if cache[k][1]] if by_label else []
     # displacement, first found: the aniso loop's U_eq, U_iso, B_iso, else the default
     nan = math.nan
     u = np.full(n, nan)
@@ -523,16 +535,21 @@ def _sites_fast(labels_col, type_col, calc_col, xyz_cols, occ_col, occ_num, u_co
     b = np.where(given, _EIGHT_PI2 * u, DEFAULT_B_ISO)
     if not (b >= 0).all():  # a displacement that is not a number, or negative
         return None
-    default_b = [lab for lab, g in zip(labels, given.tolist()) if not g]
+    default_b = [] if given.all() else [lab for lab, g in zip(labels, given.tolist()) if not g]
     return xyz, species, np.minimum(occ, 1.0), b, labels, range(n), default_b, from_label
 
 
-def _expand(sites: np.ndarray, rots: np.ndarray, trans: np.ndarray, lattice: np.ndarray):
+def _expand(sites: np.ndarray, rots: np.ndarray, trans: np.ndarray, lattice: np.ndarray, identity: bool = False):
     """Images (s, m, 3) of every site under every operator, wrapped into [0, 1), and the mask
     (s, m) of those kept: the first of each group closer than MERGE_TOL (minimum image) within
-    a site (``xtalhpc_kernels.sites.unique_images``)."""
+    a site (``xtalhpc_kernels.sites.unique_images``). ``identity``: the operators are the
+    identity alone (each site is its one image, kept)."""
     from xtalhpc_kernels.sites import unique_images
 
+    if identity:  # what the einsum gives for x -> 1 x + 0 (finite x), without it
+        images = (sites + trans)[:, None, :]
+        images -= np.floor(images)
+        return images, np.ones(images.shape[:2], dtype=np.bool_)
     images = np.einsum("kij,sj->ski", rots, sites) + trans
     images -= np.floor(images)
     keep = np.empty(images.shape[:2], dtype=np.bool_)

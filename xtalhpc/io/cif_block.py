@@ -9,7 +9,7 @@ import re
 
 import numpy as np
 
-from ..crystal import cell_volume, lattice_vectors
+from ..crystal import cell_volume, lattice_vectors, rel_volume_sq
 from ..errors import StructureError
 
 #: Tags holding symmetry operators, in order of preference (DDL1 and DDL2 spellings).
@@ -87,6 +87,13 @@ def _parse_ops(triplets, src, tag):
 
 def _symmetry(block, cell6, src):
     """Operators for the expansion, the space-group number, notes and the source tag."""
+    return _symmetry_arrays(block, cell6, src)[:4]
+
+
+def _symmetry_arrays(block, cell6, src):
+    """:func:`_symmetry`, and the operators' rotations (m, 3, 3) and translations (m, 3) as
+    floats. An operator loop whose operators form a group that gemmi's table knows (the common
+    case) is handled once per distinct loop per process (:func:`_known_group`)."""
     import gemmi
 
     notes: list[str] = []
@@ -95,7 +102,16 @@ def _symmetry(block, cell6, src):
     for tag in SYMOP_TAGS:
         col = block.find_values(tag)
         if col:
-            ops = _parse_ops(list(col), src, tag)
+            raws = tuple(col)
+            known = _known_group(tag, raws)
+            if known is not None:
+                full, number, group_notes, rots, trans = known
+                number_tag, raw_number = _value(block, NUMBER_TAGS)
+                tag_number = _tag_number(raw_number, src, number_tag)
+                notes.extend(group_notes)
+                _number_notes(notes, number, number_tag, tag_number)
+                return list(full), number, notes, tag, rots.copy(), trans.copy()
+            ops = _parse_ops(list(raws), src, tag)
             origin = tag
             break
     if ops is None:
@@ -139,21 +155,15 @@ def _symmetry(block, cell6, src):
             ops = list(sg.operations())
             origin = tag
     number_tag, raw_number = _value(block, NUMBER_TAGS)
-    tag_number = None
-    if not _is_null(raw_number):
-        try:
-            tag_number = int(_number(raw_number, src, number_tag))
-        except StructureError:
-            tag_number = None
-        if tag_number is not None and not 1 <= tag_number <= 230:
-            raise StructureError(f"space group number {tag_number} is outside 1-230", src, number_tag)
+    tag_number = _tag_number(raw_number, src, number_tag)
     if ops is None and tag_number is not None:
         ops = list(gemmi.find_spacegroup_by_number(tag_number).operations())
         origin = number_tag
         notes.append(f"symmetry from {number_tag} = {tag_number} alone: standard setting assumed")
     if ops is None:
         notes.append("no symmetry operators, Hall/H-M symbol or IT number: atoms taken as the whole cell (P1)")
-        return [gemmi.Op("x,y,z")], None, notes, None
+        ops = [gemmi.Op("x,y,z")]
+        return ops, None, notes, None, *_op_arrays(ops)
 
     given = {op.wrap().triplet() for op in ops}
     identity = gemmi.Op("x,y,z")
@@ -180,13 +190,99 @@ def _symmetry(block, cell6, src):
     number = _table_number(group)
     if number is None:
         number = _spglib_number(full, cell6)
+    number = _number_notes(notes, number, number_tag, tag_number)
+    return full, number, notes, origin, *_op_arrays(full)
+
+
+def _op_arrays(ops):
+    """Rotations (m, 3, 3) and translations (m, 3) of gemmi operators, as floats."""
+    import gemmi
+
+    rots = np.array([op.rot for op in ops], dtype=float) / gemmi.Op.DEN
+    trans = np.array([op.tran for op in ops], dtype=float) / gemmi.Op.DEN
+    return rots, trans
+
+
+def _group_arrays(group):
+    """:func:`_op_arrays` of the operations of a gemmi GroupOps in its iteration order (each
+    centring vector over the coset representatives, translations wrapped into [0, 1)), built
+    from the representatives and centring vectors (an F-centred group: 48 operators read from
+    gemmi instead of 192)."""
+    import gemmi
+
+    den = gemmi.Op.DEN
+    sym = group.sym_ops
+    rs = np.array([op.rot for op in sym], dtype=np.int64)
+    ts = np.array([op.tran for op in sym], dtype=np.int64)
+    cen = np.array(group.cen_ops, dtype=np.int64).reshape(-1, 3)
+    rots = np.tile(rs, (len(cen), 1, 1)).astype(float) / den
+    trans = ((ts[None, :, :] + cen[:, None, :]) % den).reshape(-1, 3).astype(float) / den
+    return rots, trans
+
+
+def _tag_number(raw_number, src, number_tag):
+    """The IT number a block's tag gives (None where absent or not a number); outside 1-230 an error."""
+    tag_number = None
+    if not _is_null(raw_number):
+        try:
+            tag_number = int(_number(raw_number, src, number_tag))
+        except StructureError:
+            tag_number = None
+        if tag_number is not None and not 1 <= tag_number <= 230:
+            raise StructureError(f"space group number {tag_number} is outside 1-230", src, number_tag)
+    return tag_number
+
+
+def _number_notes(notes, number, number_tag, tag_number):
+    """The group number to use, given the operators' (``number``) and the tag's: notes where
+    the one is missing or they differ."""
     if number is None and tag_number is not None:
         number = tag_number
         notes.append(f"space group of the operators not identified; using {number_tag} = {tag_number}")
     if number is not None and tag_number is not None and number != tag_number:
         notes.append(f"{number_tag} says {tag_number} but the symmetry operators form group {number}; "
                      f"using {number}")
-    return full, number, notes, origin
+    return number
+
+
+#: :func:`_known_group` results by (tag, raw operator strings): a set of files repeats a few
+#: hundred operator loops (every P1 export the same 'x,y,z').
+_KNOWN_GROUPS: dict = {}
+
+
+def _known_group(tag, raws):
+    """For an operator loop (its tag and raw values) whose operators parse, form a group with
+    the identity among them, and make a setting gemmi's table knows: (operators of the group,
+    its number, notes, rotations, translations), computed once per process; else None (the
+    caller then takes the general path, with its messages and fallbacks)."""
+    key = (tag, raws)
+    if key in _KNOWN_GROUPS:
+        return _KNOWN_GROUPS[key]
+    import gemmi
+
+    try:
+        ops = _parse_ops(list(raws), "", tag)
+        given = {op.wrap().triplet() for op in ops}
+        if gemmi.Op("x,y,z").triplet() not in given:
+            return None
+        group = gemmi.GroupOps(ops)
+        group.add_missing_elements()
+    except (StructureError, RuntimeError):
+        return None
+    full = [op for op in group]
+    if len(full) != len(given):
+        return None
+    # the group is the given operators (as many, and it holds them): its table key is theirs
+    number = _table_number(group, tuple(sorted(given)))
+    if number is None:
+        return None
+    rots, trans = _group_arrays(group)
+    rots.flags.writeable = False
+    trans.flags.writeable = False
+    if len(_KNOWN_GROUPS) >= 4096:
+        _KNOWN_GROUPS.clear()
+    _KNOWN_GROUPS[key] = got = (tuple(full), number, (), rots, trans)
+    return got
 
 
 #: Space-group number (or None) of each operation set seen, keyed by its sorted triplets:
@@ -194,12 +290,14 @@ def _symmetry(block, cell6, src):
 _TABLE_NUMBERS: dict[tuple[str, ...], int | None] = {}
 
 
-def _table_number(group) -> int | None:
+def _table_number(group, key: tuple[str, ...] | None = None) -> int | None:
     """gemmi.find_spacegroup_by_ops(group).number (None where the table has no such setting),
-    once per distinct operation set per process."""
+    once per distinct operation set per process (``key``: the sorted triplets of the group's
+    operations, where the caller has them)."""
     import gemmi
 
-    key = tuple(sorted(op.triplet() for op in group))
+    if key is None:
+        key = tuple(sorted(op.triplet() for op in group))
     if key not in _TABLE_NUMBERS:
         if len(_TABLE_NUMBERS) >= 4096:
             _TABLE_NUMBERS.clear()
@@ -266,12 +364,19 @@ def _cell(block, src):
             raise StructureError(f"{raw!r} is not a number", src, tag)
         vals.append(x)
     cell6 = np.array(vals)
-    if np.any(cell6[:3] <= 0):
-        raise StructureError(f"cell lengths {cell6[:3].tolist()} must be > 0 angstrom", src, "_cell_length_a")
-    if np.any(cell6[3:] <= 0) or np.any(cell6[3:] >= 180):
-        raise StructureError(f"cell angles {cell6[3:].tolist()} must lie in (0, 180) degrees", src, "_cell_angle_alpha")
+    a, b, c, al, be, ga = vals
+    if not (a > 0 and b > 0 and c > 0 and 0 < al < 180 and 0 < be < 180 and 0 < ga < 180):  # else: which one
+        if np.any(cell6[:3] <= 0):
+            raise StructureError(f"cell lengths {cell6[:3].tolist()} must be > 0 angstrom", src, "_cell_length_a")
+        if np.any(cell6[3:] <= 0) or np.any(cell6[3:] >= 180):
+            raise StructureError(f"cell angles {cell6[3:].tolist()} must lie in (0, 180) degrees", src,
+                                 "_cell_angle_alpha")
+    # relative to a*b*c so that rounding noise of an impossible angle set (120, 120, 120) is caught;
+    # (V / abc)^2 from the angles first: far above the bound (4x; lengths where G cannot overflow
+    # or underflow), det(G) is not needed
+    if 1e-30 < min(a, b, c) and max(a, b, c) < 1e30 and rel_volume_sq(al, be, ga) > 4.0 * _MIN_REL_VOLUME ** 2:
+        return cell6, missing_angles
     vol = cell_volume(cell6)
-    # relative to a*b*c so that rounding noise of an impossible angle set (120, 120, 120) is caught
     if not vol > _MIN_REL_VOLUME * float(np.prod(cell6[:3])):
         raise StructureError(f"cell {cell6.tolist()} has zero or negative volume ({vol:.3g} A^3); "
                              "the angles cannot close a cell", src, "_cell_angle_alpha")
