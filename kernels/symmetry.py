@@ -61,6 +61,24 @@ def _grid_shift(frac, nb, reach):
     return best_s
 
 
+@njit(cache=True, error_model="numpy", inline="always")
+def _counting_sort(bin_of, nbin):
+    """Atoms ordered by bin (stable counting sort): (start (nbin + 1,), order (n,)); bin q holds
+    order[start[q]:start[q + 1]]."""
+    n = bin_of.shape[0]
+    start = np.zeros(nbin + 1, np.int64)
+    for j in range(n):
+        start[bin_of[j] + 1] += 1
+    for q in range(nbin):
+        start[q + 1] += start[q]
+    fill = start[:nbin].copy()
+    order = np.empty(n, np.int64)
+    for j in range(n):
+        order[fill[bin_of[j]]] = j
+        fill[bin_of[j]] += 1
+    return start, order
+
+
 @njit(cache=True, error_model="numpy")
 def _cell_list_shifted(frac, nb, shift):
     """:func:`_cell_list` on a grid offset by ``shift`` bin widths (bin c holds
@@ -69,7 +87,6 @@ def _cell_list_shifted(frac, nb, shift):
     nbin = nb * nb * nb
     w = np.empty((n, 3))
     bin_of = np.empty(n, np.int64)
-    start = np.zeros(nbin + 1, np.int64)
     for j in range(n):
         bidx = 0
         for a in range(3):
@@ -79,14 +96,7 @@ def _cell_list_shifted(frac, nb, shift):
             w[j, a] = u
             bidx = bidx * nb + _shifted_bin(u, nb, shift)
         bin_of[j] = bidx
-        start[bidx + 1] += 1
-    for q in range(nbin):
-        start[q + 1] += start[q]
-    fill = start[:nbin].copy()
-    order = np.empty(n, np.int64)
-    for j in range(n):
-        order[fill[bin_of[j]]] = j
-        fill[bin_of[j]] += 1
+    start, order = _counting_sort(bin_of, nbin)
     return w, start, order
 
 
@@ -254,7 +264,6 @@ def _cell_list(frac, nb):
     nbin = nb * nb * nb
     w = np.empty((n, 3))
     bin_of = np.empty(n, np.int64)
-    start = np.zeros(nbin + 1, np.int64)
     for j in range(n):
         bidx = 0
         for a in range(3):
@@ -267,14 +276,7 @@ def _cell_list(frac, nb):
                 c = nb - 1
             bidx = bidx * nb + c
         bin_of[j] = bidx
-        start[bidx + 1] += 1
-    for q in range(nbin):
-        start[q + 1] += start[q]
-    fill = start[:nbin].copy()
-    order = np.empty(n, np.int64)
-    for j in range(n):
-        order[fill[bin_of[j]]] = j
-        fill[bin_of[j]] += 1
+    start, order = _counting_sort(bin_of, nbin)
     return w, start, order
 
 
