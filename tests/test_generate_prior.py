@@ -77,3 +77,37 @@ def test_tempered_prior(tmp_path):
         GenerateConfig(sources=(), output="x", synthetic=5, synthetic_prior="p.csv", synthetic_prior_power=2)
     with pytest.raises(InputError, match="needs --synthetic-prior"):
         GenerateConfig(sources=(), output="x", synthetic=5, synthetic_prior_power=0.5)
+
+
+def test_synthetic_special_share(tmp_path):
+    """``--synthetic-special F``: the share of synthetic crystals on special positions
+    (``SynthConfig.special_fraction``) reaches the crystals, the digest and an MPI re-launch."""
+    from xtalhpc.cli import build_parser
+    from xtalhpc.commands.generate import config_from_args
+    from xtalhpc.generate import GenerateConfig
+    from xtalhpc.generate.config import config_to_argv
+
+    base = GenerateConfig(sources=(), output="x", synthetic=5)
+    assert "synthetic_special" not in base.digest_fields()  # 0: digests of older datasets unchanged
+    sp = GenerateConfig(sources=(), output="x", synthetic=5, synthetic_special=0.5)
+    assert sp.digest_fields()["synthetic_special"] == 0.5
+    # the argv that re-launches a run under mpiexec gives back the same config
+    back = config_from_args(build_parser().parse_args(["generate", *config_to_argv(sp)]))
+    assert back == sp
+    for bad, match in [(dict(synthetic=5, synthetic_special=1.5), "--synthetic-special"),
+                       (dict(synthetic=5, synthetic_special=True), "--synthetic-special"),
+                       (dict(synthetic=0, sources=("a.cif",), synthetic_special=0.5), "needs --synthetic")]:
+        with pytest.raises(InputError, match=match):
+            GenerateConfig(**{"sources": (), "output": "x", **bad})
+    # the crystals: item i of a run with the option is generate_crystal(..., special_fraction=F)
+    table = _table(tmp_path, [225] * 3 + [221])
+    out = {}
+    for share in ("0", "1"):
+        out[share] = tmp_path / f"ds{share}"
+        assert main(["generate", "--synthetic", "8", "--synthetic-prior", str(table), "--synthetic-special", share,
+                     "--output", str(out[share]), "--quiet", "--seed", "4", "--split", "none"]) == 0
+    with open_dataset(out["0"]) as d0, open_dataset(out["1"]) as d1:
+        assert np.array_equal(d0.read("space_group"), d1.read("space_group"))
+        n0, n1 = d0.read("n_atoms"), d1.read("n_atoms")
+        assert d0.attrs["config_digest"] != d1.attrs["config_digest"]
+    assert n1.sum() < n0.sum()  # small special orbits instead of the default's free orbits

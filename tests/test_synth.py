@@ -86,6 +86,72 @@ def test_groups_needing_the_general_position_or_special_combinations():
     assert min_atoms(219) == 96 and min_atoms(1) == 1
 
 
+# ---- special-position crystals (SynthConfig.special_fraction) --------------------
+
+#: sha256 of cell, positions, species and B (rounded to 1e-6) of two default crystals of every
+#: 7th group, seed 11, computed at 2026-12-06 by the code before ``special_fraction`` existed:
+#: the option, when off, must not change one crystal of a dataset made before it.
+DEFAULT_CRYSTALS_SHA256 = "e9d0211e48d949ad83c3cb26b3cf0c8f2e3c3480215f56b497b9386f21458876"
+
+
+def _crystals_digest(config=None) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for sg in range(1, 231, 7):
+        for i in range(2):
+            c = generate_crystal(sg, 11, i, config)
+            for a in (c.cell, c.frac):
+                h.update(np.round(a, 6).tobytes())
+            h.update(" ".join(c.species).encode())
+            h.update(np.round(c.b_iso, 6).tobytes())
+    return h.hexdigest()
+
+
+def _has_general_orbit(c: Crystal) -> bool:
+    t = wyckoff_table(c.space_group)
+    general = f"{int(t.multiplicity[0])}{t.letters[0]}"
+    return any(tok.split(":")[1] == general for tok in c.notes[0].split()[1:])
+
+
+def test_special_fraction_off_leaves_every_crystal_as_before():
+    assert _crystals_digest() == DEFAULT_CRYSTALS_SHA256
+    assert _crystals_digest(SynthConfig(special_fraction=0.0)) == DEFAULT_CRYSTALS_SHA256
+
+
+@pytest.mark.parametrize("sg", SAMPLE_GROUPS)
+def test_special_position_crystals_have_exactly_their_group(sg):
+    cfg = SynthConfig(special_fraction=1.0)
+    n_general = {"special": 0, "default": 0}
+    for i in range(8):
+        c = generate_crystal(sg, 5, i, cfg)
+        assert spglib_number(c, SYMPREC) == sg, c.notes  # labels stay right
+        assert same(c, generate_crystal(sg, 5, i, cfg))  # reproducible
+        n_general["special"] += _has_general_orbit(c)
+        n_general["default"] += _has_general_orbit(generate_crystal(sg, 5, i))
+    assert n_general["special"] <= n_general["default"], n_general
+
+
+def test_special_fraction_draws_that_share_on_special_positions():
+    sg, n = 225, 60
+    default = [generate_crystal(sg, 9, i) for i in range(n)]
+    half = [generate_crystal(sg, 9, i, SynthConfig(special_fraction=0.5)) for i in range(n)]
+    # Fm-3m's general position (192l) does not fit max_atoms 160: the default puts ~2
+    # free special orbits in every crystal; the special rule prefers small orbits
+    assert np.median([c.n_atoms for c in half]) < np.median([c.n_atoms for c in default])
+    assert all(spglib_number(c, SYMPREC) == sg for c in half)
+    assert not any(_has_general_orbit(c) for c in half)
+    # the default rule gives Fm-3m at least two orbits with free parameters; the special
+    # rule, drawn for about half, often fewer (rock salt, fluorite: none)
+    def free_orbits(c):
+        t = wyckoff_table(sg)
+        letters = dict(zip((f"{m}{ch}" for m, ch in zip(t.multiplicity.tolist(), t.letters)), t.dof.tolist()))
+        return sum(letters[tok.split(":")[1]] > 0 for tok in c.notes[0].split()[1:])
+    assert min(map(free_orbits, default)) >= 2
+    few = sum(free_orbits(c) < 2 for c in half)
+    assert 5 <= few <= 45, few
+
+
 # ---- reproducibility ------------------------------------------------------------
 
 def test_same_seed_and_index_give_the_same_crystal():
@@ -306,6 +372,8 @@ def test_api_bad_input_names_the_field():
         (lambda: SynthConfig(distance_factor=0), "distance_factor"),
         (lambda: SynthConfig(volume_factor=(1.2, 0.9)), "volume_factor"),
         (lambda: SynthConfig(max_atoms=0), "max_atoms"),
+        (lambda: SynthConfig(special_fraction=1.5), "special_fraction"),
+        (lambda: SynthConfig(special_fraction=True), "special_fraction"),
         (lambda: generate_crystal(5, 1, 0, no_such_option=1), "no_such_option"),
     ]:
         with pytest.raises(InputError) as e:

@@ -66,6 +66,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--synthetic-prior-power", type=float, default=1.0, metavar="P",
                    help="with --synthetic-prior: draw group g with weight count_g**P (1: the table's frequencies, "
                         "0.5: square root, 0: every group of the table equally; default 1)")
+    p.add_argument("--synthetic-special", type=float, default=0.0, metavar="F",
+                   help="with --synthetic N: draw this share of the crystals with atoms on special Wyckoff "
+                        "positions (small orbits more likely, the general position not preferred), as most real "
+                        "high-symmetry structures are; each is checked to have exactly its group "
+                        "(docs/synthetic.md; default 0)")
     p.add_argument("--cycle-to", type=int, default=None, metavar="N",
                    help="reuse the inputs cyclically until N items (benchmarks)")
     p.add_argument("--deuterate", action="store_true",
@@ -100,7 +105,8 @@ def config_from_args(args):
         peaks=args.peaks, split=args.split, synthetic=args.synthetic, per_space_group=args.per_space_group,
         cycle_to=args.cycle_to, radiation=args.radiation, deuterate=args.deuterate, h_background=args.h_background,
         synthetic_prior=args.synthetic_prior, synthetic_prior_power=args.synthetic_prior_power,
-        max_absorption=args.max_absorption, find_symmetry=getattr(args, "find_symmetry", True))
+        max_absorption=args.max_absorption, find_symmetry=getattr(args, "find_symmetry", True),
+        synthetic_special=getattr(args, "synthetic_special", 0.0))
 
 
 def run(args) -> int:

@@ -103,6 +103,10 @@ class GenerateConfig:
         instrument's wavelength (barn; the per-pattern ``absorption`` field,
         :func:`xtalhpc.scattering.absorption_per_formula_unit`) exceeds this. None (default):
         keep every item.
+    synthetic_special : float
+        Share (0-1) of the synthetic crystals drawn with atoms on special positions as
+        most real high-symmetry structures have (``SynthConfig.special_fraction``;
+        docs/synthetic.md). 0 (default) leaves every crystal as before the option.
     find_symmetry : bool
         Find the symmetry of input structures given without operations (P1 CIFs, POSCARs:
         :func:`xtalhpc.crystal.detect_symmetry`): the found group is stored
@@ -130,6 +134,7 @@ class GenerateConfig:
     synthetic_prior_power: float = 1.0
     max_absorption: float | None = None
     find_symmetry: bool = True
+    synthetic_special: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sources", tuple(str(s) for s in self.sources))
@@ -178,6 +183,12 @@ class GenerateConfig:
                 raise InputError(f"--max-absorption {self.max_absorption!r} must be a number of barn >= 0",
                                  field="--max-absorption")
             object.__setattr__(self, "max_absorption", ma)
+        sp = self.synthetic_special
+        if isinstance(sp, bool) or not isinstance(sp, (int, float)) or not 0 <= sp <= 1:
+            raise InputError(f"--synthetic-special {sp!r} must be a number in [0, 1]", field="--synthetic-special")
+        if sp and not self.synthetic:
+            raise InputError("--synthetic-special needs --synthetic N", field="--synthetic-special")
+        object.__setattr__(self, "synthetic_special", float(sp))
         if self.cycle_to is not None and self.cycle_to < 1:
             raise InputError(f"--cycle-to {self.cycle_to} must be >= 1", field="--cycle-to")
 
@@ -193,6 +204,8 @@ class GenerateConfig:
             d.pop("synthetic_prior_power")  # the default: digests of datasets made before the option stay valid
         if d["max_absorption"] is None:  # off: the digests of datasets made before the option stay
             d.pop("max_absorption")
+        if d["synthetic_special"] == 0.0:  # likewise
+            d.pop("synthetic_special")
         return d
 
 
@@ -220,6 +233,8 @@ def config_to_argv(cfg: GenerateConfig, ranks: int | None = None) -> list[str]:
         argv += ["--synthetic", str(cfg.synthetic)]
         if cfg.per_space_group:
             argv.append("--per-space-group")
+        if cfg.synthetic_special:
+            argv += ["--synthetic-special", repr(cfg.synthetic_special)]
     if cfg.cycle_to is not None:
         argv += ["--cycle-to", str(cfg.cycle_to)]
     if cfg.radiation is not None:

@@ -213,8 +213,9 @@ def list_files(sources) -> tuple[list[str], list[int | None]]:
     return files, [labels[f] for f in files]
 
 
-def load_item(man: Manifest, i: int, seed: int, find_symmetry: bool = True):
-    """The Crystal of item ``i``, or an error text."""
+def load_item(man: Manifest, i: int, seed: int, find_symmetry: bool = True, synthetic_special: float = 0.0):
+    """The Crystal of item ``i``, or an error text (``synthetic_special``: see
+    :class:`~xtalhpc.generate.GenerateConfig`)."""
     kind, where, k = man.locate(i)
     if kind == "file":
         entries = read_file_items(man.files[where], find_symmetry)
@@ -233,9 +234,17 @@ def load_item(man: Manifest, i: int, seed: int, find_symmetry: bool = True):
         raise InputError(f"--synthetic needs xtalhpc.synth.generate_crystal, not available here ({exc})",
                          field="--synthetic") from None
     try:
-        return generate_crystal(int(where), seed, int(k))
+        return generate_crystal(int(where), seed, int(k), _synth_config(synthetic_special))
     except Exception as exc:  # noqa: BLE001 - this crystal's reject row, unless it is a JobError (reject_text)
         return reject_text(exc, f"generating synthetic crystal {i} (space group {where})")
+
+
+@lru_cache(maxsize=4)
+def _synth_config(special: float):
+    """The synthetic crystals' settings of a run (defaults but for the special-position share)."""
+    from ..synth import SynthConfig
+
+    return SynthConfig(special_fraction=special) if special else None
 
 
 def item_source_id(man: Manifest, i: int, seed: int) -> tuple[str, str]:

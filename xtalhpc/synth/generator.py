@@ -10,7 +10,13 @@ how the batch is split over processes):
    often carry more symmetry than the group), otherwise at least two orbits
    with free parameters; positions without free parameters at most once; and
    no translation outside the group common to all occupied positions
-   (non-characteristic orbits, :func:`~xtalhpc.synth.wyckoff.extra_translations`);
+   (non-characteristic orbits, :func:`~xtalhpc.synth.wyckoff.extra_translations`).
+   A share ``special_fraction`` of the crystals is drawn like most real
+   inorganic structures of high symmetry instead (rock salt, perovskite, spinel,
+   fluorite: atoms on special positions only): each Wyckoff position that fits
+   drawn with weight 1/sqrt(multiplicity), the general position not preferred; such a crystal is kept
+   only when the symmetry search finds exactly the intended group's operations (``_SPECIAL_TRIES`` draws,
+   then the rule above);
 3. species per orbit: every chosen element on at least one orbit, orbits on
    fixed positions on distinct elements where possible (two fixed orbits of one
    element are what most often adds symmetry), never two equal atoms alone;
@@ -57,6 +63,12 @@ _GROW = 1.1
 _MAX_GROW = 12
 #: Hard cap of orbits per crystal (keeps the asymmetric unit small, like real structures).
 _MAX_ORBITS = 8
+#: Occupations drawn with the special-position rule before a crystal falls back to the
+#: general-position-first rule (in groups such as P222 every set of special positions
+#: carries more symmetry than the group, and no draw can pass the check).
+_SPECIAL_TRIES = 8
+#: spglib tolerance (angstrom) of the check of special-position crystals when ``symprec`` is unset.
+_SPECIAL_SYMPREC = 1e-3
 
 
 @dataclass(frozen=True)
@@ -93,6 +105,14 @@ class SynthConfig:
         spglib's usual ``symprec`` of 1e-3 A.
     pool : ElementPool or None
         Elements and weights; None uses :meth:`ElementPool.default`.
+    special_fraction : float
+        Share (0-1) of crystals whose Wyckoff positions are drawn among those that fit
+        with weight 1/sqrt(multiplicity), without preferring the general position, as in most real inorganic
+        structures of high symmetry; each such crystal is checked with spglib
+        (the operation search that labels P1 inputs, :func:`xtalhpc.findsym.find_operations`,
+        at ``symprec``, else 1e-3 A) and redrawn until it has exactly the intended group.
+        0 (default) draws every crystal with the general position first and leaves
+        the random streams, hence every crystal, as they were before the option.
     """
 
     max_atoms: int = 160
@@ -104,6 +124,7 @@ class SynthConfig:
     symprec: float | None = None
     generic_tol: float = 0.002
     pool: ElementPool | None = field(default=None, compare=False)
+    special_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         src = "synthetic crystal config"
@@ -129,6 +150,10 @@ class SynthConfig:
             raise InputError(f"generic_tol {self.generic_tol!r} must lie in [0, 0.1) angstrom", src, "generic_tol")
         if self.symprec is not None and not (0 < float(self.symprec) < 1):
             raise InputError(f"symprec {self.symprec!r} must lie in (0, 1) angstrom", src, "symprec")
+        sf = self.special_fraction
+        if isinstance(sf, bool) or not isinstance(sf, (int, float)) or not 0 <= sf <= 1:
+            raise InputError(f"special_fraction {sf!r} must be a number in [0, 1]", src, "special_fraction")
+        object.__setattr__(self, "special_fraction", float(sf))
 
 
 # ---------------------------------------------------------------------------
@@ -295,8 +320,11 @@ def _table_lists(space_group: int) -> tuple[list[int], list[int]]:
     return t.multiplicity.tolist(), t.dof.tolist()
 
 
-def _choose_orbits(table: WyckoffTable, max_atoms: int, n_target: int, rng: "_Uniforms") -> list[int]:
+def _choose_orbits(table: WyckoffTable, max_atoms: int, n_target: int, rng: "_Uniforms",
+                   special: bool = False) -> list[int]:
     """Wyckoff positions (indices into ``table``) to occupy; see the module docstring.
+    ``special``: every position that fits, with weight 1/sqrt(multiplicity) (no general
+    position first, no second free orbit required); the caller checks the crystal's group.
 
     Besides the multiplicity budget and the once-only rule for fixed positions,
     the occupied positions must not share a translation outside the group
@@ -313,7 +341,9 @@ def _choose_orbits(table: WyckoffTable, max_atoms: int, n_target: int, rng: "_Un
         for k in range(n_target):
             budget = max_atoms - atoms
             cand = [i for i in range(n_wp) if mult[i] <= budget and not (dof[i] == 0 and i in chosen)]
-            if k == 0:
+            if special:
+                pass
+            elif k == 0:
                 # The general position, whenever it fits: orbits on special positions
                 # alone very often have more symmetry than the group (all special
                 # positions of P222 lie on 2-fold axes and any set of them is Pmmm).
@@ -328,8 +358,13 @@ def _choose_orbits(table: WyckoffTable, max_atoms: int, n_target: int, rng: "_Un
             if not cand:
                 break
             # the general position with probability ~1/3 when it is a candidate, else a special one uniformly
-            w = [0.5 * (len(cand) - 1) if (i == 0 and len(cand) > 1) else 1.0 for i in cand]
-            i = cand[_pick(w, rng.u())]
+            if special:
+                # small orbits more likely (weight 1/sqrt(multiplicity)): real structures of
+                # high symmetry have small formula units on few, small orbits
+                i = cand[_pick([mult[i] ** -0.5 for i in cand], rng.u())]
+            else:
+                w = [0.5 * (len(cand) - 1) if (i == 0 and len(cand) > 1) else 1.0 for i in cand]
+                i = cand[_pick(w, rng.u())]
             chosen.append(i)
             common = extra[i] if common is None else common & extra[i]
             atoms += mult[i]
@@ -411,14 +446,20 @@ def generate_crystal(space_group: int, seed: int, index: int, config: SynthConfi
     rng = _Uniforms(np.random.default_rng(np.random.SeedSequence([seed, index, sg])))
     place = _compile()
     system = crystal_system(sg)
+    # no draw at all when the option is off: crystals stay what they were before it
+    special_left = _SPECIAL_TRIES if cfg.special_fraction > 0 and rng.u() < cfg.special_fraction else 0
     for _ in range(cfg.max_attempts):
-        wps, sp, volume = _occupation(table, cfg, pool, rng)
+        special = special_left > 0
+        special_left -= special
+        wps, sp, volume = _occupation(table, cfg, pool, rng, special)
         volume *= rng.between(*cfg.volume_factor)
         out = _place(table, system, cfg, pool, rng, place, wps, sp, volume)
         if out is None:
             continue
         b = [rng.between(*cfg.b_iso_range) for _ in range(wps.size)]
         crystal = _to_crystal(sg, seed, index, table, pool, out, wps, sp, b)
+        if special and not _exactly_the_group(crystal, len(crystal.symmetry), cfg.symprec or _SPECIAL_SYMPREC):
+            continue
         if cfg.symprec is not None and spglib_number(crystal, cfg.symprec) != sg:
             continue
         return crystal
@@ -462,6 +503,20 @@ def spglib_number(crystal: Crystal, symprec: float = 1e-3) -> int | None:
     return None if ds is None else int(ds.number)
 
 
+def _exactly_the_group(crystal: Crystal, order: int, symprec: float) -> bool:
+    """True when the operations that map the crystal onto itself within ``symprec`` angstrom
+    (:func:`xtalhpc.findsym.find_operations`, the search that labels P1 inputs) are exactly
+    the ``order`` operations of its group in the conventional cell: those all hold, so any
+    other one (a rotation or a translation the group lacks) makes the count larger. Atoms
+    are compared by element alone, as spglib does: orbits that differ only in their B would
+    otherwise keep a group the pattern does not show (Mg on 2c and 2d of P6_3/mmc is
+    P6/mmm with half the c axis)."""
+    from ..findsym import find_operations
+
+    same_b = crystal.replace(b_iso=np.ones(crystal.n_atoms))
+    return len(find_operations(same_b, symprec)[0]) == order
+
+
 # ---------------------------------------------------------------------------
 # internals
 
@@ -476,12 +531,12 @@ def _default_pool() -> ElementPool:
     return ElementPool.default()
 
 
-def _occupation(table, cfg, pool, rng):
+def _occupation(table, cfg, pool, rng, special: bool = False):
     """Orbits (placement order), element index per orbit and the sum of atomic volumes."""
     mult, dof = _table_lists(table.space_group)
     n_el = min(_pick(_N_SPECIES_P, rng.u()) + 1, cfg.max_species, len(pool.elements))
     n_orb = min(max(2, n_el + rng.geometric_half() - 1), _MAX_ORBITS)
-    orbits = _choose_orbits(table, cfg.max_atoms, n_orb, rng)
+    orbits = _choose_orbits(table, cfg.max_atoms, n_orb, rng, special)
     n_orb = len(orbits)
     if n_el == 1 and sum(mult[w] for w in orbits) == 2 and len(pool.elements) > 1:
         # Two equal atoms are always related by an inversion through their midpoint
