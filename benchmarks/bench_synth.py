@@ -2,7 +2,8 @@
 
 Usage::
 
-    python benchmarks/bench_synth.py [--per-group 20] [--pyxtal-per-group 3] [--seed 0] [--json OUT]
+    python benchmarks/bench_synth.py [--per-group 20] [--pyxtal-per-group 3] [--seed 0]
+                                     [--special-fraction F] [--json OUT]
 
 xtalhpc.synth draws ``--per-group`` crystals for each of the 230 space groups
 (default settings, max_atoms 160). pyxtal is slow, so it runs on 23 groups
@@ -16,6 +17,9 @@ which keeps the comparison fair on a shared machine. One-time costs (table
 building, Numba compilation or disk-cache load, pyxtal import) are excluded
 and printed separately. Also reported: the fraction of xtalhpc crystals whose
 space group spglib (symprec 1e-3 A) finds to be the intended one.
+``--special-fraction F`` draws the xtalhpc crystals with ``SynthConfig(special_fraction=F)``
+(docs/synthetic.md: that share on special Wyckoff positions, each checked to have exactly its
+group); pyxtal then gets those crystals' compositions.
 """
 from __future__ import annotations
 
@@ -36,17 +40,18 @@ import numpy as np  # noqa: E402
 PYXTAL_GROUPS = tuple(int(round(x)) for x in np.linspace(1, 230, 23))
 
 
-def bench_synth(per_group: int, seed: int):
-    from xtalhpc.synth import generate_crystal, spglib_number
+def bench_synth(per_group: int, seed: int, special_fraction: float = 0.0):
+    from xtalhpc.synth import SynthConfig, generate_crystal, spglib_number
 
+    cfg = SynthConfig(special_fraction=special_fraction)
     t = time.process_time()
     for sg in range(1, 231):  # tables + kernel: one-time costs
-        generate_crystal(sg, seed + 1, 0)
+        generate_crystal(sg, seed + 1, 0, cfg)
     setup = time.process_time() - t
     rate, atoms, crystals, agree = {}, {}, {}, {}
     for sg in range(1, 231):
         t = time.process_time()
-        cs = [generate_crystal(sg, seed, (sg - 1) * per_group + k) for k in range(per_group)]
+        cs = [generate_crystal(sg, seed, (sg - 1) * per_group + k, cfg) for k in range(per_group)]
         dt = time.process_time() - t
         rate[sg] = per_group / dt
         atoms[sg] = float(np.median([c.n_atoms for c in cs]))
@@ -96,6 +101,8 @@ def main(argv=None) -> int:
     ap.add_argument("--per-group", type=int, default=20)
     ap.add_argument("--pyxtal-per-group", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--special-fraction", type=float, default=0.0,
+                    help="share of crystals on special positions (SynthConfig.special_fraction; default 0)")
     ap.add_argument("--json", help="write the raw numbers here")
     a = ap.parse_args(argv)
 
@@ -104,7 +111,7 @@ def main(argv=None) -> int:
     import xtalhpc
 
     wall = time.perf_counter()
-    s_rate, s_atoms, crystals, agree, agree_loose, s_setup, t_spglib = bench_synth(a.per_group, a.seed)
+    s_rate, s_atoms, crystals, agree, agree_loose, s_setup, t_spglib = bench_synth(a.per_group, a.seed, a.special_fraction)
     p_rate, p_atoms, p_fails, p_setup = bench_pyxtal(crystals, a.pyxtal_per_group, a.seed)
     wall = time.perf_counter() - wall
     import pyxtal
@@ -154,6 +161,7 @@ def main(argv=None) -> int:
             json.dump({"versions": {"xtalhpc": xtalhpc.__version__, "pyxtal": pyxtal.__version__,
                                     "spglib": spglib.__version__, "numpy": np.__version__},
                        "per_group": a.per_group, "pyxtal_per_group": a.pyxtal_per_group, "seed": a.seed,
+                       "special_fraction": a.special_fraction,
                        "synth_rate": s_rate, "synth_atoms": s_atoms, "spglib_agree": agree, "spglib_agree_1e-2": agree_loose,
                        "pyxtal_rate": p_rate, "pyxtal_atoms": p_atoms, "pyxtal_failures": p_fails}, fh, indent=1)
     return 0
