@@ -67,8 +67,6 @@ _MAX_ORBITS = 8
 #: general-position-first rule (in groups such as P222 every set of special positions
 #: carries more symmetry than the group, and no draw can pass the check).
 _SPECIAL_TRIES = 8
-#: spglib tolerance (angstrom) of the check of special-position crystals when ``symprec`` is unset.
-_SPECIAL_SYMPREC = 1e-3
 
 
 @dataclass(frozen=True)
@@ -458,7 +456,7 @@ def generate_crystal(space_group: int, seed: int, index: int, config: SynthConfi
             continue
         b = [rng.between(*cfg.b_iso_range) for _ in range(wps.size)]
         crystal = _to_crystal(sg, seed, index, table, pool, out, wps, sp, b)
-        if special and not _exactly_the_group(crystal, len(crystal.symmetry), cfg.symprec or _SPECIAL_SYMPREC):
+        if special and not _exactly_the_group(crystal, len(crystal.symmetry), cfg.symprec):
             continue
         if cfg.symprec is not None and spglib_number(crystal, cfg.symprec) != sg:
             continue
@@ -503,7 +501,7 @@ def spglib_number(crystal: Crystal, symprec: float = 1e-3) -> int | None:
     return None if ds is None else int(ds.number)
 
 
-def _exactly_the_group(crystal: Crystal, order: int, symprec: float) -> bool:
+def _exactly_the_group(crystal: Crystal, order: int, symprec: float | None) -> bool:
     """True when the operations that map the crystal onto itself within ``symprec`` angstrom
     (:func:`xtalhpc.findsym.find_operations`, the search that labels P1 inputs) are exactly
     the ``order`` operations of its group in the conventional cell: those all hold, so any
@@ -511,8 +509,9 @@ def _exactly_the_group(crystal: Crystal, order: int, symprec: float) -> bool:
     are compared by element alone, as spglib does: orbits that differ only in their B would
     otherwise keep a group the pattern does not show (Mg on 2c and 2d of P6_3/mmc is
     P6/mmm with half the c axis)."""
-    from ..findsym import find_operations
+    from ..findsym import FIND_SYMPREC, find_operations
 
+    symprec = FIND_SYMPREC if symprec is None else symprec  # the tolerance that labels P1 inputs
     same_b = crystal.replace(b_iso=np.ones(crystal.n_atoms))
     return len(find_operations(same_b, symprec)[0]) == order
 
