@@ -34,6 +34,7 @@ COMMANDS: tuple[str, ...] = (
     "train",
     "export",
     "evaluate",
+    "prior",
     "predict",
     "study",
 )

@@ -95,7 +95,7 @@ class Classifier:
     temperatures : head -> calibration temperature.
     """
 
-    def __init__(self, path: str | os.PathLike, device: str = "cpu"):
+    def __init__(self, path: str | os.PathLike, device: str = "cpu", prior: str | None = "default"):
         import torch
 
         from .preprocess import Normalisation
@@ -110,6 +110,11 @@ class Classifier:
         self.normalisation = Normalisation.from_dict(self.meta["normalisation"])
         self.classes = {h: list(v) for h, v in self.meta["heads"].items()}
         self.temperatures = {h: float(self.meta.get("temperatures", {}).get(h, 1.0)) for h in self.classes}
+        self.prior = resolve_prior(self.meta, prior, self.path)
+        rec = self.meta.get("priors", {}).get(self.prior, {}) if self.prior else {}
+        #: head -> logit adjustment of the deployment prior (None: the training prior's probabilities)
+        self.adjustments = {h: (np.asarray(rec["log_adjust"][h], dtype=np.float64)
+                                if rec and h in rec.get("log_adjust", {}) else None) for h in self.classes}
 
     @property
     def heads(self) -> list[str]:
@@ -128,11 +133,33 @@ class Classifier:
                     out[h].append(o[h].float().cpu().numpy().astype(np.float64))
         return {h: np.concatenate(v) if v else np.zeros((0, len(self.classes[h]))) for h, v in out.items()}
 
-    def probabilities(self, logits: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Calibrated probabilities softmax(z / T_head); rows sum to 1."""
-        from .evaluate.calibration import calibrated_probabilities
+    def log_probabilities(self, head: str, logits: np.ndarray) -> np.ndarray:
+        """log softmax(z / T + a): calibrated, under the deployment prior if one is in use
+        (:mod:`xtalhpc.evaluate.prior`)."""
+        from .evaluate.prior import adjusted_log_softmax
 
-        return {h: calibrated_probabilities(z, self.temperatures[h]) for h, z in logits.items()}
+        return adjusted_log_softmax(logits, self.temperatures[head], self.adjustments.get(head))
+
+    def probabilities(self, logits: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Calibrated probabilities softmax(z / T_head + a_head); rows sum to 1."""
+        return {h: np.exp(self.log_probabilities(h, z)) for h, z in logits.items()}
+
+
+def resolve_prior(meta: dict, prior: str | None, source=None) -> str | None:
+    """The deployment prior a model file is used with: ``"default"`` is the file's ``default_prior``
+    (none for a file without one), ``None`` or ``"none"`` the training prior, else a name in the file's
+    ``priors`` (InputError naming the file and the names it has)."""
+    priors = meta.get("priors", {}) or {}
+    if prior is None or prior == "none":
+        return None
+    if prior == "default":
+        name = meta.get("default_prior")
+        return name if name in priors else None
+    if prior not in priors:
+        have = ", ".join(sorted(priors)) or "none"
+        raise InputError(f"the model has no prior {prior!r} (it has: {have}; or 'none', 'default')",
+                         None if source is None else str(source), "--prior")
+    return prior
 
 
 # --------------------------------------------------------------------------- measured patterns

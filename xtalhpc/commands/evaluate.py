@@ -29,6 +29,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--calibrate", default=None, metavar="MODEL.pt",
                    help="fit one calibration temperature per head on this split (val, or all/unassigned of a "
                         "dataset kept for it) and write the model with them to MODEL.pt")
+    p.add_argument("--prior", default="default", metavar="NAME|none",
+                   help="deployment prior of the model file the probabilities and rankings use: 'default' (the "
+                        "file's default one, as predict uses; none if it has none), 'none' (the training prior: "
+                        "right for a synthetic validation split) or a name the file carries (docs/predict.md)")
     p.add_argument("--cluster", default="local", choices=("local", "slurm", "debug"),
                    help="local: this machine (in this process with one CPU process, else submitit processes); "
                         "slurm: a Slurm job; debug: submitit's DebugExecutor in this process")
@@ -101,12 +105,12 @@ def run(args) -> int:
     data = load_training_data(args.dataset, require_split=False)
     check_same_grid(blob["two_theta"].numpy(), data.two_theta, model, data.master)
     rows = split_rows(data, args.split)
-    del blob
     out = OutputDir(args.output, "evaluate", holds="another evaluation")
     ours = out.check_empty_or_ours(EVALUATION_NAME)
     task = EvaluateTask(str(model.resolve()), str(Path(args.dataset).resolve()), str(Path(args.output).resolve()),
                         split=args.split, augment=args.augment, seed=args.seed, batch_size=args.batch_size,
-                        device=spec.device, calibrate=str(Path(args.calibrate).resolve()) if args.calibrate else None)
+                        device=spec.device, calibrate=str(Path(args.calibrate).resolve()) if args.calibrate else None,
+                        prior=_check_prior(blob, args.prior, model))
     settings = {**task.settings(), "model_sha256": file_digest(model),
                 "dataset_digest": {k: data.digest[k] for k in ("config_digest", "manifest_digest", "n_patterns")}}
     if ours:  # rerunning the same evaluation overwrites it; another one is refused
@@ -120,6 +124,13 @@ def run(args) -> int:
         return _launch(task, spec, out.path, data, rows, model, args, log)
     finally:
         out.unlock()
+
+
+def _check_prior(blob, prior, model):
+    """The prior name the task uses (None: the training prior); InputError before anything runs."""
+    from ..predict import resolve_prior
+
+    return resolve_prior(blob, prior, model)
 
 
 def _launch(task, spec, outpath, data, rows, model, args, log) -> int:

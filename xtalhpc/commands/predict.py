@@ -32,6 +32,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--plot", default=None, metavar="OUT",
                    help="PNG of the pattern as the model sees it with the top predictions (OUT a directory for "
                         "several files)")
+    p.add_argument("--prior", default="default", metavar="NAME|none",
+                   help="space-group prior of the probabilities: 'default' (the model file's deployment prior, for "
+                        "the shipped model the ICSD 2025 frequencies), 'none' (the training data's flattened prior) "
+                        "or a prior name the model file carries (docs/predict.md)")
     p.add_argument("--threads", type=int, default=None, metavar="N", help="torch threads (default: torch's)")
     return p
 
@@ -76,9 +80,10 @@ def run(args) -> int:
 
         torch.set_num_threads(args.threads)
     path = resolve_model(args.model)
-    clf = Classifier(path)
+    clf = Classifier(path, prior=args.prior)
     t = clf.temperatures
     note = "calibrated" if any(abs(v - 1.0) > 1e-12 for v in t.values()) else "uncalibrated (temperatures 1.0)"
+    note += f", prior {clf.prior}" if clf.prior else ", training prior"
     log(f"model {path} ({clf.two_theta.size} points, {clf.two_theta[0]:g}-{clf.two_theta[-1]:g} deg at "
         f"{clf.wavelength:g} A; probabilities {note})")
     preds = predict_files(args.files, clf, wavelength=args.wavelength, instrument=args.instrument,

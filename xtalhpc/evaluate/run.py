@@ -154,7 +154,8 @@ class EvaluateTask:
     """
 
     def __init__(self, model: str, dataset: str, output: str, split: str = "test", augment: str = "off",
-                 seed: int = 0, batch_size: int = 256, device: str = "cpu", calibrate: str | None = None):
+                 seed: int = 0, batch_size: int = 256, device: str = "cpu", calibrate: str | None = None,
+                 prior: str | None = "default"):
         self.model = str(model)
         self.dataset = str(dataset)
         self.output = str(output)
@@ -164,11 +165,12 @@ class EvaluateTask:
         self.batch_size = int(batch_size)
         self.device = device
         self.calibrate = None if calibrate is None else str(calibrate)
+        self.prior = None if prior in (None, "none") else str(prior)
 
     def settings(self) -> dict:
         return {"model": str(Path(self.model).resolve()), "dataset": str(Path(self.dataset).resolve()),
                 "split": self.split, "augment": self.augment, "seed": self.seed, "batch_size": self.batch_size,
-                "calibrate": self.calibrate}
+                "calibrate": self.calibrate, "prior": self.prior or "none"}
 
     def __call__(self) -> dict:
         import torch
@@ -184,7 +186,8 @@ class EvaluateTask:
         if self.device == "cpu" and dist_on:
             torch.set_num_threads(default_threads(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 0))
         log = Log("evaluate", enabled=rank == 0)
-        clf = Classifier(self.model, device=f"cuda:{torch.cuda.current_device()}" if self.device == "cuda" else "cpu")
+        clf = Classifier(self.model, device=f"cuda:{torch.cuda.current_device()}" if self.device == "cuda" else "cpu",
+                         prior=self.prior)
         data = load_training_data(self.dataset, require_split=False)
         check_same_grid(clf.two_theta, data.two_theta, self.model, data.master)
         heads = [h for h in clf.heads if h in data.labels]
@@ -210,8 +213,8 @@ class EvaluateTask:
             keep["rows"].append(b["rows"])
             for h in heads:
                 z, y = logits[h], b[h]
-                lp = log_softmax(z, clf.temperatures[h])
-                top = np.argsort(-z, axis=1, kind="stable")[:, :KEEP_TOP]
+                lp = clf.log_probabilities(h, z)  # calibrated, under the deployment prior if any
+                top = np.argsort(-lp, axis=1, kind="stable")[:, :KEEP_TOP]
                 keep[f"{h}/label"].append(y)
                 keep[f"{h}/top"].append(top)
                 keep[f"{h}/prob"].append(np.exp(np.take_along_axis(lp, top, axis=1)).astype(np.float32))
@@ -256,10 +259,12 @@ class EvaluateTask:
             hm["nll_uncalibrated"] = float(-m[f"{h}/ll1"].mean())
             metrics["heads"][h] = hm
         metrics.update({"model": str(Path(self.model).resolve()), "dataset": str(data.master.resolve()),
-                        "split": self.split, "augment": self.augment, "temperatures": clf.temperatures})
+                        "split": self.split, "augment": self.augment, "temperatures": clf.temperatures,
+                        "prior": clf.prior or "none"})
         notes = [f"Model `{self.model}`, dataset `{data.master}`, split `{self.split}`, augmentation "
                  f"`{self.augment}`{' (seed %d)' % self.seed if self.augment != 'off' else ''}; calibration "
-                 f"temperatures {', '.join(f'{h} {clf.temperatures[h]:.3g}' for h in heads)}."]
+                 f"temperatures {', '.join(f'{h} {clf.temperatures[h]:.3g}' for h in heads)}; deployment prior "
+                 f"`{clf.prior or 'none (the training prior)'}`."]
         if self.calibrate:
             temps = fit_temperatures({h: m[f"{h}/logits"] for h in heads}, {h: m[f"{h}/label"] for h in heads})
             record = {"split": self.split, "augment": self.augment, "seed": self.seed, "n": n,

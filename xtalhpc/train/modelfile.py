@@ -94,6 +94,31 @@ def write_calibrated(src, dst, temperatures: dict, record: dict) -> Path:
     return p
 
 
+def write_prior(src, dst, record: dict, default: bool = True) -> Path:
+    """Copy the model file ``src`` to ``dst`` with a deployment prior ``record`` (from
+    :func:`xtalhpc.evaluate.prior.deployment_prior`) under ``priors[record["name"]]``, made the
+    file's ``default_prior`` when ``default``. ``dst`` may be ``src``; written through a temporary name."""
+    import torch
+
+    blob = read_model_file(src)
+    missing = sorted(set(blob["heads"]) - set(record.get("log_adjust", {})))
+    if missing:
+        raise InputError(f"the prior has no adjustment for heads {missing}", str(src), "priors")
+    for h, a in record["log_adjust"].items():
+        if h in blob["heads"] and len(a) != len(blob["heads"][h]):
+            raise InputError(f"head {h}: the prior has {len(a)} classes, the model {len(blob['heads'][h])}",
+                             str(src), "priors")
+    blob.setdefault("priors", {})[record["name"]] = _plain(record)
+    if default:
+        blob["default_prior"] = record["name"]
+    p = Path(dst)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(p.name + ".tmp")
+    torch.save(blob, tmp)
+    tmp.replace(p)
+    return p
+
+
 def grid_text(tt) -> str:
     """``3296 points, 3-167.75 deg, step 0.05``: a 2theta grid in a message."""
     import numpy as np
