@@ -149,6 +149,19 @@ def test_prior_command_writes_the_record_and_predict_uses_it(setup, tmp_path):
     # the adjustment moves mass to the groups the table makes common (14 is the table's most frequent)
     i14 = on.classes["space_group"].index("14")
     assert (p_on["space_group"][:, i14] > p_off["space_group"][:, i14]).all()
+    # --heads: the crystal-system head left at the training prior, the others adjusted
+    part = tmp_path / "part.pt"
+    assert main(["prior", str(setup["model"]), "--table", str(setup["target"]), "--dataset", str(setup["ds"]),
+                 "--output", str(part), "--heads", "space_group,bravais_lattice,extinction_group"]) == EXIT_OK
+    rp = read_model_file(part)["priors"]["icsd"]
+    assert rp["adjusted_heads"] == ["space_group", "bravais_lattice", "extinction_group"]
+    assert not any(rp["log_adjust"]["crystal_system"]) and rp["log_adjust"]["space_group"] == rec["log_adjust"][
+        "space_group"]
+    pc = Classifier(part).probabilities(z)
+    np.testing.assert_allclose(pc["crystal_system"], p_off["crystal_system"], rtol=1e-12)
+    np.testing.assert_allclose(pc["space_group"], p_on["space_group"], rtol=1e-12)
+    assert main(["prior", str(setup["model"]), "--table", str(setup["target"]), "--dataset", str(setup["ds"]),
+                 "--output", str(tmp_path / "bad.pt"), "--heads", "point_group"]) == EXIT_USAGE
     with pytest.raises(InputError, match="has: test-db"):
         Classifier(out, prior="icsd-2099")
     assert Classifier(setup["model"]).prior is None  # a file without priors: the training prior

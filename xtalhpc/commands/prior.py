@@ -20,6 +20,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True, metavar="DIR", help="the training dataset (its train split's counts)")
     p.add_argument("-o", "--output", required=True, metavar="OUT.pt", help="model file to write (may be MODEL)")
     p.add_argument("--name", default=None, metavar="NAME", help="the prior's name in the file (default: table stem)")
+    p.add_argument("--heads", default=None, metavar="H1,H2",
+                   help="heads that get the adjustment (default: all); the others keep the training prior's "
+                        "probabilities (zeros in the file)")
     p.add_argument("--no-default", action="store_true",
                    help="store the prior without making it the one predict uses by default")
     return p
@@ -43,11 +46,13 @@ def run(args) -> int:
         raise InputError("the dataset has no train split (the counts the model was trained on)", str(data.master),
                          "split")
     loss = blob.get("train_config", {}).get("loss", {})
-    rec = deployment_prior(args.table, counts, loss, list(blob["heads"]), name=args.name)
+    heads = None if args.heads is None else [h.strip() for h in args.heads.split(",") if h.strip()]
+    rec = deployment_prior(args.table, counts, loss, list(blob["heads"]), name=args.name, adjust_heads=heads)
     rec["train_dataset"] = {k: data.digest.get(k) for k in ("config_digest", "manifest_digest", "n_patterns")}
     path = write_prior(model, args.output, rec, default=not args.no_default)
     sg = rec["log_adjust"]["space_group"]
     print(f"{path}: prior {rec['name']!r} ({rec['table_rows']:,} rows of {rec['table']}; training counts of "
-          f"{int(counts.sum()):,} patterns; space-group adjustment {min(sg):+.2f} to {max(sg):+.2f})"
+          f"{int(counts.sum()):,} patterns; heads adjusted: {', '.join(rec['adjusted_heads'])}; space-group "
+          f"adjustment {min(sg):+.2f} to {max(sg):+.2f})"
           + ("" if args.no_default else "; predict's default"))
     return EXIT_OK

@@ -90,12 +90,15 @@ def adjusted_log_softmax(logits, temperature: float = 1.0, adjustment=None) -> n
     return log_softmax(z)
 
 
-def deployment_prior(table, train_sg_counts, loss: dict, heads, name: str | None = None) -> dict:
+def deployment_prior(table, train_sg_counts, loss: dict, heads, name: str | None = None,
+                     adjust_heads=None) -> dict:
     """The model file's ``priors[name]`` record for a space-group table (CSV with a space-group
     column, as ``generate --synthetic-prior`` reads) and the training split's counts per space group.
 
     ``loss`` is the model's ``train_config["loss"]`` (``class_balance``, ``max_class_weight``).
-    Returns ``{"name", "table", "table_sha256", "table_rows", "class_balance", "max_class_weight",
+    ``adjust_heads`` (default: all ``heads``) are the heads that get the adjustment; the others
+    get zeros (their probabilities stay the training prior's). Returns ``{"name", "table",
+    "table_sha256", "table_rows", "class_balance", "max_class_weight", "adjusted_heads",
     "log_adjust": {head: list}, "train_counts": list, "target_counts": list}``.
     """
     from ..generate.items import space_group_prior
@@ -107,9 +110,16 @@ def deployment_prior(table, train_sg_counts, loss: dict, heads, name: str | None
         raise InputError("the training counts per space group are empty", field="train_counts")
     cb = float(loss.get("class_balance", 0.0))
     cap = float(loss.get("max_class_weight", 10.0))
-    adjust = {h: logit_adjustment(head_counts(target, h), head_counts(train, h), cb, cap).tolist() for h in heads}
+    heads = list(heads)
+    chosen = heads if adjust_heads is None else list(adjust_heads)
+    unknown = sorted(set(chosen) - set(heads))
+    if unknown:
+        raise InputError(f"heads {unknown} are not the model's ({', '.join(heads)})", field="--heads")
+    adjust = {h: (logit_adjustment(head_counts(target, h), head_counts(train, h), cb, cap) if h in chosen
+                  else np.zeros(head_counts(target, h).size)).tolist() for h in heads}
     return {"name": name or p.stem, "table": p.name, "table_sha256": hashlib.sha256(p.read_bytes()).hexdigest(),
-            "table_rows": int(target.sum()), "class_balance": cb, "max_class_weight": cap, "log_adjust": adjust,
+            "table_rows": int(target.sum()), "class_balance": cb, "max_class_weight": cap,
+            "adjusted_heads": [h for h in heads if h in chosen], "log_adjust": adjust,
             "train_counts": train.astype(np.int64).tolist(), "target_counts": target.astype(np.int64).tolist()}
 
 
