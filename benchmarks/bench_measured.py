@@ -58,6 +58,7 @@ def main(argv=None) -> int:
     ap.add_argument("--background", default="subtract", choices=("subtract", "keep"))
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: one core)")
     ap.add_argument("--repeat", type=int, default=3, help="timing repeats (default 3)")
+    ap.add_argument("--prior", default="default", help="deployment prior: default (the file's), none, or a name")
     ap.add_argument("--json", default=None, help="write the per-file results and the rates as JSON")
     args = ap.parse_args(argv)
 
@@ -73,7 +74,7 @@ def main(argv=None) -> int:
     rows = list(csv.DictReader(open(args.csv)))
     model = resolve_model(args.model)
     t0 = time.perf_counter()
-    clf = Classifier(model)
+    clf = Classifier(model, prior=args.prior)
     t_load = time.perf_counter() - t0
 
     def one(r) -> Prediction:
@@ -106,7 +107,7 @@ def main(argv=None) -> int:
         clf.logits(x)
     t_fwd = (time.perf_counter() - t) / max(1, args.repeat) / len(x)
 
-    print(f"model {model}  (temperatures {', '.join(f'{h} {v:.3g}' for h, v in clf.temperatures.items())}); "
+    print(f"model {model}  (prior {clf.prior or 'none'}; temperatures {', '.join(f'{h} {v:.3g}' for h, v in clf.temperatures.items())}); "
           f"background {args.background}; {args.threads} torch thread(s); data {data}")
     hdr = f"{'material':<16} {'known':<14} {'system':<13} {'top-3 space groups (p)':<52} {'pred. system':<19} hit"
     print(hdr)
