@@ -271,6 +271,58 @@ def test_resume_after_sigkill_of_one_rank_equals_uninterrupted(reference, inputs
 
 @needs_mpi
 @pytest.mark.mpi
+def test_sigterm_to_the_launcher_stops_the_ranks_and_a_rerun_resumes(reference, inputs, tmp_path):
+    """`kill` of `generate --ranks 2` (SIGTERM to the process that started mpiexec) stops both ranks
+    (none is left running), exits 130, and the same command then resumes to the reference arrays."""
+    out = tmp_path / "ds3"
+    cmd = [sys.executable, "-m", "xtalhpc.cli", *_generate_cmd(inputs, out, "--ranks", "2")]
+    env = _env(XTALHPC_GENERATE_SHARD_DELAY="1.5")
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    pids, err = {}, []
+    deadline = time.monotonic() + 120
+    try:
+        for line in proc.stderr:
+            err.append(line)
+            m = re.search(r"rank (\d+)/2 pid (\d+)", line)
+            if m:
+                pids[int(m.group(1))] = int(m.group(2))
+            if len(pids) == 2:
+                break
+            assert time.monotonic() < deadline
+        while not list((out / "shards").glob("part-*.h5")):
+            assert time.monotonic() < deadline and proc.poll() is None, "no shard appeared"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        err.append(proc.communicate(timeout=60)[1])
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    text = "".join(err)
+    assert proc.returncode == 130, text[-2000:]
+    assert "SIGTERM received; the 2 MPI ranks were stopped" in text
+
+    def running(pid):
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                return fh.read().split(")")[-1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    deadline = time.monotonic() + 30
+    while any(running(p) for p in pids.values()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(running(p) for p in pids.values()), f"ranks {pids} still running"
+    assert not (out / "dataset.h5").exists()
+    r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    _assert_same(_arrays(reference), _arrays(out))
+    assert verify_dataset(out).ok
+
+
+@needs_mpi
+@pytest.mark.mpi
 @pytest.mark.parametrize("missing", [1, 2])
 def test_fewer_shards_to_compute_than_ranks(reference, inputs, tmp_path, missing):
     """Ranks start on todo[rank] without asking; ranks beyond the shards left have none and stop.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -322,3 +323,54 @@ def test_three_space_groups_are_learned(dataset, tmp_path):
     val = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
            if json.loads(line)["split"] == "val"]
     assert val[-1]["space_group/top1"] >= 0.8, val[-1]  # chance: 1/3
+
+
+def test_sigterm_to_the_launcher_cancels_the_local_job(dataset, tmp_path):
+    """`kill` of a waiting `xtalhpc train` (SIGTERM) must not leave its DDP processes running: the
+    launcher cancels the job, says so and exits 130 (docs/exit-status.md)."""
+    run = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "xtalhpc.cli", "train", SMOKE, "--dataset", str(dataset),
+                             "--output", str(run), "--procs", "2", "--steps", "100000"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _terminate_and_check(proc, run)
+    finally:  # whatever failed above, leave nothing of this launch running (its tasks ignore SIGTERM)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        proc.wait(timeout=30)
+
+
+def _terminate_and_check(proc, run):
+    import time
+
+    pids: set[int] = set()
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        text = _logs(run) if (run / "logs").is_dir() else ""
+        pids = {int(p) for p in re.findall(r"rank \d of world_size=2 \(local rank \d, pid (\d+)", text)}
+        if len(pids) == 2 and re.search(r"step \d+/100000", text):
+            break
+        time.sleep(0.5)
+    assert len(pids) == 2 and proc.poll() is None, (proc.poll(), _logs(run)[-2000:] if run.is_dir() else "")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "SIGTERM received; the job was cancelled" in err
+
+    def alive(pid):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        try:  # a zombie (exited, not yet reaped by its parent) is not running
+            with open(f"/proc/{pid}/stat") as fh:
+                return fh.read().split(")")[-1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and any(alive(p) for p in pids):
+        time.sleep(0.5)
+    assert not any(alive(p) for p in pids), f"task processes {sorted(p for p in pids if alive(p))} still running"

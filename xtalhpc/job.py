@@ -27,11 +27,13 @@ status  name                meaning
                             input path (argparse's own status for a bad command line)
 3       EXIT_REJECTS        the job finished, but more inputs were rejected than allowed
                             (``--max-reject-fraction``; for simulate and predict: any input)
-130     EXIT_INTERRUPTED    stopped by Ctrl-C
+130     EXIT_INTERRUPTED    stopped by Ctrl-C (or SIGTERM/SIGHUP to a launcher waiting for its
+                            job: the job is cancelled, its MPI ranks stopped)
 ======  ==================  =============================================================
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import json
@@ -72,6 +74,34 @@ exit status (the same for every xtalhpc command; docs/exit-status.md):
        --max-reject-fraction (default {DEFAULT_MAX_REJECT_FRACTION:.2f}); simulate, synthesize: any
   {EXIT_INTERRUPTED:<4} interrupted (Ctrl-C)
 """
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP received inside :func:`interrupt_on_termination` (``args[0]``: the signal's name)."""
+
+
+@contextlib.contextmanager
+def interrupt_on_termination():
+    """Within the block (main thread only), SIGTERM and SIGHUP raise :class:`Terminated`, a
+    KeyboardInterrupt: a launcher waiting for its job (submitit tasks, mpiexec ranks) treats
+    ``kill``, a closed terminal or a batch system ending it like Ctrl-C and stops the job it
+    owns (status :data:`EXIT_INTERRUPTED`) instead of dying and leaving it running."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated(signal.Signals(signum).name)
+
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
 
 
 def reject_status(n_rejected: int, n_total: int, max_fraction: float) -> int:

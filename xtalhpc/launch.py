@@ -18,6 +18,7 @@ the task, :func:`init_distributed` (rank and world from submitit's or srun's env
 """
 from __future__ import annotations
 
+
 import os
 import sys
 import time
@@ -148,10 +149,21 @@ def wait_for_job(job, spec: LaunchSpec, log, *, what: str, logs: Path, resume_hi
     Statuses (:mod:`xtalhpc.job`): 0 done; 130 interrupted (the job is cancelled); 2 the task
     refused its input (an InputError or ShardError in its traceback); 1 any other failure,
     with the traceback's tail logged.
+
+    SIGTERM and SIGHUP while waiting (``kill``, a closed terminal, a batch system ending the
+    launcher) are an interruption like Ctrl-C: the job is cancelled, so that no task process
+    is left running without the launcher that owns it.
     """
-    from .job import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+    from .job import interrupt_on_termination
 
     err0 = rank0_stderr(job, spec)
+    with interrupt_on_termination():
+        return _wait(job, spec, log, what=what, logs=logs, resume_hint=resume_hint, err0=err0)
+
+
+def _wait(job, spec: LaunchSpec, log, *, what: str, logs: Path, resume_hint: str, err0) -> tuple[int, list]:
+    from .job import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Terminated
+
     try:
         if spec.cluster == "debug":
             results = [job.result()]
@@ -162,10 +174,11 @@ def wait_for_job(job, spec: LaunchSpec, log, *, what: str, logs: Path, resume_hi
                 time.sleep(1.0)
             follow(err0, pos)
             results = job.results()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         if spec.cluster != "debug":
             job.cancel()
-        log(f"interrupted; the job was cancelled.{(' ' + resume_hint) if resume_hint else ''}")
+        how = f"{exc.args[0]} received" if isinstance(exc, Terminated) and exc.args else "interrupted"
+        log(f"{how}; the job was cancelled.{(' ' + resume_hint) if resume_hint else ''}")
         return EXIT_INTERRUPTED, []
     except Exception as exc:  # submitit's FailedJobError/UncompletedJobError carry the task's traceback
         text = str(exc)

@@ -162,5 +162,24 @@ def relaunch(cfg: GenerateConfig, ranks: int, extra: list[str] | None = None) ->
     env.setdefault("NUMBA_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // ranks)))
     cmd = [mpiexec_path(), "-n", str(ranks), sys.executable, "-m", "xtalhpc.cli", "generate",
            *config_to_argv(cfg, ranks), *(extra or [])]
-    Log(JOB)(f"launching {ranks} ranks: {' '.join(cmd)}")
-    return subprocess.call(cmd, env=env)
+    log = Log(JOB)
+    log(f"launching {ranks} ranks: {' '.join(cmd)}")
+    from ..job import EXIT_INTERRUPTED, Terminated, interrupt_on_termination
+
+    proc = subprocess.Popen(cmd, env=env)
+    try:
+        with interrupt_on_termination():
+            return proc.wait()
+    except KeyboardInterrupt as exc:  # Ctrl-C (which reached mpiexec too), SIGTERM, SIGHUP: stop the ranks
+        import signal
+
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)  # mpiexec passes it to every rank
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        how = f"{exc.args[0]} received" if isinstance(exc, Terminated) and exc.args else "interrupted"
+        log(f"{how}; the {ranks} MPI ranks were stopped (a rerun of the same command resumes)")
+        return EXIT_INTERRUPTED
