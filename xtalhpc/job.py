@@ -27,8 +27,8 @@ status  name                meaning
                             input path (argparse's own status for a bad command line)
 3       EXIT_REJECTS        the job finished, but more inputs were rejected than allowed
                             (``--max-reject-fraction``; for simulate and predict: any input)
-130     EXIT_INTERRUPTED    stopped by Ctrl-C (or SIGTERM/SIGHUP to a launcher waiting for its
-                            job: the job is cancelled, its MPI ranks stopped)
+130     EXIT_INTERRUPTED    stopped by Ctrl-C (or SIGTERM/SIGHUP to a launcher waiting for the
+                            processes it started: local tasks cancelled, MPI ranks stopped)
 ======  ==================  =============================================================
 """
 from __future__ import annotations

@@ -150,14 +150,18 @@ def wait_for_job(job, spec: LaunchSpec, log, *, what: str, logs: Path, resume_hi
     refused its input (an InputError or ShardError in its traceback); 1 any other failure,
     with the traceback's tail logged.
 
-    SIGTERM and SIGHUP while waiting (``kill``, a closed terminal, a batch system ending the
-    launcher) are an interruption like Ctrl-C: the job is cancelled, so that no task process
-    is left running without the launcher that owns it.
+    For a local job (task processes started by this one) SIGTERM and SIGHUP while waiting
+    (``kill``, a closed terminal, a batch system ending the launcher) are an interruption like
+    Ctrl-C: the job is cancelled, so that no task process is left running without the launcher
+    that owns it. A Slurm job is the scheduler's: those signals end the launcher as before and
+    the job runs on (Ctrl-C still cancels it).
     """
+    import contextlib
+
     from .job import interrupt_on_termination
 
     err0 = rank0_stderr(job, spec)
-    with interrupt_on_termination():
+    with interrupt_on_termination() if spec.cluster == "local" else contextlib.nullcontext():
         return _wait(job, spec, log, what=what, logs=logs, resume_hint=resume_hint, err0=err0)
 
 
