@@ -104,6 +104,11 @@ def interrupt_on_termination():
             signal.signal(sig, h)
 
 
+def interruption(exc: BaseException) -> str:
+    """``"SIGTERM received"`` for a :class:`Terminated`, ``"interrupted"`` for Ctrl-C: how a log says it."""
+    return f"{exc.args[0]} received" if isinstance(exc, Terminated) and exc.args else "interrupted"
+
+
 def reject_status(n_rejected: int, n_total: int, max_fraction: float) -> int:
     """:data:`EXIT_OK` if ``n_rejected / n_total <= max_fraction``, else :data:`EXIT_REJECTS`
     (``max_fraction`` 0: any reject fails, as simulate and predict do)."""

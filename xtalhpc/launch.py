@@ -166,7 +166,7 @@ def wait_for_job(job, spec: LaunchSpec, log, *, what: str, logs: Path, resume_hi
 
 
 def _wait(job, spec: LaunchSpec, log, *, what: str, logs: Path, resume_hint: str, err0) -> tuple[int, list]:
-    from .job import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Terminated
+    from .job import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, interruption
 
     try:
         if spec.cluster == "debug":
@@ -181,8 +181,7 @@ def _wait(job, spec: LaunchSpec, log, *, what: str, logs: Path, resume_hint: str
     except KeyboardInterrupt as exc:
         if spec.cluster != "debug":
             job.cancel()
-        how = f"{exc.args[0]} received" if isinstance(exc, Terminated) and exc.args else "interrupted"
-        log(f"{how}; the job was cancelled.{(' ' + resume_hint) if resume_hint else ''}")
+        log(f"{interruption(exc)}; the job was cancelled.{(' ' + resume_hint) if resume_hint else ''}")
         return EXIT_INTERRUPTED, []
     except Exception as exc:  # submitit's FailedJobError/UncompletedJobError carry the task's traceback
         text = str(exc)

@@ -164,7 +164,7 @@ def relaunch(cfg: GenerateConfig, ranks: int, extra: list[str] | None = None) ->
            *config_to_argv(cfg, ranks), *(extra or [])]
     log = Log(JOB)
     log(f"launching {ranks} ranks: {' '.join(cmd)}")
-    from ..job import EXIT_INTERRUPTED, Terminated, interrupt_on_termination
+    from ..job import EXIT_INTERRUPTED, interrupt_on_termination, interruption
 
     proc = subprocess.Popen(cmd, env=env)
     try:
@@ -180,6 +180,5 @@ def relaunch(cfg: GenerateConfig, ranks: int, extra: list[str] | None = None) ->
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        how = f"{exc.args[0]} received" if isinstance(exc, Terminated) and exc.args else "interrupted"
-        log(f"{how}; the {ranks} MPI ranks were stopped (a rerun of the same command resumes)")
+        log(f"{interruption(exc)}; the {ranks} MPI ranks were stopped (a rerun of the same command resumes)")
         return EXIT_INTERRUPTED

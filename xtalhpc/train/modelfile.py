@@ -76,8 +76,6 @@ def write_calibrated(src, dst, temperatures: dict, record: dict) -> Path:
     """Copy the model file ``src`` to ``dst`` with fitted calibration ``temperatures`` (head -> T; heads
     left out keep theirs) and ``record`` (how they were fitted) under ``calibration``. ``dst`` may be
     ``src``; written through a temporary name."""
-    import torch
-
     blob = read_model_file(src)
     unknown = sorted(set(temperatures) - set(blob["heads"]))
     if unknown:
@@ -86,6 +84,13 @@ def write_calibrated(src, dst, temperatures: dict, record: dict) -> Path:
     old = blob.get("temperatures", {})
     blob["temperatures"] = {h: float(temperatures.get(h, old.get(h, 1.0))) for h in blob["heads"]}
     blob["calibration"] = _plain(record)
+    return _write_blob(blob, dst)
+
+
+def _write_blob(blob: dict, dst) -> Path:
+    """Save a model file's dict at ``dst`` through a temporary name (``dst`` may be the source)."""
+    import torch
+
     p = Path(dst)
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(p.name + ".tmp")
@@ -98,8 +103,6 @@ def write_prior(src, dst, record: dict, default: bool = True) -> Path:
     """Copy the model file ``src`` to ``dst`` with a deployment prior ``record`` (from
     :func:`xtalhpc.evaluate.prior.deployment_prior`) under ``priors[record["name"]]``, made the
     file's ``default_prior`` when ``default``. ``dst`` may be ``src``; written through a temporary name."""
-    import torch
-
     blob = read_model_file(src)
     missing = sorted(set(blob["heads"]) - set(record.get("log_adjust", {})))
     if missing:
@@ -111,12 +114,7 @@ def write_prior(src, dst, record: dict, default: bool = True) -> Path:
     blob.setdefault("priors", {})[record["name"]] = _plain(record)
     if default:
         blob["default_prior"] = record["name"]
-    p = Path(dst)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    torch.save(blob, tmp)
-    tmp.replace(p)
-    return p
+    return _write_blob(blob, dst)
 
 
 def grid_text(tt) -> str:
