@@ -137,6 +137,9 @@ def stop_all_ranks(comm, exc: BaseException) -> None:
     sys.stderr.write(f"xtalhpc {JOB}: error: {msg}\n")
     sys.stderr.flush()
     sys.stdout.flush()
+    # MPICH's process manager forwards a rank's stderr through its proxy; MPI_Abort tears the
+    # proxies down at once, and the message just written was sometimes lost (1 run in 5 here).
+    time.sleep(0.3)
     comm.comm.Abort(status)
     # MPICH's MPI_Abort returns while the process manager ends the ranks: stop here, not in a
     # second handler (which would print the error again).
