@@ -325,13 +325,21 @@ def test_three_space_groups_are_learned(dataset, tmp_path):
     assert val[-1]["space_group/top1"] >= 0.8, val[-1]  # chance: 1/3
 
 
-def test_sigterm_to_the_launcher_cancels_the_local_job(dataset, tmp_path):
+@pytest.mark.parametrize("sigint_ignored", [False, True], ids=["foreground", "background-of-a-script"])
+def test_sigterm_to_the_launcher_cancels_the_local_job(dataset, tmp_path, sigint_ignored):
     """`kill` of a waiting `xtalhpc train` (SIGTERM) must not leave its DDP processes running: the
-    launcher cancels the job, says so and exits 130 (docs/exit-status.md)."""
+    launcher cancels the job, says so and exits 130 (docs/exit-status.md). Also when the launcher
+    was started the way a script's `xtalhpc train ... &` or `nohup` starts it, with SIGINT ignored:
+    submitit's controller and tasks inherit that, so its SIGINT cancel alone leaves them training."""
     run = tmp_path / "killed"
+
+    def ignore_sigint():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
     proc = subprocess.Popen([sys.executable, "-m", "xtalhpc.cli", "train", SMOKE, "--dataset", str(dataset),
                              "--output", str(run), "--procs", "2", "--steps", "100000"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=ignore_sigint if sigint_ignored else None)
     try:
         _terminate_and_check(proc, run)
     finally:  # whatever failed above, leave nothing of this launch running (its tasks ignore SIGTERM)

@@ -180,7 +180,7 @@ def _wait(job, spec: LaunchSpec, log, *, what: str, logs: Path, resume_hint: str
             results = job.results()
     except KeyboardInterrupt as exc:
         if spec.cluster != "debug":
-            job.cancel()
+            cancel_job(job, spec)
         log(f"{interruption(exc)}; the job was cancelled.{(' ' + resume_hint) if resume_hint else ''}")
         return EXIT_INTERRUPTED, []
     except Exception as exc:  # submitit's FailedJobError/UncompletedJobError carry the task's traceback
@@ -191,6 +191,74 @@ def _wait(job, spec: LaunchSpec, log, *, what: str, logs: Path, resume_hint: str
             return EXIT_USAGE, []
         return EXIT_FAILED, []
     return EXIT_OK, results
+
+
+def cancel_job(job, spec: LaunchSpec, grace_s: float = 10.0) -> None:
+    """Cancel ``job``; for a local job, make sure its task processes are gone.
+
+    submitit cancels a local job with SIGINT to its controller process, which then stops the
+    tasks (SIGINT, SIGKILL a second later). A process started in the background by a
+    non-interactive shell (``xtalhpc train ... &`` in a script, ``nohup``) inherits SIGINT
+    *ignored*, and so do the controller and the tasks it starts: the SIGINT does nothing and
+    the tasks train on. So when the controller is still there after ``grace_s`` seconds, its
+    descendants and then the controller get SIGKILL, as submitit's own escalation would.
+    A Slurm job is cancelled with ``scancel`` by submitit and left to the scheduler.
+    """
+    import signal
+
+    job.cancel()
+    proc = getattr(job, "_process", None) if spec.cluster == "local" else None
+    if proc is None:
+        return
+    deadline = time.monotonic() + grace_s
+    while proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if proc.poll() is not None:
+        return
+    for pid in descendants(proc.pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    proc.kill()
+    try:
+        proc.wait(timeout=10)
+    except Exception:  # noqa: BLE001 - nothing more to do for a process that SIGKILL did not end
+        pass
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children first), from /proc, or ``ps`` where there is no /proc."""
+    parent: dict[int, int] = {}
+    proc_dir = Path("/proc")
+    if proc_dir.is_dir():
+        for d in proc_dir.iterdir():
+            if d.name.isdigit():
+                try:
+                    stat = (d / "stat").read_text()
+                except OSError:
+                    continue
+                parent[int(d.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    else:
+        import subprocess
+
+        try:
+            out = subprocess.run(["ps", "-A", "-o", "pid=,ppid="], capture_output=True, text=True, timeout=10).stdout
+        except (OSError, subprocess.SubprocessError):
+            return []
+        for line in out.splitlines():
+            fields = line.split()
+            if len(fields) == 2 and fields[0].isdigit() and fields[1].isdigit():
+                parent[int(fields[0])] = int(fields[1])
+    children: dict[int, list[int]] = {}
+    for child, par in parent.items():
+        children.setdefault(par, []).append(child)
+    found, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            found.append(c)
+            todo.append(c)
+    return found
 
 
 def init_distributed(device: str) -> tuple[int, int, int, bool]:
