@@ -111,3 +111,62 @@ def test_synthetic_special_share(tmp_path):
         n0, n1 = d0.read("n_atoms"), d1.read("n_atoms")
         assert d0.attrs["config_digest"] != d1.attrs["config_digest"]
     assert n1.sum() < n0.sum()  # small special orbits instead of the default's free orbits
+
+
+def test_synthetic_formulas_share(tmp_path, capsys):
+    """``--synthetic-formulas F``: compositions from the prior table's formula column reach the
+    crystals (1 rank and 2 MPI ranks alike), the digest and the re-launch argv; bad use is refused."""
+    from xtalhpc.cli import build_parser
+    from xtalhpc.commands.generate import config_from_args
+    from xtalhpc.generate import GenerateConfig
+    from xtalhpc.generate.config import config_to_argv
+
+    table = tmp_path / "formulas.csv"
+    table.write_text("chemsys,reduced_formula,icsd_id,spacegroup_number\n"
+                     "Ca-O-Ti,CaTiO3,1,62\nMg-O-Si,Mg2SiO4,2,62\nCl-Na,NaCl,3,225\nF-Ca,CaF2,4,225\n")
+    base = GenerateConfig(sources=(), output="x", synthetic=5, synthetic_prior=str(table))
+    assert "synthetic_formulas" not in base.digest_fields()  # 0: digests of older datasets unchanged
+    sf = GenerateConfig(sources=(), output="x", synthetic=5, synthetic_prior=str(table), synthetic_formulas=0.5)
+    assert sf.digest_fields()["synthetic_formulas"] == 0.5
+    assert config_from_args(build_parser().parse_args(["generate", *config_to_argv(sf)])) == sf
+    for bad, match in [(dict(synthetic=5, synthetic_prior=str(table), synthetic_formulas=1.5), "--synthetic-formulas"),
+                       (dict(synthetic=5, synthetic_formulas=0.5), "needs --synthetic N and --synthetic-prior")]:
+        with pytest.raises(InputError, match=match):
+            GenerateConfig(**{"sources": (), "output": "x", **bad})
+    out = {}
+    for name, extra in (("off", ["--synthetic-formulas", "0"]), ("on", ["--synthetic-formulas", "1"]),
+                        ("on2", ["--synthetic-formulas", "1", "--ranks", "2"])):
+        out[name] = tmp_path / name
+        assert main(["generate", "--synthetic", "12", "--synthetic-prior", str(table), *extra, "--output",
+                     str(out[name]), "--quiet", "--seed", "4", "--split", "none", "--shard-size", "4"]) == 0
+    with open_dataset(out["off"]) as d0, open_dataset(out["on"]) as d1, open_dataset(out["on2"]) as d2:
+        assert np.array_equal(d0.read("space_group"), d1.read("space_group"))
+        assert d0.attrs["config_digest"] != d1.attrs["config_digest"]
+        f0, f1 = list(d0.read("formula")), list(d1.read("formula"))
+        assert np.array_equal(d1.read("pattern"), d2.read("pattern")) and list(d2.read("formula")) == f1
+    f0 = [x.decode() if isinstance(x, bytes) else str(x) for x in f0]
+    f1 = [x.decode() if isinstance(x, bytes) else str(x) for x in f1]
+    allowed = {_reduced(f) for f in ("CaTiO3", "Mg2SiO4", "NaCl", "CaF2")}
+    assert sum(_reduced(f) in allowed for f in f1) >= 9, f1
+    assert sum(_reduced(f) in allowed for f in f0) <= 2, f0
+    # a table without a formula column is refused before any crystal is made, naming the file
+    bad = tmp_path / "noformula.csv"
+    bad.write_text("icsd_id,spacegroup_number\n1,62\n")
+    assert main(["generate", "--synthetic", "4", "--synthetic-prior", str(bad), "--synthetic-formulas", "1",
+                 "--output", str(tmp_path / "bad"), "--quiet", "--split", "none"]) == 2
+    err = capsys.readouterr().err
+    assert "noformula.csv" in err and "formula column" in err, err
+    assert not (tmp_path / "bad" / "dataset.h5").exists()
+
+
+def _reduced(formula: str) -> frozenset:
+    """The composition of a formula with the counts divided by their gcd."""
+    import math
+
+    from xtalhpc.synth.formulas import parse_formula
+
+    comp = {e: int(round(v)) for e, v in parse_formula(formula).items()}
+    g = 0
+    for v in comp.values():
+        g = math.gcd(g, v)
+    return frozenset((e, v // g) for e, v in comp.items())

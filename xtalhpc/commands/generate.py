@@ -71,6 +71,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "positions (small orbits more likely, the general position not preferred), as most real "
                         "high-symmetry structures are; each is checked to have exactly its group "
                         "(docs/synthetic.md; default 0)")
+    p.add_argument("--synthetic-formulas", type=float, default=0.0, metavar="F",
+                   help="with --synthetic-prior: draw this share of the crystals with one of the real compositions "
+                        "the table lists for their space group (its formula column; elements and atom ratios "
+                        "only, no positions), on Wyckoff orbits that give the formula times Z "
+                        "(docs/synthetic.md; default 0)")
     p.add_argument("--cycle-to", type=int, default=None, metavar="N",
                    help="reuse the inputs cyclically until N items (benchmarks)")
     p.add_argument("--deuterate", action="store_true",
@@ -106,7 +111,8 @@ def config_from_args(args):
         cycle_to=args.cycle_to, radiation=args.radiation, deuterate=args.deuterate, h_background=args.h_background,
         synthetic_prior=args.synthetic_prior, synthetic_prior_power=args.synthetic_prior_power,
         max_absorption=args.max_absorption, find_symmetry=getattr(args, "find_symmetry", True),
-        synthetic_special=getattr(args, "synthetic_special", 0.0))
+        synthetic_special=getattr(args, "synthetic_special", 0.0),
+        synthetic_formulas=getattr(args, "synthetic_formulas", 0.0))
 
 
 def run(args) -> int:

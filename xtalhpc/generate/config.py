@@ -107,6 +107,10 @@ class GenerateConfig:
         Share (0-1) of the synthetic crystals drawn with atoms on special positions as
         most real high-symmetry structures have (``SynthConfig.special_fraction``;
         docs/synthetic.md). 0 (default) leaves every crystal as before the option.
+    synthetic_formulas : float
+        Share (0-1) of the synthetic crystals drawn with one of the real compositions that the
+        ``synthetic_prior`` table lists for their space group (``SynthConfig.formula_fraction``,
+        :class:`xtalhpc.synth.formulas.FormulaTable`). 0 (default) leaves every crystal as before.
     find_symmetry : bool
         Find the symmetry of input structures given without operations (P1 CIFs, POSCARs:
         :func:`xtalhpc.crystal.detect_symmetry`): the found group is stored
@@ -135,6 +139,7 @@ class GenerateConfig:
     max_absorption: float | None = None
     find_symmetry: bool = True
     synthetic_special: float = 0.0
+    synthetic_formulas: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sources", tuple(str(s) for s in self.sources))
@@ -189,6 +194,13 @@ class GenerateConfig:
         if sp and not self.synthetic:
             raise InputError("--synthetic-special needs --synthetic N", field="--synthetic-special")
         object.__setattr__(self, "synthetic_special", float(sp))
+        sf = self.synthetic_formulas
+        if isinstance(sf, bool) or not isinstance(sf, (int, float)) or not 0 <= sf <= 1:
+            raise InputError(f"--synthetic-formulas {sf!r} must be a number in [0, 1]", field="--synthetic-formulas")
+        if sf and self.synthetic_prior is None:
+            raise InputError("--synthetic-formulas needs --synthetic N and --synthetic-prior TABLE (the compositions "
+                             "come from the table's formula column)", field="--synthetic-formulas")
+        object.__setattr__(self, "synthetic_formulas", float(sf))
         if self.cycle_to is not None and self.cycle_to < 1:
             raise InputError(f"--cycle-to {self.cycle_to} must be >= 1", field="--cycle-to")
 
@@ -206,6 +218,8 @@ class GenerateConfig:
             d.pop("max_absorption")
         if d["synthetic_special"] == 0.0:  # likewise
             d.pop("synthetic_special")
+        if d["synthetic_formulas"] == 0.0:  # likewise
+            d.pop("synthetic_formulas")
         return d
 
 
@@ -243,6 +257,8 @@ def config_to_argv(cfg: GenerateConfig, ranks: int | None = None) -> list[str]:
         argv += ["--synthetic-prior", cfg.synthetic_prior]
         if cfg.synthetic_prior_power != 1.0:
             argv += ["--synthetic-prior-power", repr(cfg.synthetic_prior_power)]
+        if cfg.synthetic_formulas:
+            argv += ["--synthetic-formulas", repr(cfg.synthetic_formulas)]
     if cfg.deuterate:
         argv.append("--deuterate")
     argv.append("--h-background" if cfg.h_background else "--no-h-background")

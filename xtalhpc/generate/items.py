@@ -213,9 +213,10 @@ def list_files(sources) -> tuple[list[str], list[int | None]]:
     return files, [labels[f] for f in files]
 
 
-def load_item(man: Manifest, i: int, seed: int, find_symmetry: bool = True, synthetic_special: float = 0.0):
-    """The Crystal of item ``i``, or an error text (``synthetic_special``: see
-    :class:`~xtalhpc.generate.GenerateConfig`)."""
+def load_item(man: Manifest, i: int, seed: int, find_symmetry: bool = True, synthetic_special: float = 0.0,
+              synthetic_formulas: float = 0.0, formula_table: str | None = None):
+    """The Crystal of item ``i``, or an error text (``synthetic_special``, ``synthetic_formulas``
+    and ``formula_table`` (the ``synthetic_prior`` path): see :class:`~xtalhpc.generate.GenerateConfig`)."""
     kind, where, k = man.locate(i)
     if kind == "file":
         entries = read_file_items(man.files[where], find_symmetry)
@@ -233,18 +234,25 @@ def load_item(man: Manifest, i: int, seed: int, find_symmetry: bool = True, synt
     except ImportError as exc:
         raise InputError(f"--synthetic needs xtalhpc.synth.generate_crystal, not available here ({exc})",
                          field="--synthetic") from None
+    # a bad formula table is the run's error (InputError), not this crystal's; plan time reads it first
+    cfg = _synth_config(synthetic_special, synthetic_formulas, formula_table if synthetic_formulas else None)
     try:
-        return generate_crystal(int(where), seed, int(k), _synth_config(synthetic_special))
+        return generate_crystal(int(where), seed, int(k), cfg)
     except Exception as exc:  # noqa: BLE001 - this crystal's reject row, unless it is a JobError (reject_text)
         return reject_text(exc, f"generating synthetic crystal {i} (space group {where})")
 
 
 @lru_cache(maxsize=4)
-def _synth_config(special: float):
-    """The synthetic crystals' settings of a run (defaults but for the special-position share)."""
-    from ..synth import SynthConfig
+def _synth_config(special: float, formulas: float = 0.0, table: str | None = None):
+    """The synthetic crystals' settings of a run (defaults but for the special-position share and
+    the share of real compositions from ``table``)."""
+    from ..synth import DEFAULT_WEIGHTS, SynthConfig
+    from ..synth.formulas import FormulaTable
 
-    return SynthConfig(special_fraction=special) if special else None
+    if not special and not formulas:
+        return None
+    ft = FormulaTable.from_csv(table, DEFAULT_WEIGHTS) if formulas else None
+    return SynthConfig(special_fraction=special, formula_fraction=formulas, formulas=ft)
 
 
 def item_source_id(man: Manifest, i: int, seed: int) -> tuple[str, str]:
@@ -287,6 +295,8 @@ def enumerate_items(comm, cfg: GenerateConfig) -> Manifest:
     if cfg.synthetic_prior is not None:
         weights = tempered_prior(space_group_prior(cfg.synthetic_prior), cfg.synthetic_prior_power)
         cdf = (np.cumsum(weights) / weights.sum()).tolist()
+        if cfg.synthetic_formulas:
+            _synth_config(cfg.synthetic_special, cfg.synthetic_formulas, cfg.synthetic_prior)  # a bad table fails here
     return Manifest(files, blocks, sizes, labels=labels, synthetic=syn, per_space_group=cfg.per_space_group,
                     cycle_to=cfg.cycle_to, prior_cdf=cdf)
 

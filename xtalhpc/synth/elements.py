@@ -90,6 +90,7 @@ class ElementPool:
         object.__setattr__(self, "weights_list", [float(w) for w in self.weights])
         object.__setattr__(self, "volume_list", [float(v) for v in self.volume])
         object.__setattr__(self, "cumulative_list", np.cumsum(self.weights).tolist())
+        object.__setattr__(self, "index_of", {e: i for i, e in enumerate(self.elements)})
 
     @classmethod
     def from_weights(cls, weights: Mapping[str, float], source: str = "element weights") -> "ElementPool":

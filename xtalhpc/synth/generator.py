@@ -67,6 +67,17 @@ _MAX_ORBITS = 8
 #: general-position-first rule (in groups such as P222 every set of special positions
 #: carries more symmetry than the group, and no draw can pass the check).
 _SPECIAL_TRIES = 8
+#: Occupations drawn from a real composition of the group before a crystal falls back to the
+#: rules above (each draws a composition, a Z and an orbit decomposition afresh).
+_FORMULA_TRIES = 8
+#: Random decompositions of one (composition, Z) into orbits before the next Z is tried.
+_DECOMPOSE_TRIES = 12
+#: Values of Z tried per composition draw.
+_Z_TRIES = 6
+#: Orbits allowed in a crystal of a real composition: real low-symmetry structures have large
+#: asymmetric units (a triclinic oxide of 40 atoms has 20 orbits), which the cap of random
+#: compositions (8) would exclude.
+_FORMULA_MAX_ORBITS = 24
 
 
 @dataclass(frozen=True)
@@ -111,6 +122,17 @@ class SynthConfig:
         at ``symprec``, else 1e-3 A) and redrawn until it has exactly the intended group.
         0 (default) draws every crystal with the general position first and leaves
         the random streams, hence every crystal, as they were before the option.
+    formula_fraction : float
+        Share (0-1) of crystals whose composition is one of the real compositions that
+        ``formulas`` lists for their space group (elements and atom ratios, e.g. CaTiO3 in
+        Pnma), placed on Wyckoff orbits whose multiplicities give the formula times Z
+        (:func:`_formula_occupation`); such a crystal is checked like a special-position one
+        when no orbit is on the general position. A group without a usable composition, or
+        one whose compositions fit no occupation within ``max_atoms``, falls back to the
+        rules above. 0 (default) leaves every crystal as before the option.
+    formulas : FormulaTable or None
+        The compositions (:class:`xtalhpc.synth.formulas.FormulaTable`); needed when
+        ``formula_fraction > 0``. Its elements must be in the pool.
     """
 
     max_atoms: int = 160
@@ -123,6 +145,8 @@ class SynthConfig:
     generic_tol: float = 0.002
     pool: ElementPool | None = field(default=None, compare=False)
     special_fraction: float = 0.0
+    formula_fraction: float = 0.0
+    formulas: object | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         src = "synthetic crystal config"
@@ -152,6 +176,20 @@ class SynthConfig:
         if isinstance(sf, bool) or not isinstance(sf, (int, float)) or not 0 <= sf <= 1:
             raise InputError(f"special_fraction {sf!r} must be a number in [0, 1]", src, "special_fraction")
         object.__setattr__(self, "special_fraction", float(sf))
+        ff = self.formula_fraction
+        if isinstance(ff, bool) or not isinstance(ff, (int, float)) or not 0 <= ff <= 1:
+            raise InputError(f"formula_fraction {ff!r} must be a number in [0, 1]", src, "formula_fraction")
+        object.__setattr__(self, "formula_fraction", float(ff))
+        if ff > 0 and self.formulas is None:
+            raise InputError("formula_fraction > 0 needs a formula table (formulas=FormulaTable.from_csv(...))",
+                             src, "formulas")
+        if self.formulas is not None:
+            pool_els = set((self.pool or _default_pool()).elements)
+            outside = sorted(set(self.formulas.elements) - pool_els)
+            if outside:
+                raise InputError(f"the formula table has elements outside the element pool: {outside[:8]}; "
+                                 "read it with the pool's elements (FormulaTable.from_csv(path, pool.elements))",
+                                 src, "formulas")
 
 
 # ---------------------------------------------------------------------------
@@ -446,17 +484,31 @@ def generate_crystal(space_group: int, seed: int, index: int, config: SynthConfi
     system = crystal_system(sg)
     # no draw at all when the option is off: crystals stay what they were before it
     special_left = _SPECIAL_TRIES if cfg.special_fraction > 0 and rng.u() < cfg.special_fraction else 0
+    formula_left = 0
+    if cfg.formula_fraction > 0 and rng.u() < cfg.formula_fraction and cfg.formulas.compositions(sg):
+        formula_left = _FORMULA_TRIES
     for _ in range(cfg.max_attempts):
-        special = special_left > 0
+        formula = None
+        if formula_left > 0:
+            formula_left -= 1
+            formula = _formula_occupation(table, cfg, pool, rng)
+        special = formula is None and special_left > 0
         special_left -= special
-        wps, sp, volume = _occupation(table, cfg, pool, rng, special)
+        if formula is not None:
+            wps, sp, volume, note = formula
+        else:
+            wps, sp, volume = _occupation(table, cfg, pool, rng, special)
+            note = None
         volume *= rng.between(*cfg.volume_factor)
         out = _place(table, system, cfg, pool, rng, place, wps, sp, volume)
         if out is None:
             continue
         b = [rng.between(*cfg.b_iso_range) for _ in range(wps.size)]
         crystal = _to_crystal(sg, seed, index, table, pool, out, wps, sp, b)
-        if special and not _exactly_the_group(crystal, len(crystal.symmetry), cfg.symprec):
+        if note is not None:
+            crystal = crystal.replace(notes=crystal.notes + (note,))
+        check = special or (formula is not None and 0 not in wps.tolist())
+        if check and not _exactly_the_group(crystal, len(crystal.symmetry), cfg.symprec):
             continue
         if cfg.symprec is not None and spglib_number(crystal, cfg.symprec) != sg:
             continue
@@ -564,6 +616,72 @@ def _occupation(table, cfg, pool, rng, special: bool = False):
     spa = np.array([sp[j] for j in order], dtype=np.int64)
     volume = sum(pool.volume_list[sp[j]] * mult[orbits[j]] for j in range(n_orb))
     return wps, spa, float(volume)
+
+
+def _formula_occupation(table, cfg, pool, rng):
+    """Orbits, element per orbit, the sum of atomic volumes and a note, for one of the group's
+    real compositions; None when the drawn composition fits no occupation.
+
+    The composition (elements, counts per formula unit) is drawn uniformly among the group's
+    distinct ones. Z is drawn among 1..max_atoms // atoms per formula unit with weight 1/Z
+    (small cells more likely), at most :data:`_Z_TRIES` values. For each Z the atoms of every
+    element (the largest count first) are split into orbits at random: a position is chosen
+    among those whose multiplicity fits what is left, with weight proportional to its
+    multiplicity (fewer, larger orbits, the general position where it fits), fixed positions
+    at most once in the crystal. A decomposition is kept when it has at most
+    :data:`_FORMULA_MAX_ORBITS` orbits and no translation outside the group common to every orbit.
+    """
+    mult, dof = _table_lists(table.space_group)
+    extra = extra_translations(table.space_group)
+    comps = cfg.formulas.compositions(table.space_group)
+    els, counts = comps[rng.below(len(comps))]
+    index = pool.index_of
+    n_fu = sum(counts)
+    zmax = cfg.max_atoms // n_fu
+    if zmax < 1:
+        return None
+    g = math.gcd(*mult)
+    m0 = min(mult)
+    # Z for which every element's atoms can be a sum of multiplicities (a necessary condition)
+    zs = [z for z in range(1, zmax + 1) if all(c * z >= m0 and (c * z) % g == 0 for c in counts)]
+    zw = [1.0 / z for z in zs]
+    order = sorted(range(len(els)), key=lambda k: -counts[k])
+    for _ in range(min(_Z_TRIES, len(zs))):
+        j = _pick(zw, rng.u())
+        z = zs.pop(j)
+        zw.pop(j)
+        need = [counts[k] * z for k in order]
+        for _ in range(_DECOMPOSE_TRIES):
+            orbits: list[int] = []
+            owner: list[int] = []
+            ok = True
+            for k, n in zip(order, need):
+                left = n
+                while left > 0 and ok:
+                    cand = [i for i in range(len(mult)) if mult[i] <= left and not (dof[i] == 0 and i in orbits)]
+                    if not cand or len(orbits) >= _FORMULA_MAX_ORBITS:
+                        ok = False
+                        break
+                    i = cand[_pick([float(mult[i]) for i in cand], rng.u())]
+                    orbits.append(i)
+                    owner.append(index[els[k]])
+                    left -= mult[i]
+                if not ok:
+                    break
+            if not ok:
+                continue
+            common = None
+            for i in orbits:
+                common = extra[i] if common is None else common & extra[i]
+            if common:
+                continue
+            ordered = sorted(range(len(orbits)), key=lambda j: (dof[orbits[j]] != 0, -mult[orbits[j]]))
+            wps = np.array([orbits[j] for j in ordered], dtype=np.int64)
+            spa = np.array([owner[j] for j in ordered], dtype=np.int64)
+            volume = sum(pool.volume_list[owner[j]] * mult[orbits[j]] for j in range(len(orbits)))
+            formula = "".join(e + (str(c) if c != 1 else "") for e, c in zip(els, counts))
+            return wps, spa, float(volume), f"composition {formula} Z={z} (formula table)"
+    return None
 
 
 def _place(table, system, cfg, pool, rng, place, wps, sp, volume):
