@@ -170,3 +170,30 @@ def _reduced(formula: str) -> frozenset:
     for v in comp.values():
         g = math.gcd(g, v)
     return frozenset((e, v // g) for e, v in comp.items())
+
+
+def test_synthetic_pseudo_share(tmp_path):
+    """``--synthetic-pseudo F`` reaches the config digest, the re-launch argv and the crystals."""
+    from xtalhpc.cli import build_parser
+    from xtalhpc.commands.generate import config_from_args
+    from xtalhpc.generate import GenerateConfig
+    from xtalhpc.generate.config import config_to_argv
+
+    assert "synthetic_pseudo" not in GenerateConfig(sources=(), output="x", synthetic=5).digest_fields()
+    ps = GenerateConfig(sources=(), output="x", synthetic=5, synthetic_pseudo=0.25)
+    assert ps.digest_fields()["synthetic_pseudo"] == 0.25
+    assert config_from_args(build_parser().parse_args(["generate", *config_to_argv(ps)])) == ps
+    for bad, match in [(dict(synthetic=5, synthetic_pseudo=2.0), "--synthetic-pseudo"),
+                       (dict(synthetic=0, sources=("a.cif",), synthetic_pseudo=0.5), "needs --synthetic")]:
+        with pytest.raises(InputError, match=match):
+            GenerateConfig(**{"sources": (), "output": "x", **bad})
+    table = _table(tmp_path, [14])
+    out = tmp_path / "ds"
+    assert main(["generate", "--synthetic", "6", "--synthetic-prior", str(table), "--synthetic-pseudo", "1",
+                 "--output", str(out), "--quiet", "--seed", "4", "--split", "none"]) == 0
+    from xtalhpc.generate.items import _synth_config
+    from xtalhpc.synth import generate_crystal
+
+    with open_dataset(out) as d:
+        n_atoms = d.read("n_atoms")
+    assert list(n_atoms) == [generate_crystal(14, 4, i, _synth_config(0.0, 0.0, None, 1.0)).n_atoms for i in range(6)]

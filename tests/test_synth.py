@@ -386,3 +386,50 @@ def test_import_does_no_work():
             "print('numba' in sys.modules, 'pyxtal' in sys.modules, 'spglib' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False", "False"]
+
+
+# ---- pseudo-symmetric cells -------------------------------------------------------
+
+def test_pseudo_fraction_off_leaves_every_crystal_as_before():
+    assert _crystals_digest(SynthConfig(pseudo_fraction=0.0)) == DEFAULT_CRYSTALS_SHA256
+
+
+def _near_metric(c: Crystal) -> bool:
+    """The cell of ``c`` lies within the pseudo rule's reach of a higher metric."""
+    a, b, cc, al, be, ga = (float(x) for x in c.cell)
+    system = crystal_system(c.space_group)
+
+    def rel(x, targets):
+        return min(abs(x / t - 1) for t in targets) <= 0.0301
+
+    if system == "triclinic":
+        return abs(al - 90) <= 4.0001 and abs(ga - 90) <= 4.0001
+    if system == "monoclinic":
+        return 0.3 - 1e-9 <= be - 90 <= 4.0001
+    if system == "orthorhombic":
+        return any(rel(max(x, y) / min(x, y), (1.0, 3 ** 0.5)) for x, y in ((a, b), (a, cc), (b, cc)))
+    if system == "tetragonal":
+        return rel(cc / a, (1.0, 2 ** 0.5)) or rel(a / cc, (2 ** 0.5,))
+    if c.space_group in (146, 148, 155, 160, 161, 166, 167):
+        return rel(cc / a, (6 ** 0.5, 1.5 ** 0.5, 1.5 ** 0.5 / 2))
+    return True
+
+
+@pytest.mark.parametrize("sg", SAMPLE_GROUPS)
+def test_pseudo_symmetric_cells_keep_their_group(sg):
+    cfg = SynthConfig(pseudo_fraction=1.0)
+    for i in range(6):
+        c = generate_crystal(sg, 8, i, cfg)
+        assert spglib_number(c, SYMPREC) == sg, (c.cell, c.notes)  # the atoms keep the label right
+        assert _near_metric(c), c.cell
+        assert same(c, generate_crystal(sg, 8, i, cfg))
+
+
+def test_pseudo_fraction_draws_that_share_of_near_metrics():
+    n = 60
+    default = [generate_crystal(14, 4, i) for i in range(n)]
+    half = [generate_crystal(14, 4, i, SynthConfig(pseudo_fraction=0.5)) for i in range(n)]
+    assert sum(abs(c.cell[4] - 90) <= 4 for c in default) <= 15  # beta uniform in 90-120: ~13 %
+    assert 20 <= sum(abs(c.cell[4] - 90) <= 4 for c in half) <= 45
+    with pytest.raises(InputError, match="pseudo_fraction"):
+        SynthConfig(pseudo_fraction=1.2)

@@ -76,6 +76,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "the table lists for their space group (its formula column; elements and atom ratios "
                         "only, no positions), on Wyckoff orbits that give the formula times Z "
                         "(docs/synthetic.md; default 0)")
+    p.add_argument("--synthetic-pseudo", type=float, default=0.0, metavar="F",
+                   help="with --synthetic N: draw this share of the crystals with a cell close to a metric of "
+                        "higher symmetry (monoclinic beta near 90, orthorhombic axes near 1:1 or 1:sqrt(3), ...), "
+                        "as pseudo-symmetric real structures have (docs/synthetic.md; default 0)")
     p.add_argument("--cycle-to", type=int, default=None, metavar="N",
                    help="reuse the inputs cyclically until N items (benchmarks)")
     p.add_argument("--deuterate", action="store_true",
@@ -112,7 +116,8 @@ def config_from_args(args):
         synthetic_prior=args.synthetic_prior, synthetic_prior_power=args.synthetic_prior_power,
         max_absorption=args.max_absorption, find_symmetry=getattr(args, "find_symmetry", True),
         synthetic_special=getattr(args, "synthetic_special", 0.0),
-        synthetic_formulas=getattr(args, "synthetic_formulas", 0.0))
+        synthetic_formulas=getattr(args, "synthetic_formulas", 0.0),
+        synthetic_pseudo=getattr(args, "synthetic_pseudo", 0.0))
 
 
 def run(args) -> int:

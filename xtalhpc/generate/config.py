@@ -111,6 +111,9 @@ class GenerateConfig:
         Share (0-1) of the synthetic crystals drawn with one of the real compositions that the
         ``synthetic_prior`` table lists for their space group (``SynthConfig.formula_fraction``,
         :class:`xtalhpc.synth.formulas.FormulaTable`). 0 (default) leaves every crystal as before.
+    synthetic_pseudo : float
+        Share (0-1) of the synthetic crystals drawn with a cell close to a metric of higher
+        symmetry (``SynthConfig.pseudo_fraction``). 0 (default) leaves every crystal as before.
     find_symmetry : bool
         Find the symmetry of input structures given without operations (P1 CIFs, POSCARs:
         :func:`xtalhpc.crystal.detect_symmetry`): the found group is stored
@@ -140,6 +143,7 @@ class GenerateConfig:
     find_symmetry: bool = True
     synthetic_special: float = 0.0
     synthetic_formulas: float = 0.0
+    synthetic_pseudo: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sources", tuple(str(s) for s in self.sources))
@@ -201,6 +205,12 @@ class GenerateConfig:
             raise InputError("--synthetic-formulas needs --synthetic N and --synthetic-prior TABLE (the compositions "
                              "come from the table's formula column)", field="--synthetic-formulas")
         object.__setattr__(self, "synthetic_formulas", float(sf))
+        ps = self.synthetic_pseudo
+        if isinstance(ps, bool) or not isinstance(ps, (int, float)) or not 0 <= ps <= 1:
+            raise InputError(f"--synthetic-pseudo {ps!r} must be a number in [0, 1]", field="--synthetic-pseudo")
+        if ps and not self.synthetic:
+            raise InputError("--synthetic-pseudo needs --synthetic N", field="--synthetic-pseudo")
+        object.__setattr__(self, "synthetic_pseudo", float(ps))
         if self.cycle_to is not None and self.cycle_to < 1:
             raise InputError(f"--cycle-to {self.cycle_to} must be >= 1", field="--cycle-to")
 
@@ -220,6 +230,8 @@ class GenerateConfig:
             d.pop("synthetic_special")
         if d["synthetic_formulas"] == 0.0:  # likewise
             d.pop("synthetic_formulas")
+        if d["synthetic_pseudo"] == 0.0:  # likewise
+            d.pop("synthetic_pseudo")
         return d
 
 
@@ -249,6 +261,8 @@ def config_to_argv(cfg: GenerateConfig, ranks: int | None = None) -> list[str]:
             argv.append("--per-space-group")
         if cfg.synthetic_special:
             argv += ["--synthetic-special", repr(cfg.synthetic_special)]
+        if cfg.synthetic_pseudo:
+            argv += ["--synthetic-pseudo", repr(cfg.synthetic_pseudo)]
     if cfg.cycle_to is not None:
         argv += ["--cycle-to", str(cfg.cycle_to)]
     if cfg.radiation is not None:

@@ -214,9 +214,10 @@ def list_files(sources) -> tuple[list[str], list[int | None]]:
 
 
 def load_item(man: Manifest, i: int, seed: int, find_symmetry: bool = True, synthetic_special: float = 0.0,
-              synthetic_formulas: float = 0.0, formula_table: str | None = None):
-    """The Crystal of item ``i``, or an error text (``synthetic_special``, ``synthetic_formulas``
-    and ``formula_table`` (the ``synthetic_prior`` path): see :class:`~xtalhpc.generate.GenerateConfig`)."""
+              synthetic_formulas: float = 0.0, formula_table: str | None = None, synthetic_pseudo: float = 0.0):
+    """The Crystal of item ``i``, or an error text (``synthetic_special``, ``synthetic_formulas``,
+    ``formula_table`` (the ``synthetic_prior`` path) and ``synthetic_pseudo``: see
+    :class:`~xtalhpc.generate.GenerateConfig`)."""
     kind, where, k = man.locate(i)
     if kind == "file":
         entries = read_file_items(man.files[where], find_symmetry)
@@ -235,7 +236,8 @@ def load_item(man: Manifest, i: int, seed: int, find_symmetry: bool = True, synt
         raise InputError(f"--synthetic needs xtalhpc.synth.generate_crystal, not available here ({exc})",
                          field="--synthetic") from None
     # a bad formula table is the run's error (InputError), not this crystal's; plan time reads it first
-    cfg = _synth_config(synthetic_special, synthetic_formulas, formula_table if synthetic_formulas else None)
+    cfg = _synth_config(synthetic_special, synthetic_formulas, formula_table if synthetic_formulas else None,
+                        synthetic_pseudo)
     try:
         return generate_crystal(int(where), seed, int(k), cfg)
     except Exception as exc:  # noqa: BLE001 - this crystal's reject row, unless it is a JobError (reject_text)
@@ -243,16 +245,16 @@ def load_item(man: Manifest, i: int, seed: int, find_symmetry: bool = True, synt
 
 
 @lru_cache(maxsize=4)
-def _synth_config(special: float, formulas: float = 0.0, table: str | None = None):
-    """The synthetic crystals' settings of a run (defaults but for the special-position share and
-    the share of real compositions from ``table``)."""
+def _synth_config(special: float, formulas: float = 0.0, table: str | None = None, pseudo: float = 0.0):
+    """The synthetic crystals' settings of a run (defaults but for the special-position share,
+    the share of real compositions from ``table`` and the share of pseudo-symmetric cells)."""
     from ..synth import DEFAULT_WEIGHTS, SynthConfig
     from ..synth.formulas import FormulaTable
 
-    if not special and not formulas:
+    if not special and not formulas and not pseudo:
         return None
     ft = FormulaTable.from_csv(table, DEFAULT_WEIGHTS) if formulas else None
-    return SynthConfig(special_fraction=special, formula_fraction=formulas, formulas=ft)
+    return SynthConfig(special_fraction=special, formula_fraction=formulas, formulas=ft, pseudo_fraction=pseudo)
 
 
 def item_source_id(man: Manifest, i: int, seed: int) -> tuple[str, str]:
@@ -296,7 +298,8 @@ def enumerate_items(comm, cfg: GenerateConfig) -> Manifest:
         weights = tempered_prior(space_group_prior(cfg.synthetic_prior), cfg.synthetic_prior_power)
         cdf = (np.cumsum(weights) / weights.sum()).tolist()
         if cfg.synthetic_formulas:
-            _synth_config(cfg.synthetic_special, cfg.synthetic_formulas, cfg.synthetic_prior)  # a bad table fails here
+            # a bad table fails here, on every rank alike, before any crystal (the same cached object later)
+            _synth_config(cfg.synthetic_special, cfg.synthetic_formulas, cfg.synthetic_prior, cfg.synthetic_pseudo)
     return Manifest(files, blocks, sizes, labels=labels, synthetic=syn, per_space_group=cfg.per_space_group,
                     cycle_to=cfg.cycle_to, prior_cdf=cdf)
 

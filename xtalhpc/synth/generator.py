@@ -133,6 +133,15 @@ class SynthConfig:
     formulas : FormulaTable or None
         The compositions (:class:`xtalhpc.synth.formulas.FormulaTable`); needed when
         ``formula_fraction > 0``. Its elements must be in the pool.
+    pseudo_fraction : float
+        Share (0-1) of crystals whose cell is drawn close to a metric of higher symmetry
+        (:func:`_sample_cell`): monoclinic beta within 4 degrees of 90, an orthorhombic pair of
+        axes within 3 % of 1:1 or 1:sqrt(3), tetragonal c/a near 1 or sqrt(2), rhombohedral c/a
+        near a cubic lattice's, triclinic angles near 90. Real structures are often
+        pseudo-symmetric (distorted perovskites, superstructures of simple cells): their
+        patterns show split or broadened peaks where the higher symmetry has one, and
+        telling the true group from the nearby one is what a powder pattern makes hard. The
+        atoms keep the group's symmetry only. 0 (default) leaves every crystal as before.
     """
 
     max_atoms: int = 160
@@ -147,6 +156,7 @@ class SynthConfig:
     special_fraction: float = 0.0
     formula_fraction: float = 0.0
     formulas: object | None = field(default=None, compare=False)
+    pseudo_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         src = "synthetic crystal config"
@@ -180,6 +190,10 @@ class SynthConfig:
         if isinstance(ff, bool) or not isinstance(ff, (int, float)) or not 0 <= ff <= 1:
             raise InputError(f"formula_fraction {ff!r} must be a number in [0, 1]", src, "formula_fraction")
         object.__setattr__(self, "formula_fraction", float(ff))
+        pf = self.pseudo_fraction
+        if isinstance(pf, bool) or not isinstance(pf, (int, float)) or not 0 <= pf <= 1:
+            raise InputError(f"pseudo_fraction {pf!r} must be a number in [0, 1]", src, "pseudo_fraction")
+        object.__setattr__(self, "pseudo_fraction", float(pf))
         if ff > 0 and self.formulas is None:
             raise InputError("formula_fraction > 0 needs a formula table (formulas=FormulaTable.from_csv(...))",
                              src, "formulas")
@@ -287,6 +301,59 @@ def _sample_cell(system: str, volume: float, rng: "_Uniforms") -> np.ndarray:
     vf = math.sqrt(1 - ca * ca - cb * cb - cg * cg + 2 * ca * cb * cg)
     a = (volume / (rb * rc * vf)) ** (1.0 / 3.0)
     return np.array([a, a * rb, a * rc, al, be, ga])
+
+
+#: Relative distance (low, high) of a pseudo-symmetric cell's ratio from the higher metric's.
+_PSEUDO_REL = (0.002, 0.03)
+#: Degrees (low, high) of a pseudo-symmetric cell's angles from 90.
+_PSEUDO_DEG = (0.3, 4.0)
+#: c/a on hexagonal axes of a rhombohedral lattice whose primitive cell is cubic: alpha = 60 (F), 90 (P), 109.47 (I).
+_RHOMB_CUBIC = (math.sqrt(6.0), math.sqrt(1.5), math.sqrt(1.5) / 2.0)
+_R_GROUPS = frozenset((146, 148, 155, 160, 161, 166, 167))
+
+
+def _pseudo_cell(cell: np.ndarray, space_group: int, system: str, rng: "_Uniforms") -> np.ndarray:
+    """``cell`` moved close to a metric of higher symmetry, at the same volume (see ``pseudo_fraction``).
+
+    Hexagonal and trigonal P lattices (their holohedry is maximal) and cubic cells are returned unchanged.
+    """
+    a, b, c, al, be, ga = (float(x) for x in cell)
+    volume = _cell_volume(cell)
+
+    def near(target: float) -> float:
+        d = rng.between(*_PSEUDO_REL)
+        return target * (1.0 + d if rng.u() < 0.5 else 1.0 - d)
+
+    def near90() -> float:
+        d = rng.between(*_PSEUDO_DEG)
+        return 90.0 + d if rng.u() < 0.5 else 90.0 - d
+
+    if system == "triclinic":
+        if rng.u() < 0.5:          # pseudo-orthorhombic: every angle near 90
+            al, be, ga = near90(), near90(), near90()
+        else:                      # pseudo-monoclinic: alpha and gamma near 90, beta as drawn
+            al, ga = near90(), near90()
+    elif system == "monoclinic":
+        be = 90.0 + rng.between(*_PSEUDO_DEG)
+    elif system == "orthorhombic":
+        i, j = ((0, 1), (0, 2), (1, 2))[rng.below(3)]
+        axes = [a, b, c]
+        axes[j] = axes[i] * near(1.0 if rng.u() < 0.6 else math.sqrt(3.0))
+        a, b, c = axes
+    elif system == "tetragonal":
+        c = a * near(1.0 if rng.u() < 0.5 else math.sqrt(2.0))
+    elif system == "trigonal" and space_group in _R_GROUPS:
+        c = a * near(_RHOMB_CUBIC[rng.below(3)])
+    else:
+        return cell
+    out = np.array([a, b, c, al, be, ga])
+    return out * np.array([(volume / _cell_volume(out)) ** (1.0 / 3.0)] * 3 + [1.0] * 3)
+
+
+def _cell_volume(cell) -> float:
+    a, b, c = (float(x) for x in cell[:3])
+    ca, cb, cg = np.cos(np.radians(np.asarray(cell[3:], dtype=float)))
+    return a * b * c * math.sqrt(max(1 - ca * ca - cb * cb - cg * cg + 2 * ca * cb * cg, 0.0))
 
 
 # ---------------------------------------------------------------------------
@@ -484,6 +551,7 @@ def generate_crystal(space_group: int, seed: int, index: int, config: SynthConfi
     system = crystal_system(sg)
     # no draw at all when the option is off: crystals stay what they were before it
     special_left = _SPECIAL_TRIES if cfg.special_fraction > 0 and rng.u() < cfg.special_fraction else 0
+    pseudo = cfg.pseudo_fraction > 0 and rng.u() < cfg.pseudo_fraction
     formula_left = 0
     if cfg.formula_fraction > 0 and rng.u() < cfg.formula_fraction and cfg.formulas.compositions(sg):
         formula_left = _FORMULA_TRIES
@@ -500,7 +568,7 @@ def generate_crystal(space_group: int, seed: int, index: int, config: SynthConfi
             wps, sp, volume = _occupation(table, cfg, pool, rng, special)
             note = None
         volume *= rng.between(*cfg.volume_factor)
-        out = _place(table, system, cfg, pool, rng, place, wps, sp, volume)
+        out = _place(table, system, cfg, pool, rng, place, wps, sp, volume, pseudo)
         if out is None:
             continue
         b = [rng.between(*cfg.b_iso_range) for _ in range(wps.size)]
@@ -684,9 +752,11 @@ def _formula_occupation(table, cfg, pool, rng):
     return None
 
 
-def _place(table, system, cfg, pool, rng, place, wps, sp, volume):
+def _place(table, system, cfg, pool, rng, place, wps, sp, volume, pseudo: bool = False):
     """Draw a cell of ``volume`` and place the orbits, growing the cell until they fit; None if they never do."""
     cell = _sample_cell(system, volume, rng)
+    if pseudo:
+        cell = _pseudo_cell(cell, table.space_group, system, rng)
     mult, _ = _table_lists(table.space_group)
     n_total = sum(mult[w] for w in wps.tolist())
     frac = np.empty((n_total, 3))
