@@ -215,3 +215,20 @@ def test_calibration_lowers_validation_nll_and_is_stored(dataset, tmp_path):
     x = np.random.default_rng(0).random((4, 1, bt1_grid().size)).astype(np.float32)
     for h, p in clf.probabilities(clf.logits(x)).items():
         assert np.allclose(p.sum(axis=1), 1.0, atol=1e-12) and np.all(p >= 0)
+
+
+def test_coverage_augment_masks_the_grid_beyond_another_wavelengths_reach(dataset, tiny, tmp_path):
+    """``--augment coverage``: the measured corruption plus the partial coverage of a measurement at a
+    longer wavelength; it changes what the network sees beyond ``measured`` and is recorded."""
+    from xtalhpc.evaluate.run import coverage_augment, measured_augment
+
+    cov = coverage_augment()
+    assert cov.coverage_probability == 1.0 and measured_augment().coverage_probability == 0.0
+    out = {}
+    for aug in ("measured", "coverage"):
+        out[aug] = tmp_path / aug
+        assert main(["evaluate", str(tiny), "--dataset", str(dataset), "--split", "all", "--augment", aug,
+                     "--seed", "3", "--output", str(out[aug])]) == EXIT_OK
+    za, zb = (np.load(out[a] / "predictions.npz") for a in ("measured", "coverage"))
+    assert not np.allclose(za["space_group/prob"], zb["space_group/prob"], atol=1e-4)
+    assert json.loads((out["coverage"] / "evaluation.json").read_text())["augment"] == "coverage"

@@ -365,3 +365,35 @@ def test_park_cnn_builds_and_runs():
     assert m(torch.zeros(3, 2, 3296))["space_group"].shape == (3, 230)
     with pytest.raises(InputError, match="too short"):
         build_model(ModelConfig(arch="park"), 200, 1)
+
+
+def test_coverage_masks_what_predict_masks_for_another_wavelength():
+    """The coverage augmentation blanks what ``predict``'s d-spacing conversion leaves missing for a
+    measurement at another wavelength (to a grid step at each end); off, it draws nothing."""
+    from xtalhpc.regrid import to_grid
+    from xtalhpc.train.augment import coverage_limits
+
+    tt = np.linspace(3, 167.75, 3296)
+    step = tt[1] - tt[0]
+    for lam_m, lo_m, hi_m in [(1.909, 10.0, 160.0), (2.4063, 8.0, 150.0), (1.5403, 5.0, 120.0), (1.87, 3.0, 130.0)]:
+        meas = np.linspace(lo_m, hi_m, int(round((hi_m - lo_m) / 0.05)) + 1)
+        r = to_grid(meas, np.ones_like(meas), lam_m, tt, 1.5403)
+        covered = tt[~r.missing]
+        lo, hi = coverage_limits(lam_m / 1.5403, lo_m, hi_m)
+        assert abs(covered[0] - max(float(lo), tt[0])) <= 2 * step, (lam_m, covered[0], lo)
+        assert abs(covered[-1] - min(float(hi), tt[-1])) <= 2 * step, (lam_m, covered[-1], hi)
+    y = _peaks(tt, [30.0, 60.0, 120.0], width=0.1)
+    cfg = AugmentConfig(coverage_probability=1.0, coverage_wavelength_ratio=(1.5, 1.5),
+                        coverage_two_theta_max=(150.0, 150.0), coverage_two_theta_min=(5.0, 5.0))
+    out, m = BatchAugmenter(cfg, tt)(np.stack([y] * 3), np.random.default_rng(1))
+    lo, hi = coverage_limits(1.5, 5.0, 150.0)
+    assert np.array_equal(m, np.broadcast_to((tt >= lo) & (tt <= hi), m.shape))
+    assert 80 < float(hi) < 81 and not m[:, tt > 81].any() and m[:, (tt > 10) & (tt < 79)].all()
+    # off draws nothing: a recipe without it augments exactly as before
+    base = AugmentConfig(crop_probability=0.5, impurity_peaks=2)
+    off = AugmentConfig(crop_probability=0.5, impurity_peaks=2, coverage_wavelength_ratio=(2.0, 3.0))
+    a, ma = BatchAugmenter(base, tt)(np.stack([y] * 4), np.random.default_rng(5))
+    b, mb = BatchAugmenter(off, tt)(np.stack([y] * 4), np.random.default_rng(5))
+    assert np.array_equal(a, b) and np.array_equal(ma, mb)
+    with pytest.raises(InputError, match="coverage_probability"):
+        AugmentConfig(coverage_probability=1.5)

@@ -21,10 +21,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="patterns to evaluate (default test; all: every pattern, e.g. of a dataset generated with "
                         "--split none)")
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="output directory (created)")
-    p.add_argument("--augment", default="off", choices=("off", "measured"),
+    p.add_argument("--augment", default="off", choices=("off", "measured", "coverage"),
                    help="off: the patterns as stored; measured: noise, background, zero shift, broadening and an "
-                        "impurity peak like a measurement (fixed settings, seeded per pattern; docs/evaluate.md)")
-    p.add_argument("--seed", type=int, default=0, help="seed of --augment measured (default 0)")
+                        "impurity peak like a measurement (fixed settings, seeded per pattern); coverage: the same "
+                        "and the grid covered only as far as a measurement at a 1-1.65x longer wavelength reaches "
+                        "once converted through d-spacing (docs/evaluate.md)")
+    p.add_argument("--seed", type=int, default=0, help="seed of --augment measured/coverage (default 0)")
     p.add_argument("--batch-size", type=int, default=256, metavar="B", help="patterns per forward pass (default 256)")
     p.add_argument("--calibrate", default=None, metavar="MODEL.pt",
                    help="fit one calibration temperature per head on this split (val, or all/unassigned of a "

@@ -42,7 +42,7 @@ EVALUATION_NAME = "evaluation.json"
 PREDICTIONS_NAME = "predictions.npz"
 KEEP_TOP = 5
 SPLIT_CHOICES = ("test", "val", "train", "unassigned", "all")
-AUGMENT_CHOICES = ("off", "measured")
+AUGMENT_CHOICES = ("off", "measured", "coverage")
 #: Splits calibration may be fitted on: the validation split, or every pattern of a dataset set
 #: aside for it. Never test (that would tune on what the numbers are reported on) or train
 #: (the network fits it better than new data, so T would come out too low).
@@ -66,6 +66,20 @@ def measured_augment():
                          background_fraction=(0.02, 0.20), background_order=4, background_probability=1.0,
                          impurity_peaks=1, impurity_intensity=(0.01, 0.04), peak_counts=(1000.0, 30000.0),
                          noise_probability=1.0, crop_probability=0.0, crop_max_deg=0.0)
+
+
+def coverage_augment():
+    """``--augment coverage``: :func:`measured_augment` and, on every pattern, the coverage of a
+    measurement at another wavelength converted through d-spacing (``AugmentConfig.coverage_*`` at
+    their defaults: lambda_m / lambda_0 uniform in 1-1.65, measured from 3-15 to 110-165 deg
+    2theta_m), masked as ``predict`` masks it. The measured benchmark's patterns at 1.87-2.41 A
+    cover the BT-1 grid up to 76-105 deg."""
+    import dataclasses
+
+    return dataclasses.replace(measured_augment(), coverage_probability=1.0)
+
+
+AUGMENTS = {"measured": measured_augment, "coverage": coverage_augment}
 
 
 def file_digest(path) -> str:
@@ -193,7 +207,7 @@ class EvaluateTask:
         heads = [h for h in clf.heads if h in data.labels]
         rows = split_rows(data, self.split)
         plan = EpochPlan(rows, chunk=16, batch_size=self.batch_size, world_size=world, seed=self.seed, shuffle=False)
-        aug = measured_augment() if self.augment == "measured" else None
+        aug = AUGMENTS[self.augment]() if self.augment in AUGMENTS else None
         ds = EvalDataset(data, plan, rank=rank, heads=heads, normalisation=clf.normalisation, augment=aug,
                          seed=self.seed)
         keep: dict[str, list] = {"rows": []}

@@ -43,6 +43,20 @@ from ..curate.pattern_aug import chebyshev_background
 from .config import AugmentConfig
 
 
+def coverage_limits(ratio, two_theta_min, two_theta_max):
+    """The model grid's 2theta range (degrees) that a measurement covers once converted through
+    d-spacing: measured from ``two_theta_min`` to ``two_theta_max`` at ``ratio`` times the model's
+    wavelength, a point at 2theta_m lands at ``2 asin(sin(theta_m) / ratio)`` (beyond the model's
+    reach, sin > 1, at 180)."""
+    r = np.asarray(ratio, dtype=float)
+
+    def conv(tt):
+        s = np.sin(np.radians(np.asarray(tt, dtype=float)) / 2.0) / r
+        return np.where(s >= 1.0, 180.0, 2.0 * np.degrees(np.arcsin(np.clip(s, 0.0, 1.0))))
+
+    return conv(two_theta_min), conv(two_theta_max)
+
+
 def _fast_length(n: int) -> int:
     """Smallest 2^a 3^b 5^c >= n (a fast FFT length)."""
     best = 1 << int(np.ceil(np.log2(n)))
@@ -129,6 +143,12 @@ class BatchAugmenter:
         if cfg.asymmetry_probability > 0:
             has_asym = rng.random(b) < cfg.asymmetry_probability
             tau = rng.uniform(cfg.asymmetry_deg[0], cfg.asymmetry_deg[1], b)
+        has_cov = np.zeros(b, dtype=bool)
+        if cfg.coverage_probability > 0:
+            has_cov = rng.random(b) < cfg.coverage_probability
+            cov_r = rng.uniform(cfg.coverage_wavelength_ratio[0], cfg.coverage_wavelength_ratio[1], b)
+            cov_hi = rng.uniform(cfg.coverage_two_theta_max[0], cfg.coverage_two_theta_max[1], b)
+            cov_lo = rng.uniform(cfg.coverage_two_theta_min[0], cfg.coverage_two_theta_min[1], b)
 
         # Lorentzian broadening and zero shift in one FFT: the value at 2theta comes from 2theta - shift
         w = fwhm / self.step
@@ -172,6 +192,12 @@ class BatchAugmenter:
             mask = np.ones((b, n), dtype=bool)
             mask[rows] = ((self.tt[None, :] >= self.tt[0] + crop_lo[rows, None]) &
                           (self.tt[None, :] <= self.tt[-1] - crop_hi[rows, None]))
+        rows = np.flatnonzero(has_cov)
+        if rows.size:
+            if mask is None:
+                mask = np.ones((b, n), dtype=bool)
+            lo, hi = coverage_limits(cov_r[rows], cov_lo[rows], cov_hi[rows])
+            mask[rows] &= (self.tt[None, :] >= lo[:, None]) & (self.tt[None, :] <= hi[:, None])
         return x, mask
 
 

@@ -223,6 +223,15 @@ class AugmentConfig:
         exponential tail towards low angles below 90 degrees 2theta and towards high angles
         above, taking the share ``min(1, |cot 2theta| / 2)`` of the intensity (areas kept).
     asymmetry_deg : the tail's decay length (1/e) in degrees 2theta.
+    coverage_probability : share of patterns given the coverage of a measurement made at another
+        (longer) wavelength on another instrument, as ``predict`` converts it onto the model's
+        grid through d-spacing: measured over ``2theta_m`` in [lo_m, hi_m] at ``lambda_m = r *
+        lambda_0``, it covers the model's ``2 asin(sin(theta_m) / r)`` from lo to hi; the rest is
+        masked. At 1.9-2.4 A (ILL D1A, D1B, D20, HFIR HB-2A) a pattern ending at 150-160 deg
+        covers the BT-1 grid only up to 75-105 deg, far more than ``crop`` blanks.
+    coverage_wavelength_ratio : ``r = lambda_m / lambda_0``, uniform in this range.
+    coverage_two_theta_max : the measurement's last 2theta_m (degrees), uniform in this range.
+    coverage_two_theta_min : the measurement's first 2theta_m (degrees), uniform in this range.
     Parts off by default (probability 0) draw no random numbers, so older recipes augment
     exactly as before.
     """
@@ -243,6 +252,10 @@ class AugmentConfig:
     resolution_deg: tuple[float, float] = (0.02, 0.15)
     asymmetry_probability: float = 0.0
     asymmetry_deg: tuple[float, float] = (0.02, 0.15)
+    coverage_probability: float = 0.0
+    coverage_wavelength_ratio: tuple[float, float] = (1.0, 1.65)
+    coverage_two_theta_max: tuple[float, float] = (110.0, 165.0)
+    coverage_two_theta_min: tuple[float, float] = (3.0, 15.0)
 
     def __post_init__(self) -> None:
         def pair(name, lo, hi):
@@ -254,12 +267,15 @@ class AugmentConfig:
         pair("peak_counts", 1.0, 1e9)
         pair("resolution_deg", 0.0, 1.0)
         pair("asymmetry_deg", 0.0, 1.0)
+        pair("coverage_wavelength_ratio", 0.2, 5.0)
+        pair("coverage_two_theta_max", 1.0, 180.0)
+        pair("coverage_two_theta_min", 0.0, 90.0)
         _check(0 <= self.zero_shift_deg <= 2, "augment.zero_shift_deg", f"{self.zero_shift_deg}: allowed 0-2")
         _check(0 <= self.background_order <= 12, "augment.background_order",
                f"{self.background_order}: allowed 0-12")
         _check(0 <= self.impurity_peaks <= 10, "augment.impurity_peaks", f"{self.impurity_peaks}: allowed 0-10")
         for p in ("background_probability", "noise_probability", "crop_probability", "resolution_probability",
-                  "asymmetry_probability"):
+                  "asymmetry_probability", "coverage_probability"):
             _check(0 <= getattr(self, p) <= 1, f"augment.{p}", f"{getattr(self, p)}: allowed 0-1")
         _check(0 <= self.crop_max_deg <= 90, "augment.crop_max_deg", f"{self.crop_max_deg}: allowed 0-90")
 
