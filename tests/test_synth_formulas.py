@@ -128,3 +128,15 @@ def test_config_errors(tmp_path):
 
     with pytest.raises(InputError, match="outside the element pool"):
         SynthConfig(formula_fraction=0.5, formulas=t, pool=ElementPool.from_weights({"Na": 1, "Cl": 1}))
+
+
+def test_single_element_compositions_keep_their_group(tmp_path):
+    """An element (Fe) in a low-symmetry group: two equal atoms alone are centrosymmetric, so such a
+    crystal is checked and redrawn (P2 and P3 gave P2/m and P-3 before the check)."""
+    groups = (1, 2, 3, 4, 143, 146, 195)
+    t = FormulaTable.from_csv(_table(tmp_path, rows=[("Fe", g) for g in groups]), DEFAULT_WEIGHTS)
+    cfg = SynthConfig(formula_fraction=1.0, formulas=t)
+    for sg in groups:
+        for i in range(10):
+            c = generate_crystal(sg, 5, i, cfg)
+            assert spglib_number(c, 1e-3) == sg, (sg, i, c.notes)

@@ -127,7 +127,7 @@ class SynthConfig:
         ``formulas`` lists for their space group (elements and atom ratios, e.g. CaTiO3 in
         Pnma), placed on Wyckoff orbits whose multiplicities give the formula times Z
         (:func:`_formula_occupation`); such a crystal is checked like a special-position one
-        when no orbit is on the general position. A group without a usable composition, or
+        when no orbit is on the general position or it has a single element. A group without a usable composition, or
         one whose compositions fit no occupation within ``max_atoms``, falls back to the
         rules above. 0 (default) leaves every crystal as before the option.
     formulas : FormulaTable or None
@@ -575,7 +575,9 @@ def generate_crystal(space_group: int, seed: int, index: int, config: SynthConfi
         crystal = _to_crystal(sg, seed, index, table, pool, out, wps, sp, b)
         if note is not None:
             crystal = crystal.replace(notes=crystal.notes + (note,))
-        check = special or (formula is not None and 0 not in wps.tolist())
+        # a real composition is checked like a special-position crystal when no orbit is on the
+        # general position, or when it has one element (two equal atoms alone are centrosymmetric)
+        check = special or (formula is not None and (0 not in wps.tolist() or len(set(sp.tolist())) == 1))
         if check and not _exactly_the_group(crystal, len(crystal.symmetry), cfg.symprec):
             continue
         if cfg.symprec is not None and spglib_number(crystal, cfg.symprec) != sg:
