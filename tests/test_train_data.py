@@ -2,8 +2,6 @@
 plan and the step dataset on a real generated dataset, the models and their FLOP count."""
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
