@@ -199,3 +199,16 @@ def pseudo_voigt(dx, fwhm, eta):
     amp_l, inv_hw, amp_g, a_g = pseudo_voigt_parts(fwhm, eta)
     z = dx * inv_hw
     return amp_l / (1.0 + z * z) + amp_g * math.exp(-a_g * dx * dx)
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def march_dollase(cos2, r):
+    """March-Dollase preferred-orientation factor P = (r^2 cos^2 a + sin^2 a / r)^(-3/2).
+
+    ``cos2`` the squared cosine of the angle between a reflection's scattering vector and the
+    preferred-orientation axis; ``r`` > 0 the March coefficient (1: random powder, P = 1;
+    < 1 platelets whose axis lines up with the scattering vector, those reflections grow;
+    > 1 needles). P averages to 1 over the sphere (Dollase, J. Appl. Cryst. 19, 267 (1986)).
+    Scalars or NumPy arrays of ``cos2``.
+    """
+    return (r * r * cos2 + (1.0 - cos2) / r) ** -1.5

@@ -24,6 +24,7 @@ from .errors import InputError, ScatteringError, XtalhpcError, is_item_error, jo
 from .instruments import Instrument, get_instrument
 from .kernel_tables import MAX_ORBIT_ENTRIES, column_tables, pair_atoms  # noqa: F401 (importable from here)
 from .scattering import IMAG, N_COEFF, scattering_coefficients
+from .texture import Texture, texture_arrays
 
 #: Largest number of half-sphere reflections one structure may have (about 28 bytes
 #: each while computing, twice that with families: ~110 MB). On the BT-1 grid
@@ -430,14 +431,14 @@ def _threads_at_most(n: int):
 
 
 def _run_cpu(p: PackedBatch, counts: np.ndarray, inst: Instrument, timings: dict,
-             out: np.ndarray | None = None) -> tuple:
+             out: np.ndarray | None = None, texture: tuple | None = None) -> tuple:
     n = p.recip.shape[0]
     with _threads_at_most(n):
-        return _run_cpu_kernels(p, counts, inst, timings, out)
+        return _run_cpu_kernels(p, counts, inst, timings, out, texture)
 
 
 def _run_cpu_kernels(p: PackedBatch, counts: np.ndarray, inst: Instrument, timings: dict,
-                     out: np.ndarray | None) -> tuple:
+                     out: np.ndarray | None, texture: tuple | None = None) -> tuple:
     from xtalhpc_kernels import cpu
 
     n = p.recip.shape[0]
@@ -457,6 +458,8 @@ def _run_cpu_kernels(p: PackedBatch, counts: np.ndarray, inst: Instrument, timin
     cpu.structure_factors(p.recip, p.cell_len, qmax, refl_off, p.type_off, p.sf_type_atom_off, p.type_coef,
                           p.type_b, p.sf_frac, p.sf_occ, p.sf_centro, p.laue_off, p.laue_rot, p.tab_off, p.tab_k,
                           p.tab_l, p.table, p.orbit, hkl, q, f2, mult)
+    if texture is not None:  # preferred orientation: |F|^2 times the orbit-averaged March-Dollase factor
+        cpu.texture_factors(p.recip, refl_off, hkl, p.laue_off, p.laue_rot, texture[0], texture[1], f2)
     t2 = time.perf_counter()
     timings["structure_factors"] = timings.get("structure_factors", 0.0) + t2 - t
     fam_hkl = np.empty((m, 3), dtype=np.int32)
@@ -491,7 +494,8 @@ def _gather(refl_off: np.ndarray, fam_count: np.ndarray) -> tuple[np.ndarray, np
 
 def simulate_batch(crystals: Sequence[Crystal], instrument: "str | Instrument" = "bt1-cu311", *,
                    device: str = "cpu", on_error: str = "raise",
-                   max_reflections: int = MAX_REFLECTIONS, peaks: bool = True) -> BatchResult:
+                   max_reflections: int = MAX_REFLECTIONS, peaks: bool = True,
+                   texture: "Texture | Sequence[Texture | None] | None" = None) -> BatchResult:
     """Simulate the powder pattern of every crystal on the instrument's grid.
 
     Parameters
@@ -512,10 +516,14 @@ def simulate_batch(crystals: Sequence[Crystal], instrument: "str | Instrument" =
         Return the reflection families (``peak_*``). Without them (patterns only, as
         ``xtalhpc generate`` stores by default) ``peak_offsets`` is all zeros and the
         gathering of the families is skipped.
+    texture : Texture, or one Texture or None per crystal
+        Preferred orientation of the sample (:class:`xtalhpc.texture.Texture`, March-Dollase).
+        Each reflection's |F|^2 is multiplied by the factor averaged over its orbit, so
+        ``peak_F2`` holds |F|^2 times that factor. CPU backend only.
     """
     try:
         return _simulate_batch(crystals, instrument, device=device, on_error=on_error,
-                               max_reflections=max_reflections, peaks=peaks)
+                               max_reflections=max_reflections, peaks=peaks, texture=texture)
     except XtalhpcError:
         raise
     except Exception as exc:
@@ -525,12 +533,16 @@ def simulate_batch(crystals: Sequence[Crystal], instrument: "str | Instrument" =
 
 
 def _simulate_batch(crystals: Sequence[Crystal], instrument, *, device: str, on_error: str,
-                    max_reflections: int, peaks: bool) -> BatchResult:
+                    max_reflections: int, peaks: bool, texture=None) -> BatchResult:
     if on_error not in ("raise", "collect"):
         raise InputError(f"on_error {on_error!r} is not 'raise' or 'collect'", field="on_error")
     inst = get_instrument(instrument)
     dev = resolve_device(device)
     n = len(crystals)
+    tex = texture_arrays(texture, n)
+    if tex is not None and dev == "cuda":
+        raise InputError("a texture (preferred orientation) is applied by the CPU backend only; use device 'cpu'",
+                         field="texture")
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     for i, c in enumerate(crystals):
@@ -585,7 +597,8 @@ def _simulate_batch(crystals: Sequence[Crystal], instrument, *, device: str, on_
             first = ok_idx[sel[0]]
             if ok_idx[sel[-1]] - first == len(sel) - 1:  # contiguous items: no copy afterwards
                 rows = patterns[first:first + len(sel)]
-            out = _run_cpu(sub, counts[sel], inst, timings, out=rows)
+            sel_tex = None if tex is None else (tex[0][ok_idx[sel]], tex[1][ok_idx[sel]])
+            out = _run_cpu(sub, counts[sel], inst, timings, out=rows, texture=sel_tex)
         refl_off, fam_count, fam_hkl, fam_q, fam_f2, fam_mult, fam_tt, fam_int, pats = out
         items = ok_idx[sel]
         if peaks:
@@ -622,14 +635,16 @@ def _simulate_batch(crystals: Sequence[Crystal], instrument, *, device: str, on_
                        peak_F2=f2, peak_intensity=inten, device=dev, timings=timings)
 
 
-def simulate(crystal: Crystal, instrument: "str | Instrument" = "bt1-cu311", *, device: str = "cpu") -> Pattern:
-    """Simulate one crystal's powder pattern on ``instrument`` (preset name, TOML path or Instrument).
+def simulate(crystal: Crystal, instrument: "str | Instrument" = "bt1-cu311", *, device: str = "cpu",
+             texture: Texture | None = None) -> Pattern:
+    """Simulate one crystal's powder pattern on ``instrument`` (preset name, TOML path or Instrument),
+    optionally with a preferred orientation (``texture``, see :func:`simulate_batch`).
 
     Returns a :class:`Pattern` with the 2theta grid (degrees), the intensity per degree and
     the reflection families (hkl, d, 2theta, multiplicity, |F|^2, integrated intensity).
     """
     inst = get_instrument(instrument)
-    res = simulate_batch([crystal], inst, device=device, on_error="raise")
+    res = simulate_batch([crystal], inst, device=device, on_error="raise", texture=texture)
     return Pattern(two_theta=res.two_theta, intensity=res.patterns[0], reflections=res.reflections(0),
                    crystal=crystal, instrument=inst, device=res.device)
 

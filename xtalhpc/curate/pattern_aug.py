@@ -178,7 +178,9 @@ def march_dollase(hkl, preferred_hkl, r: float, reciprocal_metric=None, cell=Non
     with np.errstate(invalid="ignore", divide="ignore"):
         cos2 = np.where(hh > 0, hp**2 / (hh * pp), 1.0)
     cos2 = np.clip(cos2, 0.0, 1.0)
-    return (r * r * cos2 + (1.0 - cos2) / r) ** -1.5
+    from xtalhpc_kernels.physics import march_dollase as factor  # the formula, written once
+
+    return factor(cos2, float(r))
 
 
 @dataclass(frozen=True)

@@ -114,6 +114,11 @@ class GenerateConfig:
     synthetic_pseudo : float
         Share (0-1) of the synthetic crystals drawn with a cell close to a metric of higher
         symmetry (``SynthConfig.pseudo_fraction``). 0 (default) leaves every crystal as before.
+    texture : float
+        Share (0-1) of the patterns simulated with a preferred orientation (March-Dollase: an
+        axis among the low-index directions, r log-uniform in 0.6-1.67; each item's is
+        :func:`xtalhpc.texture.item_texture` of the seed and its index). Any item, file or
+        synthetic; CPU only. 0 (default) leaves every pattern a random powder.
     find_symmetry : bool
         Find the symmetry of input structures given without operations (P1 CIFs, POSCARs:
         :func:`xtalhpc.crystal.detect_symmetry`): the found group is stored
@@ -144,6 +149,7 @@ class GenerateConfig:
     synthetic_special: float = 0.0
     synthetic_formulas: float = 0.0
     synthetic_pseudo: float = 0.0
+    texture: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sources", tuple(str(s) for s in self.sources))
@@ -211,6 +217,13 @@ class GenerateConfig:
         if ps and not self.synthetic:
             raise InputError("--synthetic-pseudo needs --synthetic N", field="--synthetic-pseudo")
         object.__setattr__(self, "synthetic_pseudo", float(ps))
+        tx = self.texture
+        if isinstance(tx, bool) or not isinstance(tx, (int, float)) or not 0 <= tx <= 1:
+            raise InputError(f"--texture {tx!r} must be a number in [0, 1]", field="--texture")
+        if tx and self.device == "cuda":
+            raise InputError("--texture needs --device cpu: the CUDA kernels do not apply a preferred orientation",
+                             field="--texture")
+        object.__setattr__(self, "texture", float(tx))
         if self.cycle_to is not None and self.cycle_to < 1:
             raise InputError(f"--cycle-to {self.cycle_to} must be >= 1", field="--cycle-to")
 
@@ -232,6 +245,8 @@ class GenerateConfig:
             d.pop("synthetic_formulas")
         if d["synthetic_pseudo"] == 0.0:  # likewise
             d.pop("synthetic_pseudo")
+        if d["texture"] == 0.0:  # likewise
+            d.pop("texture")
         return d
 
 
@@ -280,6 +295,8 @@ def config_to_argv(cfg: GenerateConfig, ranks: int | None = None) -> list[str]:
         argv += ["--max-absorption", repr(cfg.max_absorption)]
     if not cfg.find_symmetry:
         argv.append("--no-find-symmetry")
+    if cfg.texture:
+        argv += ["--texture", repr(cfg.texture)]
     if ranks is not None:
         argv += ["--ranks", str(ranks)]
     return argv

@@ -89,7 +89,7 @@ def compute_shard(index: int, cfg: GenerateConfig, man: Manifest, instrument, *,
     t = time.perf_counter()
     crystals, items, rejects = _load_items(cfg, man, start, stop, between, sub_batch_s)
     times.read = time.perf_counter() - t
-    results = _simulate_sub_batches(crystals, cfg, instrument, times, between, sub_batch_s, sub_state)
+    results = _simulate_sub_batches(crystals, items, cfg, instrument, times, between, sub_batch_s, sub_state)
 
     t = time.perf_counter()
     if memo is None:
@@ -132,11 +132,13 @@ def _load_items(cfg: GenerateConfig, man: Manifest, start: int, stop: int, betwe
     return crystals, items, rejects
 
 
-def _simulate_sub_batches(crystals, cfg: GenerateConfig, instrument, times: ShardTimes, between, sub_batch_s,
+def _simulate_sub_batches(crystals, items, cfg: GenerateConfig, instrument, times: ShardTimes, between, sub_batch_s,
                           sub_state) -> list:
     """``[(positions in crystals, BatchResult), ...]``: one batch, unless rank 0 must poll
-    (``between``), which then simulates in sub-batches of about ``sub_batch_s`` seconds."""
+    (``between``), which then simulates in sub-batches of about ``sub_batch_s`` seconds. ``items``: the
+    crystals' item indices (their textures with ``--texture``)."""
     from ..simulate import simulate_batch
+    from ..texture import item_texture
 
     k = cfg.shard_size
     results = []
@@ -146,8 +148,9 @@ def _simulate_sub_batches(crystals, cfg: GenerateConfig, instrument, times: Shar
     while pos < len(crystals):
         sel = list(range(pos, min(len(crystals), pos + step)))
         t = time.perf_counter()
+        tex = [item_texture(cfg.seed, items[j], cfg.texture) for j in sel] if cfg.texture else None
         res = simulate_batch([crystals[j] for j in sel], instrument, device=cfg.device, on_error="collect",
-                             peaks=cfg.peaks)
+                             peaks=cfg.peaks, texture=tex)
         dt = time.perf_counter() - t
         times.simulate += dt
         times.kernels += sum(v for kk, v in res.timings.items() if kk not in ("total", "pack"))
