@@ -23,8 +23,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .physics import (GAUSS_HALF_WIDTH, bragg_theta, inv_d2, lorentz_factor_sc, march_dollase, peak_fwhm_sc,
-                      powder_f2, pseudo_voigt_parts, scattering_amplitude_imag, weight_terms, window_area)
+from .physics import (GAUSS_HALF_WIDTH, bragg_theta, inv_d2, lorentz_factor_sc, peak_fwhm_sc, powder_f2,
+                      pseudo_voigt_parts, scattering_amplitude_imag, texture_factor, weight_terms, window_area)
 # Reflection enumeration lives in reflections.py; its names stay reachable as cpu.<name>.
 from .reflections import (MIN_LAUE_ORDER, NO_ORBIT, canonical_l_interval,  # noqa: F401
                           canonical_stabiliser, canonical_table, column_interval, column_may_hold_canonical,
@@ -397,43 +397,24 @@ def structure_factors(recip, cell_len, qmax, refl_off, type_off, type_atom_off, 
 
 @njit(parallel=True, cache=True, error_model="numpy")
 def texture_factors(recip, refl_off, hkl, laue_off, laue_rot, axis, r, f2):
-    """Preferred orientation: multiply ``f2`` of structure i's reflections in place by the
-    March-Dollase factor averaged over the reflection's Laue orbit, for axis ``axis[i]`` (the
-    reciprocal-lattice vector of the preferred plane, (h, k, l) reals) and coefficient ``r[i]``
-    (1: untouched).
+    """Preferred orientation: multiply ``f2`` of structure i's reflections in place by
+    :func:`physics.texture_factor` for axis ``axis[i]`` (the reciprocal-lattice vector of the
+    preferred plane, (h, k, l) reals) and coefficient ``r[i]`` (1: untouched).
 
     A computed reflection stands for its whole orbit (its multiplicity: the orbit under the
     structure's Laue group on the symmetry-unique path, h and -h on the half-sphere path), and
-    the orbit's members make different angles with the axis, so the factor is the mean of P(h R)
-    over the Laue group's rotations R (each member is hit equally often; -1 alone gives P(h)).
+    the orbit's members make different angles with the axis, so the factor is averaged over
+    the Laue group's rotations.
     """
     for i in prange(recip.shape[0]):
         ri = r[i]
         if ri == 1.0:
             continue
-        g11, g22, g33, g12, g13, g23 = recip[i, 0], recip[i, 1], recip[i, 2], recip[i, 3], recip[i, 4], recip[i, 5]
-        p0, p1, p2 = axis[i, 0], axis[i, 1], axis[i, 2]
-        # G* p, and p^T G* p
-        gp0 = g11 * p0 + g12 * p1 + g13 * p2
-        gp1 = g12 * p0 + g22 * p1 + g23 * p2
-        gp2 = g13 * p0 + g23 * p1 + g33 * p2
-        pp = p0 * gp0 + p1 * gp1 + p2 * gp2
         lo, hi = laue_off[i], laue_off[i + 1]
         for j in range(refl_off[i], refl_off[i + 1]):
-            h, k, l = float(hkl[j, 0]), float(hkl[j, 1]), float(hkl[j, 2])
-            hh = inv_d2(h, k, l, g11, g22, g33, g12, g13, g23)
-            acc = 0.0
-            for o in range(lo, hi):
-                # the image h R (row vector times the rotation of x' = R x + t)
-                a0 = h * laue_rot[o, 0, 0] + k * laue_rot[o, 1, 0] + l * laue_rot[o, 2, 0]
-                a1 = h * laue_rot[o, 0, 1] + k * laue_rot[o, 1, 1] + l * laue_rot[o, 2, 1]
-                a2 = h * laue_rot[o, 0, 2] + k * laue_rot[o, 1, 2] + l * laue_rot[o, 2, 2]
-                hp = a0 * gp0 + a1 * gp1 + a2 * gp2
-                cos2 = hp * hp / (hh * pp) if hh > 0.0 else 1.0
-                if cos2 > 1.0:
-                    cos2 = 1.0
-                acc += march_dollase(cos2, ri)
-            f2[j] *= acc / (hi - lo)
+            f2[j] *= texture_factor(float(hkl[j, 0]), float(hkl[j, 1]), float(hkl[j, 2]), recip[i, 0], recip[i, 1],
+                                    recip[i, 2], recip[i, 3], recip[i, 4], recip[i, 5], axis[i, 0], axis[i, 1],
+                                    axis[i, 2], laue_rot, lo, hi, ri)
 
 
 #: Bits per pass of stable_argsort_positive (6 passes cover a float64).

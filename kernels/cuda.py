@@ -70,6 +70,7 @@ pseudo_voigt_parts = _device_fn(physics.pseudo_voigt_parts)
 window_area = _device_fn(physics.window_area)
 orbit_representative = _device_fn(cpu.orbit_representative)
 writes_better = _device_fn(cpu.writes_better)
+texture_factor = _device_fn(physics.texture_factor)
 
 TWO_PI = 2.0 * math.pi
 RAD2DEG = 180.0 / math.pi
@@ -468,6 +469,25 @@ def _render_kernel(fam_off, fam_q, fam_f2, fam_mult, wavelengths, wweights, tt_m
                                 float32(profile_point(p, tt, tt_min, step, ic, gw, d0, al, inv_hw, ag, a_g)))
 
 
+def _texture_kernel(loc_off, s0, recip, laue_off, laue_rot, axis, r, hkl, f2):
+    """Preferred orientation, as ``cpu.texture_factors``: one block per structure of the batch
+    (batch structure i is chunk structure s0 + i, whose reflections are rows loc_off[i]:loc_off[i
+    + 1] of the batch's ``hkl`` and ``f2``), its threads striding over the reflections; each
+    |F|^2 times :func:`physics.texture_factor` for the structure's axis and r (1: untouched)."""
+    i = cuda.blockIdx.x
+    if i >= loc_off.shape[0] - 1:
+        return
+    g = s0 + i
+    rg = r[g]
+    if rg == 1.0:
+        return
+    lo, hi = laue_off[g], laue_off[g + 1]
+    for j in range(loc_off[i] + cuda.threadIdx.x, loc_off[i + 1], cuda.blockDim.x):
+        f2[j] *= texture_factor(float64(hkl[j, 0]), float64(hkl[j, 1]), float64(hkl[j, 2]), recip[g, 0], recip[g, 1],
+                                recip[g, 2], recip[g, 3], recip[g, 4], recip[g, 5], axis[g, 0], axis[g, 1], axis[g, 2],
+                                laue_rot, lo, hi, rg)
+
+
 structure_factor_kernel = cuda.jit(_structure_factor_kernel)
 structure_factor_absorbing_kernel = cuda.jit(_structure_factor_absorbing_kernel)
 family_sort_kernel = cuda.jit(_family_sort_kernel)
@@ -476,6 +496,7 @@ family_offsets_kernel = cuda.jit(_family_offsets_kernel)
 family_compact_kernel = cuda.jit(_family_compact_kernel)
 zero_kernel = cuda.jit(_zero_kernel)
 render_kernel = cuda.jit(_render_kernel)
+texture_kernel = cuda.jit(_texture_kernel)
 
 _i32 = int32[::1]
 _i64 = int64[::1]
@@ -500,6 +521,7 @@ SIGNATURES = {
     "family_compact": (_family_compact_kernel, (
         _i64, _i64, _i64, int32[:, ::1], _f64, _f64, _i32, int32[:, ::1], _f64, _f64, _i32)),
     "zero": (_zero_kernel, (_pattern,)),
+    "texture": (_texture_kernel, (_i64, int64, _f64_2d, _i64, int64[:, :, ::1], _f64_2d, _f64, int32[:, ::1], _f64)),
     "render": (_render_kernel, (
         _i64, _f64, _f64, _i32, _f64, _f64, float64, float64, float64, float64, float64, float64, float64,
         float64, float64, float64, types.boolean, _pattern, _f64, _f64)),

@@ -63,6 +63,8 @@ RENDER_BLOCK = 128
 #: family scan (one thread per structure).
 SORT_BLOCK = 256
 SCAN_BLOCK = 32
+#: Threads per block of the texture kernel (one block per structure, striding over its reflections).
+TEXTURE_BLOCK = 64
 
 
 @njit(cache=True)
@@ -229,7 +231,7 @@ def _sort_slots(counts: np.ndarray) -> np.ndarray:
     return off
 
 
-def run_packed(p, counts, inst, timings: dict) -> tuple:
+def run_packed(p, counts, inst, timings: dict, texture: tuple | None = None) -> tuple:
     """One packed chunk on the GPU; returns what ``xtalhpc.simulate._run_cpu`` returns.
 
     Runs on numba's current device (a multi-GPU rank selects its own with
@@ -245,6 +247,9 @@ def run_packed(p, counts, inst, timings: dict) -> tuple:
     timings : dict
         Accumulates seconds: ``structure_factors``, ``families`` and ``profiles`` (device
         kernel time, from CUDA events), ``cuda_wall`` (the whole call) and ``cuda_batches``.
+    texture : (axis (n, 3), r (n,)) or None
+        Preferred orientation per structure (``xtalhpc.texture``), applied to |F|^2 before
+        the families as the CPU path does (``texture_kernel``).
     """
     from numba import cuda
 
@@ -252,7 +257,7 @@ def run_packed(p, counts, inst, timings: dict) -> tuple:
 
     from .cuda import (L_BLOCK, family_compact_kernel, family_offsets_kernel, family_scan_kernel,
                        family_sort_kernel, render_kernel, structure_factor_absorbing_kernel, structure_factor_kernel,
-                       zero_kernel)
+                       texture_kernel, zero_kernel)
     from .physics import IMAG
 
     t_start = time.perf_counter()
@@ -321,6 +326,9 @@ def run_packed(p, counts, inst, timings: dict) -> tuple:
     d_laue_rot = cuda.to_device(laue_rot if len(laue_rot) else np.zeros((1, 3, 3), np.int64), stream=st)
     d_wl = cuda.to_device(np.asarray(inst.wavelengths, dtype=np.float64), stream=st)
     d_ww = cuda.to_device(np.asarray(inst.wavelength_weights, dtype=np.float64), stream=st)
+    if texture is not None:
+        d_tex_axis = cuda.to_device(np.ascontiguousarray(texture[0], dtype=np.float64), stream=st)
+        d_tex_r = cuda.to_device(np.ascontiguousarray(texture[1], dtype=np.float64), stream=st)
     st.synchronize()  # the other stream reads these too
     # Scalars as float64 / bool, the types of the compiled (and PTX-tested) signature.
     prof = tuple(float(v) for v in (inst.two_theta_min, inst.two_theta_step, inst.U, inst.V, inst.W, inst.X, inst.Y,
@@ -376,6 +384,9 @@ def run_packed(p, counts, inst, timings: dict) -> tuple:
             timed("structure_factors", stream, lambda: sf_kernel[blocks, threads, stream](
                 d_recip, *d_cols, d_type_off, d_type_atom_off, d_type_coef, d_type_b, d_frac, d_occ, d_step_c,
                 d_step_s, d_laue_off, d_laue_rot, d_hkl, d_q, d_f2, d_mult))
+            if texture is not None:  # |F|^2 times the orbit-averaged March-Dollase factor, before the families
+                timed("structure_factors", stream, lambda: texture_kernel[nb, TEXTURE_BLOCK, stream](
+                    d_loc_off, s0, d_recip, d_laue_off, d_laue_rot, d_tex_axis, d_tex_r, d_hkl, d_f2))
         # The kernels index structures from 0: views of the chunk-wide structure arrays would
         # need an offset, so the batch's structures come with their own offsets (loc_off).
         sb, st_ = _grid(nb * SORT_BLOCK, SORT_BLOCK)

@@ -212,3 +212,28 @@ def march_dollase(cos2, r):
     Scalars or NumPy arrays of ``cos2``.
     """
     return (r * r * cos2 + (1.0 - cos2) / r) ** -1.5
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def texture_factor(h, k, l, g11, g22, g33, g12, g13, g23, p0, p1, p2, laue_rot, lo, hi, r):
+    """:func:`march_dollase` of reflection (h, k, l) averaged over its Laue orbit, for the
+    preferred plane (p0, p1, p2) and coefficient ``r``: the mean of P(h R) over the rotations
+    ``laue_rot[lo:hi]`` (the group acting on row vectors of Miller indices, h' = h R; each orbit
+    member is hit equally often; 1 and -1 alone give P(h)). G* as in :func:`inv_d2`.
+    """
+    gp0 = g11 * p0 + g12 * p1 + g13 * p2
+    gp1 = g12 * p0 + g22 * p1 + g23 * p2
+    gp2 = g13 * p0 + g23 * p1 + g33 * p2
+    pp = p0 * gp0 + p1 * gp1 + p2 * gp2
+    hh = inv_d2(h, k, l, g11, g22, g33, g12, g13, g23)
+    acc = 0.0
+    for o in range(lo, hi):
+        a0 = h * laue_rot[o, 0, 0] + k * laue_rot[o, 1, 0] + l * laue_rot[o, 2, 0]
+        a1 = h * laue_rot[o, 0, 1] + k * laue_rot[o, 1, 1] + l * laue_rot[o, 2, 1]
+        a2 = h * laue_rot[o, 0, 2] + k * laue_rot[o, 1, 2] + l * laue_rot[o, 2, 2]
+        hp = a0 * gp0 + a1 * gp1 + a2 * gp2
+        cos2 = hp * hp / (hh * pp) if hh > 0.0 else 1.0
+        if cos2 > 1.0:
+            cos2 = 1.0
+        acc += march_dollase(cos2, r)
+    return acc / (hi - lo)

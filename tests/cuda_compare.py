@@ -198,6 +198,8 @@ def main(argv=None) -> int:
     ap.add_argument("--scale", choices=("small", "gpu"), default="small")
     ap.add_argument("--absorbers-only", action="store_true",
                     help="only the neutron batch of absorbing nuclides (complex lengths; on gpu scale it always runs)")
+    ap.add_argument("--texture", action="store_true",
+                    help="every case with a preferred orientation on two of three structures (random axis and r)")
     args = ap.parse_args(argv)
     watchdog = float(os.environ.get("XTALHPC_COMPARE_WATCHDOG_S", "0") or 0)
     if watchdog > 0:
@@ -224,19 +226,25 @@ def main(argv=None) -> int:
         if args.scale == "gpu":
             cases += absorbing
     for inst, crystals in cases:
-        cpu = simulate_batch(crystals, inst, device="cpu")
+        tex = None
+        if args.texture:
+            from xtalhpc.texture import Texture
+
+            tex = [Texture((int(rng.integers(-2, 3)), int(rng.integers(-2, 3)), int(rng.integers(1, 3))),
+                           float(rng.uniform(0.5, 1.8))) if i % 3 != 2 else None for i in range(len(crystals))]
+        cpu = simulate_batch(crystals, inst, device="cpu", texture=tex)
         laue_path = sum(c.symmetry is not None and len(laue_rotations(c.symmetry)) >= MIN_LAUE_ORDER
                         for c in crystals)
         # Default batching (one device batch here), then forced small batches so the two-stream
         # pipeline (families of batch b on the host while batch b + 1 runs) is exercised too.
-        runs = {"one_batch": simulate_batch(crystals, inst, device="cuda")}
+        runs = {"one_batch": simulate_batch(crystals, inst, device="cuda", texture=tex)}
         # simulate_batch's own chunks (several run_packed calls reusing the pinned buffers,
         # which grow between calls) are exercised by a chunk size of about half the batch.
         saved = cuda_launch.MIN_BATCH_REFLECTIONS, cuda_launch.PIPELINE_BATCHES, simulate.CHUNK_REFLECTIONS
         cuda_launch.MIN_BATCH_REFLECTIONS, cuda_launch.PIPELINE_BATCHES = 1, len(crystals) - 1
         simulate.CHUNK_REFLECTIONS = max(1, int(cpu.peak_multiplicity.size))
         try:
-            runs["pipelined"] = simulate_batch(crystals, inst, device="cuda")
+            runs["pipelined"] = simulate_batch(crystals, inst, device="cuda", texture=tex)
         finally:
             cuda_launch.MIN_BATCH_REFLECTIONS, cuda_launch.PIPELINE_BATCHES, simulate.CHUNK_REFLECTIONS = saved
         for name, gpu in runs.items():

@@ -93,6 +93,16 @@ def test_simulator_cuda_matches_cpu_absorbers():
     assert len(report["cases"]) == 2 and {c["device"] for c in report["cases"]} == {"cuda"}
 
 
+@pytest.mark.skipif(SIMULATING, reason="compares in a subprocess that switches the simulator on itself")
+def test_simulator_cuda_matches_cpu_texture():
+    """Preferred orientation on two of three structures of every case (random axis and r, both
+    device-batch layouts): the CUDA texture kernel gives the CPU's families and patterns."""
+    seed = _seed()
+    print(f"XTALHPC_TEST_SEED={seed}")
+    report = _run_compare(seed, "small", simulator=True, extra=("--texture",))
+    assert report["ok"] and {c["device"] for c in report["cases"]} == {"cuda"}
+
+
 @pytest.mark.skipif(not HAS_GPU, reason="no CUDA GPU visible (the simulator test covers the logic)")
 def test_gpu_cuda_matches_cpu():
     """On a real GPU: larger random structures on the BT-1 grid and an X-ray doublet."""

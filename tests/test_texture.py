@@ -11,7 +11,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import xtalhpc.simulate as sim
 from xtalhpc import Crystal
 from xtalhpc.errors import InputError
 from xtalhpc.simulate import simulate, simulate_batch
@@ -111,15 +110,6 @@ def test_texture_list_must_match_the_crystals(rng):
     assert e.value.field == "texture"
 
 
-def test_texture_on_the_cuda_backend_is_refused(monkeypatch, rng):
-    """The CUDA kernels do not apply it: a clear error, never a silently untextured pattern."""
-    monkeypatch.setattr(sim, "resolve_device", lambda device: "cuda")
-    c = _symmetric_crystal(225, "cubic", rng)
-    with pytest.raises(InputError, match="CPU backend only") as e:
-        simulate_batch([c], "bt1-cu311", device="cuda", texture=Texture((0, 0, 1), 0.7))
-    assert e.value.field == "texture"
-
-
 def test_generate_texture_share(tmp_path):
     """``generate --texture F``: in the config digest and the re-launch argv; each item's pattern is
     simulated with :func:`item_texture` of the seed and its index, the others are unchanged."""
@@ -138,7 +128,7 @@ def test_generate_texture_share(tmp_path):
     assert tx.digest_fields()["texture"] == 0.25
     assert config_from_args(build_parser().parse_args(["generate", *config_to_argv(tx)])) == tx
     for bad, match in [(dict(texture=1.5), "--texture"), (dict(texture=-0.1), "--texture"),
-                       (dict(texture=0.5, device="cuda"), "--device cpu")]:
+                       (dict(texture=True), "--texture")]:
         with pytest.raises(InputError, match=match) as e:
             GenerateConfig(**{"sources": (), "output": "x", "synthetic": 5, **bad})
         assert e.value.field == "--texture"

@@ -55,10 +55,11 @@ def gpu_name() -> str:
     return name.decode() if isinstance(name, bytes) else str(name)
 
 
-def run_cuda(packed, counts, instrument, timings):
-    """Run one packed chunk on the GPU (``xtalhpc_kernels.cuda_launch.run_packed``, docs/gpu.md)."""
+def run_cuda(packed, counts, instrument, timings, texture=None):
+    """Run one packed chunk on the GPU (``xtalhpc_kernels.cuda_launch.run_packed``, docs/gpu.md);
+    ``texture``: (axis, r) per structure of the chunk, or None."""
     try:
         from xtalhpc_kernels.cuda_launch import run_packed
     except ImportError as exc:  # pragma: no cover - present once the CUDA kernels land
         raise DeviceError(f"the CUDA kernels are not available: {exc}") from None
-    return run_packed(packed, counts, instrument, timings)
+    return run_packed(packed, counts, instrument, timings, texture)

@@ -519,7 +519,7 @@ def simulate_batch(crystals: Sequence[Crystal], instrument: "str | Instrument" =
     texture : Texture, or one Texture or None per crystal
         Preferred orientation of the sample (:class:`xtalhpc.texture.Texture`, March-Dollase).
         Each reflection's |F|^2 is multiplied by the factor averaged over its orbit, so
-        ``peak_F2`` holds |F|^2 times that factor. CPU backend only.
+        ``peak_F2`` holds |F|^2 times that factor. Both backends.
     """
     try:
         return _simulate_batch(crystals, instrument, device=device, on_error=on_error,
@@ -540,9 +540,6 @@ def _simulate_batch(crystals: Sequence[Crystal], instrument, *, device: str, on_
     dev = resolve_device(device)
     n = len(crystals)
     tex = texture_arrays(texture, n)
-    if tex is not None and dev == "cuda":
-        raise InputError("a texture (preferred orientation) is applied by the CPU backend only; use device 'cpu'",
-                         field="texture")
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     for i, c in enumerate(crystals):
@@ -589,15 +586,15 @@ def _simulate_batch(crystals: Sequence[Crystal], instrument, *, device: str, on_
         sel = keep[start:stop]
         sub = subset(p, sel) if len(sel) != p.recip.shape[0] else p
         rows = None
+        sel_tex = None if tex is None else (tex[0][ok_idx[sel]], tex[1][ok_idx[sel]])
         if dev == "cuda":
             from .backend import run_cuda
 
-            out = run_cuda(sub, counts[sel], inst, timings)
+            out = run_cuda(sub, counts[sel], inst, timings, texture=sel_tex)
         else:
             first = ok_idx[sel[0]]
             if ok_idx[sel[-1]] - first == len(sel) - 1:  # contiguous items: no copy afterwards
                 rows = patterns[first:first + len(sel)]
-            sel_tex = None if tex is None else (tex[0][ok_idx[sel]], tex[1][ok_idx[sel]])
             out = _run_cpu(sub, counts[sel], inst, timings, out=rows, texture=sel_tex)
         refl_off, fam_count, fam_hkl, fam_q, fam_f2, fam_mult, fam_tt, fam_int, pats = out
         items = ok_idx[sel]

@@ -83,7 +83,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--texture", type=float, default=0.0, metavar="F",
                    help="simulate this share of the patterns with a preferred orientation (March-Dollase, axis "
                         "among <100>, <110>, <111>, r log-uniform in 0.6-1.67; each item's from the seed and its "
-                        "index: xtalhpc.texture.item_texture); CPU only (default 0)")
+                        "index: xtalhpc.texture.item_texture; default 0)")
     p.add_argument("--cycle-to", type=int, default=None, metavar="N",
                    help="reuse the inputs cyclically until N items (benchmarks)")
     p.add_argument("--deuterate", action="store_true",

@@ -118,7 +118,7 @@ class GenerateConfig:
         Share (0-1) of the patterns simulated with a preferred orientation (March-Dollase: an
         axis among the low-index directions, r log-uniform in 0.6-1.67; each item's is
         :func:`xtalhpc.texture.item_texture` of the seed and its index). Any item, file or
-        synthetic; CPU only. 0 (default) leaves every pattern a random powder.
+        synthetic. 0 (default) leaves every pattern a random powder.
     find_symmetry : bool
         Find the symmetry of input structures given without operations (P1 CIFs, POSCARs:
         :func:`xtalhpc.crystal.detect_symmetry`): the found group is stored
@@ -220,9 +220,6 @@ class GenerateConfig:
         tx = self.texture
         if isinstance(tx, bool) or not isinstance(tx, (int, float)) or not 0 <= tx <= 1:
             raise InputError(f"--texture {tx!r} must be a number in [0, 1]", field="--texture")
-        if tx and self.device == "cuda":
-            raise InputError("--texture needs --device cpu: the CUDA kernels do not apply a preferred orientation",
-                             field="--texture")
         object.__setattr__(self, "texture", float(tx))
         if self.cycle_to is not None and self.cycle_to < 1:
             raise InputError(f"--cycle-to {self.cycle_to} must be >= 1", field="--cycle-to")
