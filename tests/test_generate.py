@@ -531,7 +531,7 @@ def test_cli_flags_are_frozen():
                             "--shard-size", "--seed", "--device", "--compression", "--compression-level", "--peaks",
                             "--no-peaks", "--split", "--synthetic", "--per-space-group", "--cycle-to", "-q",
                             "--quiet", "--radiation", "--deuterate", "--h-background", "--no-h-background", "--synthetic-prior", "--synthetic-prior-power",
-                            "--synthetic-special", "--synthetic-formulas", "--synthetic-pseudo",
+                            "--synthetic-special", "--synthetic-formulas", "--synthetic-pseudo", "--texture",
                             "--max-reject-fraction", "--max-absorption", "--find-symmetry", "--no-find-symmetry"]),
         "info": sorted(["-h", "--help", "--json", "--top", "--class-report", "--before"]),
         "verify": sorted(["-h", "--help", "--no-checksums"]),
