@@ -119,7 +119,7 @@ def all_real(args) -> int:
                       f"kernels {res['kernel_s']:.2f} s = {100 * res['kernel_share_rank']:.1f}% of rank time "
                       f"(load {res['loadavg_before']:.1f})", flush=True)
                 shutil.rmtree(out)
-    print(f"\n| ranks | checkout | kernels / rank time (median; runs) | reading (s) | labels + key (s) "
+    print("\n| ranks | checkout | kernels / rank time (median; runs) | reading (s) | labels + key (s) "
           "| simulate_batch (s) | kernels (s) | wall (s) |")
     print("|---:|---|---|---:|---:|---:|---:|---:|")
     for r in args.ranks:

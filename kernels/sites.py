@@ -151,3 +151,71 @@ def merge_sites_binned(frac, lat, tol, site):
                             site[j] = nsite
         nsite += 1
     return nsite
+
+
+@njit(cache=True, error_model="numpy")
+def symmetrised_images(sites, rot, trans, rinv, lat, tol, images, keep, delta):
+    """The CIF reader's expansion with each site symmetrised from its own images.
+
+    sites (s, 3) fractional positions as given; rot (m, 3, 3), trans (m, 3) the operations
+    x -> R x + t of a group; rinv (m, 3, 3) the inverse rotations; lat (3, 3) lattice vectors as
+    rows (angstrom); tol (angstrom). For site x, the images w_o = R_o x + t_o (wrapped) are
+    merged as :func:`unique_images` does (the openers of :func:`merge_sites` are kept: same
+    ``keep``). The site moves to x + delta, delta = (1/m) sum_o R_o^-1 (w_q(o) - w_o), with
+    w_q(o) the kept image that w_o merged into and the difference reduced to the nearest
+    lattice translation: the projection onto the site's special position (zero for a site
+    whose images are exact). ``images`` (s, m, 3) receives the images of the moved site
+    (wrapped), ``delta`` (s, 3) the moves.
+
+    Because the operations form a group, every image of a site has its partners among the
+    images of the same site, so this is what the general partner search (``xtalhpc_kernels.
+    symmetry.symmetry_partners``) gives atom by atom, in O(s m^2) for the merging instead of a
+    search over all atoms under every operation.
+    """
+    s_n = sites.shape[0]
+    m = rot.shape[0]
+    site = np.empty(m, np.int64)
+    opener = np.empty(m, np.int64)
+    w = np.empty((m, 3))
+    for i in range(s_n):
+        x0 = sites[i, 0]
+        x1 = sites[i, 1]
+        x2 = sites[i, 2]
+        for o in range(m):
+            for a in range(3):
+                y = rot[o, a, 0] * x0 + rot[o, a, 1] * x1 + rot[o, a, 2] * x2 + trans[o, a]
+                w[o, a] = y - math.floor(y)
+        merge_sites(w, lat, tol, site)
+        top = -1
+        for o in range(m):
+            keep[i, o] = site[o] > top
+            if site[o] > top:
+                top = site[o]
+                opener[site[o]] = o
+        d0 = 0.0
+        d1 = 0.0
+        d2 = 0.0
+        for o in range(m):
+            q = opener[site[o]]
+            if q == o:
+                continue
+            e0 = w[q, 0] - w[o, 0]
+            e1 = w[q, 1] - w[o, 1]
+            e2 = w[q, 2] - w[o, 2]
+            e0 -= round(e0)
+            e1 -= round(e1)
+            e2 -= round(e2)
+            d0 += rinv[o, 0, 0] * e0 + rinv[o, 0, 1] * e1 + rinv[o, 0, 2] * e2
+            d1 += rinv[o, 1, 0] * e0 + rinv[o, 1, 1] * e1 + rinv[o, 1, 2] * e2
+            d2 += rinv[o, 2, 0] * e0 + rinv[o, 2, 1] * e1 + rinv[o, 2, 2] * e2
+        delta[i, 0] = d0 / m
+        delta[i, 1] = d1 / m
+        delta[i, 2] = d2 / m
+        x0 += delta[i, 0]
+        x1 += delta[i, 1]
+        x2 += delta[i, 2]
+        for o in range(m):
+            for a in range(3):
+                y = rot[o, a, 0] * x0 + rot[o, a, 1] * x1 + rot[o, a, 2] * x2 + trans[o, a]
+                u = y - math.floor(y)
+                images[i, o, a] = u if u < 1.0 else 0.0

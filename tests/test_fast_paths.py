@@ -7,6 +7,8 @@
   structures and on random cells with clustered atoms;
 * an operator loop gemmi's table knows, handled once per process, gives what the general path
   gives (``cif_block._known_group``);
+* the reader's per-site symmetrisation (``kernels/sites.symmetrised_images``) gives the
+  crystals of the partner search over all atoms (``crystal.symmetry_fit``);
 * ``kernels/symmetry.symmetry_partners`` (its bin grid offset from special positions) finds the
   partners of a search over all pairs;
 * the volume bound from the angles agrees with det(G) (Crystal and CIF reader skip the
@@ -123,6 +125,73 @@ def test_known_operator_loops_equal_the_general_path(monkeypatch):
     monkeypatch.setattr(cif_block, "_known_group", lambda *a: None)
     for p in CIFS:
         assert [_fields(c) for c in read_blocks(p, find_symmetry=False)] == first[p], p
+
+
+ROUNDED = """data_rounded
+_cell_length_a 3.2094
+_cell_length_b 3.2094
+_cell_length_c 5.2108
+_cell_angle_alpha 90
+_cell_angle_beta 90
+_cell_angle_gamma 120
+_symmetry_space_group_name_H-M 'P 63/m m c'
+loop_
+_atom_site_label
+_atom_site_type_symbol
+_atom_site_fract_x
+_atom_site_fract_y
+_atom_site_fract_z
+Mg1 Mg 0.3333 0.6667 0.25
+Zn1 Zn 0.667 0.333 0.751
+O1 O 0.1 0.2 0.3
+"""
+
+
+def _close(a, b, tol=1e-12):
+    """Crystals (fields) equal, positions and cell to ``tol`` (the two paths sum the same
+    shifts in another order)."""
+    if isinstance(a, Exception) or isinstance(b, Exception):
+        return str(a) == str(b)
+    d = a.frac - b.frac
+    d -= np.round(d)
+    same = {k for k in vars(a) if k not in ("frac", "cell", "symmetry", "_laue")}
+    return (np.abs(d).max() < tol and np.allclose(a.cell, b.cell, rtol=0, atol=tol)
+            and np.array_equal(a.symmetry, b.symmetry)
+            and all(_fields_equal(getattr(a, k), getattr(b, k)) for k in same))
+
+
+def _fields_equal(x, y):
+    return np.array_equal(x, y) if isinstance(x, np.ndarray) else x == y
+
+
+def test_per_site_symmetrisation_equals_the_partner_search(monkeypatch, tmp_path, shared_data):
+    """The reader symmetrises each site from its own images (``kernels/sites.symmetrised_images``,
+    the operators form a group); the general path searches partners among all atoms
+    (``crystal.symmetry_fit``). Same crystals, notes (largest shift) included, on the bundled,
+    test and shared CIFs and on a block with special positions written to 3-4 decimals."""
+    import xtalhpc.io.cif as cif
+
+    (tmp_path / "rounded.cif").write_text(ROUNDED)
+    paths = [tmp_path / "rounded.cif", *CIFS, *sorted((shared_data / "structures").rglob("*.cif"))[::3]]
+    calls = []
+    real = cif._expand_symmetrised
+
+    def spy(*a):
+        calls.append(1)
+        return real(*a)
+
+    monkeypatch.setattr(cif, "_expand_symmetrised", spy)
+    per_site = {p: read_blocks(p, find_symmetry=False) for p in paths}
+    assert len(calls) > 100
+    rounded = per_site[paths[0]][0]
+    assert any("positions symmetrised" in n for n in rounded.notes)
+    assert np.allclose(rounded.frac[rounded.species.index("Mg")][:2] % 1, [1 / 3, 2 / 3], atol=1e-12)
+    monkeypatch.setattr(cif, "METRIC_TOL", -1.0)  # every block through the general path
+    calls.clear()
+    for p in paths:
+        general = read_blocks(p, find_symmetry=False)
+        assert len(general) == len(per_site[p]) and all(map(_close, per_site[p], general)), p
+    assert not calls
 
 
 def test_group_arrays_equal_the_operators_arrays():

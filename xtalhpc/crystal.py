@@ -374,20 +374,61 @@ def check_symmetry_metric(ops, cell, source: str | None = None) -> np.ndarray:
     ops = np.asarray(ops, dtype=np.float64)
     if ops.ndim != 3 or ops.shape[1:] != (3, 4) or ops.shape[0] == 0:
         raise StructureError(f"symmetry operations must have shape (m, 3, 4), got {ops.shape}", source, "symmetry")
-    rot = ops[:, :, :3]
-    rounded = np.round(rot)
-    if np.any(np.abs(rot - rounded) > 1e-6):
+    got = _rounded_ops(np.ascontiguousarray(ops).tobytes(), ops.shape[0])
+    if got is None:
         raise StructureError("symmetry rotations must be integer matrices in the cell's basis", source, "symmetry")
-    g = cell_metric(cell)
-    r = _distinct_rotations_cached(rounded.astype(np.int64).tobytes())  # centring repeats rotations
-    rg = np.swapaxes(r, 1, 2) @ g @ r
-    bad = np.abs(rg - g).max(axis=(1, 2)) > METRIC_TOL * np.abs(g).max()
+    out, r = got  # centring repeats rotations: the distinct ones
+    dev = metric_deviations(cell, r)[0]
+    bad = dev > METRIC_TOL
     if bad.any():
         raise StructureError(f"{int(bad.sum())} of {len(r)} distinct symmetry rotations do not preserve the cell metric "
                              "(operators of another setting?)", source, "symmetry")
+    return out.copy()
+
+
+@lru_cache(maxsize=4096)
+def _rounded_ops(key: bytes, m: int):
+    """The operations (m, 3, 4 float64 bytes) with their rotations rounded, and the distinct
+    rotations (k, 3, 3) as floats; None where a rotation is not an integer matrix (to 1e-6).
+    Cached (read-only): a dataset repeats a few hundred settings."""
+    ops = np.frombuffer(key, dtype=np.float64).reshape(m, 3, 4)
+    rounded = np.round(ops[:, :, :3])
+    if np.any(np.abs(ops[:, :, :3] - rounded) > 1e-6):
+        return None
     out = ops.copy()
     out[:, :, :3] = rounded
-    return out
+    r = _distinct_rotations_cached(rounded.astype(np.int64).tobytes()).astype(np.float64)
+    out.flags.writeable = False
+    r.flags.writeable = False
+    return out, r
+
+
+def distinct_rotations(rot: np.ndarray) -> np.ndarray:
+    """Distinct integer rotations (k, 3, 3), as floats, of rotations ``rot`` (m, 3, 3) with
+    integer entries (centring repeats each rotation); cached, read-only."""
+    return _distinct_float_rotations(np.round(rot).astype(np.int64).tobytes())
+
+
+@lru_cache(maxsize=4096)
+def _distinct_float_rotations(key: bytes) -> np.ndarray:
+    r = _distinct_rotations_cached(key).astype(np.float64)
+    r.flags.writeable = False
+    return r
+
+
+def metric_deviations(cell, rot: np.ndarray):
+    """For rotations ``rot`` (k, 3, 3): (|R^T G R - G| max per rotation / max|G|, the k
+    transformed metrics R^T G R). 0 for a rotation the cell fits."""
+    g = cell_metric(cell)
+    rg = np.swapaxes(rot, 1, 2) @ g @ rot
+    return np.abs(rg - g).max(axis=(1, 2)) / np.abs(g).max(), rg
+
+
+def cell_from_metric(g: np.ndarray) -> np.ndarray:
+    """(a, b, c, alpha, beta, gamma) of a metric tensor G."""
+    ln = np.sqrt(np.diag(g))
+    cosines = (g[1, 2] / (ln[1] * ln[2]), g[0, 2] / (ln[0] * ln[2]), g[0, 1] / (ln[0] * ln[1]))
+    return np.concatenate([ln, np.degrees(np.arccos(np.clip(cosines, -1.0, 1.0)))])
 
 
 def symmetry_maps_atoms(c: "Crystal", tol: float = 1e-3) -> bool:
@@ -439,25 +480,24 @@ def symmetrize_arrays(cell, frac, species, occupancy, b_iso, symmetry, tol: floa
     bad = symmetry_partners(np.ascontiguousarray(frac, dtype=np.float64), kind,
                             np.ascontiguousarray(occupancy, dtype=np.float64),
                             np.ascontiguousarray(b_iso, dtype=np.float64), rot, trans,
-                            _inverse_rotations(rot.tobytes(), len(rot)).copy(), float(tol), partner, acc)
+                            inverse_rotations(rot.tobytes(), len(rot)).copy(), float(tol), partner, acc)
     if bad >= 0:
         op, j = ops[bad // n], bad % n
         raise StructureError(f"symmetry operation {np.round(op, 4).tolist()} maps atom {j} ({species[j]}) onto no "
                              f"atom of the same species, occupancy and B within {tol:.3g} (fractional)", source,
                              "symmetry")
-    # The metric too: G <- mean of R^T G R, so symmetry-equivalent reflections have exactly
-    # equal d (a CIF cell rounded to 1e-4 would otherwise split them by ~1e-3 deg).
-    g = cell_metric(cell)
-    rot = ops[:, :, :3]
-    gs = (np.swapaxes(rot, 1, 2) @ g @ rot).mean(axis=0)
-    ln = np.sqrt(np.diag(gs))
-    cosines = (gs[1, 2] / (ln[1] * ln[2]), gs[0, 2] / (ln[0] * ln[2]), gs[0, 1] / (ln[0] * ln[1]))
-    new_cell = np.concatenate([ln, np.degrees(np.arccos(np.clip(cosines, -1.0, 1.0)))])
-    return ops, new_cell, frac + acc / len(ops)
+    return ops, symmetrised_cell(cell, ops[:, :, :3]), frac + acc / len(ops)
+
+
+def symmetrised_cell(cell, rot: np.ndarray) -> np.ndarray:
+    """The cell whose metric is the mean of R^T G R over the rotations ``rot`` (m, 3, 3; the
+    distinct ones: centring repeats each equally often), so symmetry-equivalent reflections
+    have exactly equal d (a CIF cell rounded to 1e-4 would otherwise split them by ~1e-3 deg)."""
+    return cell_from_metric(metric_deviations(cell, distinct_rotations(rot))[1].mean(axis=0))
 
 
 @lru_cache(maxsize=4096)
-def _inverse_rotations(key: bytes, m: int) -> np.ndarray:
+def inverse_rotations(key: bytes, m: int) -> np.ndarray:
     """np.linalg.inv of m rotations (float64 bytes), cached by them (a dataset repeats a few
     hundred settings); read-only."""
     out = np.linalg.inv(np.frombuffer(key, dtype=np.float64).reshape(m, 3, 3))

@@ -38,7 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..crystal import DEFAULT_B_ISO, Crystal, cell_metric, lattice_vectors, parse_species, symmetry_fit, wrap_unit
+from ..crystal import (DEFAULT_B_ISO, METRIC_TOL, Crystal, cell_from_metric, distinct_rotations, inverse_rotations,
+                       lattice_vectors, metric_deviations, parse_species, symmetry_fit, wrap_unit)
 from ..errors import InputError, StructureError
 from .cif_block import (CELL_TAGS, HALL_TAGS, HM_TAGS, MAGN_CEN_TAGS, MAGN_OP_TAGS, NUMBER_TAGS,  # noqa: F401
                         SYMOP_TAGS, _NULLS, _cell, _is_null, _number, _symmetry, _symmetry_arrays, _value)
@@ -255,20 +256,19 @@ def _aniso_ueq(block, cell6, src):
         recip = np.linalg.inv(L)  # rows a*, b*, c* (1/angstrom)
         nstar = np.linalg.norm(recip, axis=1)
         cols = [list(table.column(i)) for i in range(7)]
-        labels, rows = [], []
-        for r, vals in enumerate(zip(*cols[1:])):
-            if any(v in _NULLS for v in vals):
-                continue
-            label = as_string(cols[0][r])
-            u = [as_number(v) for v in vals]
-            if any(x != x for x in u):
-                raise StructureError(f"anisotropic {kind} of site {label!r} is not a number", src,
-                                     f"_atom_site_aniso_{kind}_11")
-            labels.append(label)
-            rows.append(u)
-        if not rows:
+        # whole columns at once; a value that is not a plain number (a null, text) comes back NaN
+        vals = np.array([[as_number(v) for v in col] for col in cols[1:]]).T  # (rows, 6)
+        use = ~np.isnan(vals).any(axis=1)
+        if not use.all():  # a row with a null is skipped; one with text is an error
+            for r in np.flatnonzero(~use).tolist():
+                if not any(col[r] in _NULLS for col in cols[1:]):
+                    raise StructureError(f"anisotropic {kind} of site {as_string(cols[0][r])!r} is not a number",
+                                         src, f"_atom_site_aniso_{kind}_11")
+            vals = vals[use]
+        if not len(vals):
             continue
-        m = np.array(rows)[:, [0, 3, 4, 3, 1, 5, 4, 5, 2]].reshape(-1, 3, 3)  # U11 U22 U33 U12 U13 U23
+        labels = [as_string(v) for v, u in zip(cols[0], use.tolist()) if u]
+        m = vals[:, [0, 3, 4, 3, 1, 5, 4, 5, 2]].reshape(-1, 3, 3)  # U11 U22 U33 U12 U13 U23
         if kind == "beta":
             # beta_ij = 2 pi^2 a*_i a*_j U^ij
             m = m / (2.0 * math.pi ** 2 * np.outer(nstar, nstar))
@@ -302,7 +302,11 @@ def _read_block(block, src: str, stem: str, file_notes: tuple = ()) -> Crystal:
 
     # the identity alone (a P1 file): no metric to check, each site its own single image
     p1 = len(rots) == 1 and not trans.any() and bool((rots[0] == _EYE3).all())
-    dev = 0.0 if p1 else _metric_deviation(rots, cell6)
+    if p1:
+        dev, metrics = 0.0, None
+    else:
+        devs, metrics = metric_deviations(cell6, distinct_rotations(rots))
+        dev = float(devs.max())
     if dev > _METRIC_MAX:
         raise StructureError(f"the symmetry operators ({_origin}) do not fit the cell "
                              f"{np.round(cell6, 4).tolist()}: the metric changes by {dev:.2g} relative under "
@@ -428,8 +432,14 @@ def _read_block(block, src: str, stem: str, file_notes: tuple = ()) -> Crystal:
         what = "every site has occupancy 0" if zero_occ else "the _atom_site_ loop is empty"
         raise StructureError(f"no atoms: {what}", src, "_atom_site_fract_x")
     # Every site through every operator at once; images of one site closer than MERGE_TOL merged
-    # (one compiled call for the whole block).
-    images, keep = _expand(np.asarray(sites, dtype=np.float64), rots, trans, L, p1)
+    # (one compiled call for the whole block). Where the cell fits the group, each site is
+    # symmetrised from its own images in the same call (the operators form a group, so a site's
+    # partners are its own images); otherwise the general path below decides.
+    fit_here = not p1 and dev <= METRIC_TOL
+    if fit_here:
+        images, keep, delta = _expand_symmetrised(np.asarray(sites, dtype=np.float64), rots, trans, L)
+    else:
+        images, keep = _expand(np.asarray(sites, dtype=np.float64), rots, trans, L, p1)
     counts = keep.sum(axis=1)
     frac = images[keep]
     mult_mismatch = []
@@ -461,7 +471,16 @@ def _read_block(block, src: str, stem: str, file_notes: tuple = ()) -> Crystal:
         notes.append(f"occupancy '?' taken as 1 for {_few(unknown_occ)}")
     fields = dict(species=species, occupancy=occ_all, b_iso=b_all, space_group=number, source=src,
                   name=block.name or stem)
-    if len(ops) > 1:
+    what = f"CIF operators ({_origin or 'symbol'})"
+    if fit_here:
+        # as symmetry_fit below would, from the per-site moves: the largest shift of an atom is
+        # that of its site (the rotations preserve the metric)
+        fields["symmetry"] = np.concatenate([rots, trans[:, :, None]], axis=2)
+        moved = float(np.sqrt((np.square(delta @ L)).sum(axis=1).max()))
+        if moved > 1e-4:
+            notes.append(f"positions symmetrised with the {what} (largest shift {moved:.2g} A)")
+        cell6 = cell_from_metric(metrics.mean(axis=0))  # symmetrised_cell, from the metrics above
+    elif len(ops) > 1:
         # The operators the atoms were expanded with, for the simulator's one-|F|^2-per-Laue-orbit
         # path; images merged within MERGE_TOL are symmetrised back onto their site. The Crystal
         # is built once, with them (the positions are checked and averaged on the arrays).
@@ -469,7 +488,7 @@ def _read_block(block, src: str, stem: str, file_notes: tuple = ()) -> Crystal:
         nuc = {sp: parse_species(sp, src, "_atom_site_type_symbol")[0] for sp in set(site_sp)}
         nuclides = [nuc[sp] for sp in species]
         got, note = symmetry_fit(cell6, frac, nuclides, occ_all, b_all, np.concatenate([rots, trans[:, :, None]], axis=2),
-                                 MERGE_TOL, f"CIF operators ({_origin or 'symbol'})", src)
+                                 MERGE_TOL, what, src)
         if got is not None:
             ops_arr, cell6, frac = got
             fields["symmetry"] = ops_arr
@@ -557,16 +576,26 @@ def _expand(sites: np.ndarray, rots: np.ndarray, trans: np.ndarray, lattice: np.
     return images, keep
 
 
+def _expand_symmetrised(sites: np.ndarray, rots: np.ndarray, trans: np.ndarray, lattice: np.ndarray):
+    """:func:`_expand` with every site symmetrised from its own images
+    (``xtalhpc_kernels.sites.symmetrised_images``): images (s, m, 3) of the moved sites, the
+    mask (s, m) of those kept (as :func:`_expand`'s), and the moves (s, 3) (fractional)."""
+    from xtalhpc_kernels.sites import symmetrised_images
+
+    s, m = len(sites), len(rots)
+    images = np.empty((s, m, 3))
+    keep = np.empty((s, m), dtype=np.bool_)
+    delta = np.empty((s, 3))
+    rot = np.ascontiguousarray(rots, dtype=np.float64)
+    symmetrised_images(np.ascontiguousarray(sites), rot, np.ascontiguousarray(trans, dtype=np.float64),
+                       inverse_rotations(rot.tobytes(), m), np.ascontiguousarray(lattice, dtype=np.float64),
+                       MERGE_TOL, images, keep, delta)
+    return images, keep, delta
+
+
 def _count_images(sites, rots, trans, lattice) -> int:
     """Atoms the sites expand to (for the '#n' name of a site without a label)."""
     return int(_expand(np.array(sites), rots, trans, lattice)[1].sum()) if sites else 0
-
-
-def _metric_deviation(rots: np.ndarray, cell6) -> float:
-    """Largest |R^T G R - G| / max|G| over the rotations ``rots`` (m, 3, 3): 0 for a cell that
-    fits the group."""
-    g = cell_metric(cell6)
-    return float(np.max(np.abs(np.swapaxes(rots, 1, 2) @ g @ rots - g))) / float(np.max(np.abs(g)))
 
 
 def _few(labels, n=6):

@@ -61,6 +61,38 @@ def _clean_species(tok: str) -> str:
     return re.split(r"[_/]", tok, maxsplit=1)[0]
 
 
+def _coordinates_fast(block: list[str], n: int) -> np.ndarray | None:
+    """The first three numbers of the n atom lines at once, or None where a line is short,
+    blank or not numeric (:func:`_coordinates` then gives the message)."""
+    if len(block) < n:
+        return None
+    try:
+        vals = [float(t) for line in block for t in line.split()[:3]]
+    except ValueError:
+        return None
+    if len(vals) != 3 * n:
+        return None
+    return np.array(vals).reshape(n, 3)
+
+
+def _coordinates(lines: list[str], k: int, n: int, src: str):
+    """Coordinates (n, 3) and per-atom labels (None where a line has none) of the n atom
+    lines from line k, one by one."""
+    coords, labels = [], []
+    for i in range(n):
+        j = k + i
+        if j >= len(lines) or not lines[j].strip():
+            raise StructureError(f"{n} atoms announced but only {i} coordinate lines", src, f"line {j + 1}")
+        toks = lines[j].split()
+        v = _floats(" ".join(toks[:3]), 3)
+        if v is None:
+            raise StructureError(f"coordinate line {lines[j].strip()!r} is not three numbers", src, f"line {j + 1}")
+        coords.append(v)
+        rest = [t for t in toks[3:] if t not in ("T", "F", "#", "!")]
+        labels.append(rest[0].lstrip("#!") if rest else None)
+    return np.array(coords), labels
+
+
 def read_poscar(path: str | Path) -> Crystal:
     """Read a VASP POSCAR/CONTCAR file into a :class:`Crystal`.
 
@@ -134,19 +166,9 @@ def read_poscar(path: str | Path) -> Crystal:
     k += 1
 
     n = sum(counts)
-    coords, labels = [], []
-    for i in range(n):
-        j = k + i
-        if j >= len(lines) or not lines[j].strip():
-            raise StructureError(f"{n} atoms announced but only {i} coordinate lines", src, f"line {j + 1}")
-        toks = lines[j].split()
-        v = _floats(" ".join(toks[:3]), 3)
-        if v is None:
-            raise StructureError(f"coordinate line {lines[j].strip()!r} is not three numbers", src, f"line {j + 1}")
-        coords.append(v)
-        rest = [t for t in toks[3:] if t not in ("T", "F", "#", "!")]
-        labels.append(rest[0].lstrip("#!") if rest else None)
-    coords = np.array(coords)
+    coords = _coordinates_fast(lines[k:k + n], n) if species_line is not None else None
+    if coords is None:  # line by line, with its messages (and the VASP 4 per-atom labels)
+        coords, labels = _coordinates(lines, k, n, src)
 
     per_atom = []
     if species_line is not None:
