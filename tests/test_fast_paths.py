@@ -11,6 +11,7 @@
   crystals of the partner search over all atoms (``crystal.symmetry_fit``);
 * ``kernels/symmetry.symmetry_partners`` (its bin grid offset from special positions) finds the
   partners of a search over all pairs;
+* symmetry finding's atom kinds (one lexsort) equal ``np.unique``'s row ids;
 * the volume bound from the angles agrees with det(G) (Crystal and CIF reader skip the
   determinant far above their bounds);
 * ``Crystal`` keeps positions in [0, 1) (a tiny negative coordinate wraps to 0, not 1);
@@ -192,6 +193,31 @@ def test_per_site_symmetrisation_equals_the_partner_search(monkeypatch, tmp_path
         general = read_blocks(p, find_symmetry=False)
         assert len(general) == len(per_site[p]) and all(map(_close, per_site[p], general)), p
     assert not calls
+
+
+def test_atom_kinds_equal_numpy_unique_rows(rng):
+    """Symmetry finding's atom kinds (``findsym._atom_kinds``, one lexsort) are the inverse of
+    ``np.unique(rows, axis=0)``, ids in the rows' lexicographic order, on the repository's
+    structures and on random ones with repeated species, occupancies, B and charges."""
+    from xtalhpc.findsym import _atom_kinds
+
+    def by_unique(c):
+        names = {s: i for i, s in enumerate(sorted(set(c.species)))}
+        cols = [np.array([names[s] for s in c.species], dtype=float), c.charge.astype(float), c.occupancy,
+                c.b_iso]
+        if c.scattering_length is not None:
+            cols.append(np.nan_to_num(c.scattering_length, nan=-1e300))
+        return np.unique(np.stack(cols, axis=1), axis=0, return_inverse=True)[1].reshape(-1)
+
+    cs = _structures()
+    for k in range(40):
+        n = int(rng.integers(1, 60))
+        cs.append(Crystal(cell=[5, 6, 7, 90, 90, 90], frac=rng.random((n, 3)),
+                          species=[["Fe2+", "Fe3+", "O", "Na"][i] for i in rng.integers(0, 4, n)],
+                          occupancy=rng.choice([1.0, 0.5, 0.25], n), b_iso=rng.choice([0.5, 1.0, 0.0], n),
+                          scattering_length=(rng.choice([np.nan, 3.0], n) if k % 3 == 0 else None)))
+    for c in cs:
+        assert np.array_equal(_atom_kinds(c), by_unique(c))
 
 
 def test_group_arrays_equal_the_operators_arrays():

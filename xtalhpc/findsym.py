@@ -58,7 +58,16 @@ def _atom_kinds(c: "Crystal") -> np.ndarray:
     if c.scattering_length is not None:
         cols.append(np.nan_to_num(c.scattering_length, nan=-1e300))
     key = np.stack(cols, axis=1)
-    return np.unique(key, axis=0, return_inverse=True)[1].reshape(-1).astype(np.int64)
+    # np.unique(key, axis=0, return_inverse=True)[1] (ids in the rows' lexicographic order),
+    # from one lexsort: np.unique's row view and sort cost ~0.5 ms per crystal
+    order = np.lexsort(key.T[::-1])
+    sk = key[order]
+    new = np.empty(len(key), dtype=np.int64)
+    new[0] = 0
+    new[1:] = (sk[1:] != sk[:-1]).any(axis=1)
+    kind = np.empty(len(key), dtype=np.int64)
+    kind[order] = np.cumsum(new)
+    return kind
 
 
 def _is_group(rot: np.ndarray) -> bool:
