@@ -84,8 +84,10 @@ def test_march_dollase_factor():
     # normalised: the average over random directions is 1
     v = np.random.default_rng(0).normal(size=(400_000, 3))
     assert march_dollase(v, (0, 0, 1), 0.7, reciprocal_metric=np.eye(3)).mean() == pytest.approx(1.0, abs=0.01)
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match="texture r"):
         march_dollase(hkl, (0, 0, 1), 0.0, cell=cell)
+    with pytest.raises(InputError, match="not all zero"):  # the same checks as a Texture's
+        march_dollase(hkl, (0, 0, 0), 0.8, cell=cell)
 
 
 def test_sampled_augmentation_is_deterministic_and_recorded():

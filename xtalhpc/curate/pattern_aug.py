@@ -159,8 +159,9 @@ def march_dollase(hkl, preferred_hkl, r: float, reciprocal_metric=None, cell=Non
     reciprocal_metric : 3x3 G* (1/angstrom^2); or give ``cell``.
     cell : (a, b, c, alpha, beta, gamma) in angstrom and degrees.
     """
-    if not r > 0:
-        raise InputError(f"March-Dollase r = {r} must be > 0", field="march_dollase_r")
+    from ..texture import Texture
+
+    tex = Texture(axis=preferred_hkl, r=r)  # the parameters' checks, written once
     if reciprocal_metric is None:
         if cell is None:
             raise InputError("march_dollase needs reciprocal_metric or cell", field="cell")
@@ -169,18 +170,16 @@ def march_dollase(hkl, preferred_hkl, r: float, reciprocal_metric=None, cell=Non
         reciprocal_metric = np.linalg.inv(cell_metric(cell))
     g = np.asarray(reciprocal_metric, dtype=float)
     h = np.atleast_2d(np.asarray(hkl, dtype=float))
-    p = np.asarray(preferred_hkl, dtype=float).reshape(3)
+    p = np.asarray(tex.axis, dtype=float)
     hp = h @ g @ p
     hh = np.einsum("ij,jk,ik->i", h, g, h)
-    pp = float(p @ g @ p)
-    if pp <= 0:
-        raise InputError(f"preferred orientation axis {p.tolist()} is zero", field="preferred_hkl")
+    pp = float(p @ g @ p)  # > 0: the axis is not zero and G* is positive definite
     with np.errstate(invalid="ignore", divide="ignore"):
         cos2 = np.where(hh > 0, hp**2 / (hh * pp), 1.0)
     cos2 = np.clip(cos2, 0.0, 1.0)
     from xtalhpc_kernels.physics import march_dollase as factor  # the formula, written once
 
-    return factor(cos2, float(r))
+    return factor(cos2, tex.r)
 
 
 @dataclass(frozen=True)
