@@ -51,6 +51,19 @@ def merge_sites(frac, lat, tol, site):
     return nsite
 
 
+@njit(cache=True, error_model="numpy", inline="always")
+def mark_openers(site, keep, opener):
+    """For the site indices ``site`` (m,) that :func:`merge_sites` gave a list of images: ``keep[k]``
+    true where image k opened its site (site indices open in increasing order), and
+    ``opener[j]`` the image that opened site j."""
+    top = -1
+    for k in range(site.shape[0]):
+        keep[k] = site[k] > top
+        if site[k] > top:
+            top = site[k]
+            opener[top] = k
+
+
 @njit(cache=True, error_model="numpy")
 def unique_images(images, lat, tol, keep):
     """Which symmetry images of each site are distinct atoms (the CIF reader's expansion).
@@ -63,13 +76,10 @@ def unique_images(images, lat, tol, keep):
     s_n = images.shape[0]
     m = images.shape[1]
     site = np.empty(m, np.int64)
+    opener = np.empty(m, np.int64)
     for i in range(s_n):
         merge_sites(images[i], lat, tol, site)
-        top = -1
-        for k in range(m):
-            keep[i, k] = site[k] > top
-            if site[k] > top:
-                top = site[k]
+        mark_openers(site, keep[i], opener)
 
 
 @njit(cache=True, error_model="numpy")
@@ -186,12 +196,7 @@ def symmetrised_images(sites, rot, trans, rinv, lat, tol, images, keep, delta):
                 y = rot[o, a, 0] * x0 + rot[o, a, 1] * x1 + rot[o, a, 2] * x2 + trans[o, a]
                 w[o, a] = y - math.floor(y)
         merge_sites(w, lat, tol, site)
-        top = -1
-        for o in range(m):
-            keep[i, o] = site[o] > top
-            if site[o] > top:
-                top = site[o]
-                opener[site[o]] = o
+        mark_openers(site, keep[i], opener)
         d0 = 0.0
         d1 = 0.0
         d2 = 0.0
