@@ -31,13 +31,14 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from checkouts import alternate  # noqa: E402
 KERNEL_STAGES = ("count", "structure_factors", "families", "profiles")
 
 
@@ -101,17 +102,6 @@ def inner(list_file: Path) -> dict:
             "single_call_overhead_min_ms": 1e3 * float(over.min())}
 
 
-def run_checkout(root: Path, list_file: Path) -> dict:
-    pth = root / ".pth"
-    env = dict(os.environ, NUMBA_NUM_THREADS="1",
-               PYTHONPATH=f"{pth}:{root}" if pth.is_dir() else str(root))
-    r = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--inner", str(list_file)], env=env,
-                       cwd=root, capture_output=True, text=True)
-    if r.returncode != 0:
-        raise RuntimeError(f"{root}: {r.stderr[-3000:]}")
-    return json.loads(r.stdout.strip().splitlines()[-1])
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("roots", type=Path, nargs="*", help="checkouts to compare (default: this one)")
@@ -133,13 +123,7 @@ def main(argv=None) -> int:
     paths, _ = distinct_files(args.shared, args.distinct, tmp)
     list_file = tmp / "files.json"
     list_file.write_text(json.dumps([str(p) for p in paths]))
-    runs = []
-    for rep in range(args.repeats):
-        for root in roots if rep % 2 == 0 else roots[::-1]:
-            res = run_checkout(root, list_file)
-            res.update(root=str(root), repeat=rep, loadavg=os.getloadavg()[0])
-            runs.append(res)
-            print(json.dumps(res), flush=True)
+    runs = alternate(__file__, roots, args.repeats, ["--inner", str(list_file)])
     keys = [("read_ms", "reading (ms/structure)"), ("symmetry_ms", "symmetry finding (ms/structure)"),
             ("simulate_ms", "simulate_batch (ms/structure)"), ("read_over_simulate", "reading / simulate"),
             ("read_symmetry_over_simulate", "(reading + symmetry) / simulate"),

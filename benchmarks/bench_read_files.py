@@ -20,12 +20,13 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from checkouts import alternate  # noqa: E402
 SOURCES = ("cod", "pyxtal", "xrd_autoanalyzer")
 
 
@@ -66,19 +67,8 @@ def main(argv=None) -> int:
         print(json.dumps(inner(args.shared, args.passes)))
         return 0
     roots = [r.resolve() for r in args.roots] or [REPO]
-    runs = []
-    for rep in range(args.repeats):
-        for root in roots if rep % 2 == 0 else roots[::-1]:
-            pth = root / ".pth"
-            env = dict(os.environ, NUMBA_NUM_THREADS="1", PYTHONPATH=f"{pth}:{root}" if pth.is_dir() else str(root))
-            r = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--inner", "--shared", str(args.shared),
-                                "--passes", str(args.passes)], env=env, cwd=root, capture_output=True, text=True)
-            if r.returncode != 0:
-                raise RuntimeError(f"{root}: {r.stderr[-3000:]}")
-            res = json.loads(r.stdout.strip().splitlines()[-1])
-            res.update(root=str(root), repeat=rep, loadavg=os.getloadavg()[0])
-            runs.append(res)
-            print(json.dumps(res), flush=True)
+    runs = alternate(__file__, roots, args.repeats, ["--inner", "--shared", str(args.shared),
+                                                     "--passes", str(args.passes)])
     n = runs[0]["n_files"]
     print(f"\n{n} CIFs, CPU ms per file, medians of {args.repeats} processes per checkout\n")
     print("| | " + " | ".join(str(r) for r in roots) + " |")

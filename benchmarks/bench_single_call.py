@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from checkouts import alternate  # noqa: E402
 KERNEL_STAGES = ("count", "structure_factors", "families", "profiles")
 
 
@@ -66,22 +66,7 @@ def main(argv=None) -> int:
         print(json.dumps(inner(args.calls)))
         return 0
     roots = [r.resolve() for r in args.roots] or [REPO]
-    runs = []
-    for rep in range(args.repeats):
-        for root in roots if rep % 2 == 0 else roots[::-1]:
-            pth = root / ".pth"
-            env = dict(os.environ, PYTHONPATH=f"{pth}:{root}" if pth.is_dir() else str(root))
-            env.pop("NUMBA_NUM_THREADS", None)
-            if args.threads:
-                env["NUMBA_NUM_THREADS"] = str(args.threads)
-            r = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--inner", "--calls", str(args.calls)],
-                               env=env, cwd=root, capture_output=True, text=True)
-            if r.returncode != 0:
-                raise RuntimeError(r.stderr[-3000:])
-            res = json.loads(r.stdout.strip().splitlines()[-1])
-            res.update(root=str(root), repeat=rep, loadavg=os.getloadavg()[0])
-            runs.append(res)
-            print(json.dumps(res), flush=True)
+    runs = alternate(__file__, roots, args.repeats, ["--inner", "--calls", str(args.calls)], threads=args.threads)
     print("\n| checkout | Numba threads | simulate() wall, median (ms) | CPU (ms) | wall beyond the kernels (ms) |")
     print("|---|---:|---:|---:|---:|")
     for root in roots:
