@@ -148,32 +148,51 @@ def species_from_label(label: str, formula_elements: frozenset[str] | None = Non
     return _species_from_label(label, formula_elements)
 
 
-@lru_cache(maxsize=65536)
 def _species_from_label(label: str, formula_elements: frozenset[str] | None) -> str | None:
-    """:func:`species_from_label`, cached (labels such as 'O1', 'Fe2' repeat across files)."""
-    import periodictable
+    """:func:`species_from_label`; the label's parse and the element checks are cached (labels
+    such as 'O1', 'Fe2' repeat across files, formulas mostly do not)."""
+    parts = _label_parts(label)
+    if parts is None:
+        return None
+    one, two, two_lower, water, ow = parts
+    if water and (formula_elements is None or "O" in formula_elements) \
+            and not (formula_elements and "W" in formula_elements and not ow):
+        return "O"
+    cands = [c for c in (two, one) if c and c in formula_elements] if formula_elements else []
+    if not cands:  # no formula, or it omits the element (minor substituents often are)
+        cands = [two, one] if two and two_lower else [one]
+    for c in cands:
+        if _is_element(c):
+            return c
+    return None
 
+
+@lru_cache(maxsize=65536)
+def _label_parts(label: str):
+    """What :func:`_species_from_label` reads from a label: (first letter upper-cased, the
+    two-letter reading or None, whether its second letter was lower case, whether the label
+    starts 'wat'/'ow' (water), whether it starts 'ow'); None where no letter starts it."""
     lab = label.strip()
     m = re.match(r"^\d*([A-Za-z])([A-Za-z]?)", lab)
     if not m:
         return None
     one = m.group(1).upper()
     two = one + m.group(2).lower() if m.group(2) else None
-    if re.match(r"^(wat|ow)", lab, re.IGNORECASE) and (formula_elements is None or "O" in formula_elements) \
-            and not (formula_elements and "W" in formula_elements and lab[:2].lower() != "ow"):
-        return "O"
-    cands = [c for c in (two, one) if c and c in formula_elements] if formula_elements else []
-    if not cands:  # no formula, or it omits the element (minor substituents often are)
-        cands = [two, one] if two and m.group(2).islower() else [one]
-    for c in cands:
-        if c in ("D", "T"):
-            return c
-        try:
-            if periodictable.elements.symbol(c).number > 0:
-                return c
-        except ValueError:
-            continue
-    return None
+    water = re.match(r"^(wat|ow)", lab, re.IGNORECASE) is not None
+    return one, two, bool(m.group(2)) and m.group(2).islower(), water, lab[:2].lower() == "ow"
+
+
+@lru_cache(maxsize=512)
+def _is_element(c: str) -> bool:
+    """True for an element symbol of periodictable (number > 0), D and T."""
+    import periodictable
+
+    if c in ("D", "T"):
+        return True
+    try:
+        return periodictable.elements.symbol(c).number > 0
+    except ValueError:
+        return False
 
 
 def _formula_elements(block) -> frozenset[str] | None:
@@ -227,13 +246,27 @@ def _species(raw_type, label, src, tag, formula_elements=None):
     return el, True
 
 
-@lru_cache(maxsize=65536)
 def _species_known(raw_type, label, formula_elements):
     """:func:`_species` of a type symbol (``label`` '' where the type is given: the label then
     only names the site in a message) or of a label, cached across blocks and files; None where
     it raises (the caller then takes the path that raises it for the site)."""
+    if raw_type is not None and not _is_null(raw_type):
+        return _type_species_known(raw_type)  # the formula plays no part
+    return _label_species_known(label, formula_elements)
+
+
+@lru_cache(maxsize=65536)
+def _type_species_known(raw_type):
     try:
-        return _species(raw_type, label, "", "_atom_site_type_symbol", formula_elements)
+        return _species(raw_type, "", "", "_atom_site_type_symbol")
+    except (StructureError, InputError):
+        return None
+
+
+@lru_cache(maxsize=65536)
+def _label_species_known(label, formula_elements):
+    try:
+        return _species(None, label, "", "_atom_site_type_symbol", formula_elements)
     except (StructureError, InputError):
         return None
 
