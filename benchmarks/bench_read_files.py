@@ -5,7 +5,7 @@ The set: every COD / pyxtal / XRD-AutoAnalyzer CIF under the shared data's struc
 (815 files, 1-7,296 atoms; the bench_read set is 75 of them and their P1 re-exports). Each
 checkout runs in fresh processes of its own (``PYTHONPATH=ROOT/.pth:ROOT``,
 NUMBA_NUM_THREADS=1): one pass over all files (first sight of every operator set, kernels
-compiled), then ``--passes`` timed passes of ``read_blocks(path, find_symmetry=False)``; the
+loaded from Numba's cache or compiled: reported as "first pass"), then ``--passes`` timed passes of ``read_blocks(path, find_symmetry=False)``; the
 best pass is the process's figure. The checkouts alternate (A B, B A, ...) for ``--repeats``
 rounds; medians of the processes are reported. Times are CPU seconds of the process
 (time.process_time).
