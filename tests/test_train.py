@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -148,6 +149,52 @@ def test_resume_needs_no_init_model_once_checkpointed(run_a, dataset, tmp_path):
     assert "resumed from" in _logs(run) and (run / "model.pt").exists()
     # without a checkpoint it is still checked
     assert _train("--dataset", dataset, "--output", tmp_path / "r2", "--init", init) == EXIT_USAGE
+
+
+def test_init_layers_matching_starts_a_wider_net_from_the_shared_layers(run_a, dataset, tmp_path, capsys):
+    """--init-layers matching: a net with a wider last stage starts from the init model's stem
+    and first stages (every tensor equal), its last stage and heads at random; it trains and
+    ends. The same init with the default (all) is refused naming dims; an init sharing no
+    trunk layer is refused."""
+    from xtalhpc.job import load_config
+    from xtalhpc.train.config import TrainConfig
+    from xtalhpc.train.data import load_training_data
+    from xtalhpc.train.modelfile import matching_weights, read_model_file, save_model
+    from xtalhpc.train.models import build_model
+
+    wide = tmp_path / "wide.toml"
+    wide.write_text(Path(SMOKE).read_text().replace("dims = [16, 32, 32]", "dims = [16, 32, 48]"))
+    init = run_a / "model.pt"
+    common = ("train", str(wide), "--dataset", str(dataset), "--steps", "2", "--eval-every", "2", "--init", str(init))
+    assert main([*common, "--output", str(tmp_path / "refused")]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "dims (model [16, 32, 32], config [16, 32, 48])" in err and "init_layers" in err
+    run = tmp_path / "w"
+    assert main([*common, "--output", str(run), "--init-layers", "matching"]) == EXIT_OK, _logs(run)[-3000:]
+    logs = _logs(run)
+    assert re.search(r"where names and shapes match: \d+ of \d+ tensors", logs)
+    assert "random start: trunk.stages.2, heads.space_group, heads.crystal_system" in logs
+    assert (run / "model.pt").exists()
+    # what is taken: every tensor of the stem and the first two stages, none of the rest
+    cfg = load_config(TrainConfig, wide)
+    data = load_training_data(dataset)
+    net = build_model(cfg.model, data.two_theta.size, 1, cfg.loss.heads)
+    old = read_model_file(init)["state_dict"]
+    take, new = matching_weights(old, net.state_dict())
+    assert {k.split(".")[1] for k in take} == {"stem", "stages"} and all(k.split(".")[2] in "01" for k in take
+                                                                        if ".stages." in k)
+    assert all(k.startswith(("trunk.stages.2.", "heads.")) for k in new) and "heads.space_group.bias" in new
+    net.load_state_dict(take, strict=False)
+    assert all(torch.equal(net.state_dict()[k], old[k]) for k in take)
+    # an init model that shares no trunk layer (other widths everywhere)
+    other_cfg = replace(cfg, model=replace(cfg.model, dims=[8, 24, 40]))
+    other = save_model(tmp_path / "other.pt", model=build_model(other_cfg.model, data.two_theta.size, 1,
+                                                                cfg.loss.heads),
+                       cfg=other_cfg, data=data, heads=cfg.loss.heads, step=0, metrics={})
+    assert main(["train", str(wide), "--dataset", str(dataset), "--output", str(tmp_path / "none"), "--init",
+                 str(other), "--init-layers", "matching"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "other.pt" in err and "no layer of the model's trunk matches" in err
 
 
 def test_resume_continues_at_the_saved_step_like_an_uninterrupted_run(dataset, run_a, tmp_path):

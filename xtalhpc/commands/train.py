@@ -53,13 +53,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--workers", type=int, default=None, help="data.workers (DataLoader processes per process)")
     g.add_argument("--threads", type=int, default=None, help="run.threads (torch threads per process)")
     g.add_argument("--init", default=None, metavar="MODEL.pt", help="run.init: start from these weights")
+    g.add_argument("--init-layers", default=None, choices=("all", "matching"),
+                   help="run.init_layers: all (the same network) or matching (every tensor of --init whose "
+                        "name and shape match; the rest start at random)")
     g.add_argument("--eval-every", type=int, default=None, help="run.eval_every")
     return p
 
 
 OVERRIDES = {"steps": "run.steps", "epochs": "run.epochs", "batch_size": "data.batch_size", "lr": "optim.lr",
              "seed": "run.seed", "workers": "data.workers", "threads": "run.threads", "init": "run.init",
-             "eval_every": "run.eval_every"}
+             "init_layers": "run.init_layers", "eval_every": "run.eval_every"}
 
 
 def run(args) -> int:

@@ -280,6 +280,10 @@ class AugmentConfig:
         _check(0 <= self.crop_max_deg <= 90, "augment.crop_max_deg", f"{self.crop_max_deg}: allowed 0-90")
 
 
+#: How an ``init`` model's weights are taken (:class:`RunConfig`).
+INIT_LAYERS = ("all", "matching")
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Length and cadence.
@@ -296,7 +300,11 @@ class RunConfig:
     threads : torch threads per process (0: cores / processes on the node).
     amp : bf16 autocast on GPUs (ignored on CPU).
     init : a model file (``model.pt``) whose weights start the run (fine-tuning; "" = random
-        initialisation). Its grid, architecture and input channels must match.
+        initialisation). Its grid and input channels must match.
+    init_layers : "all": the init model has this config's architecture and every weight is
+        taken; "matching": the architecture may differ in its sizes (``dims``, ``blocks``,
+        kernels, ...; same ``arch``), and every tensor whose name and shape match is taken, the
+        rest start at random (a wider or deeper net that keeps a trained net's early layers).
     """
 
     steps: int = 0
@@ -310,6 +318,7 @@ class RunConfig:
     threads: int = 0
     amp: bool = True
     init: str = ""
+    init_layers: str = "all"
 
     def __post_init__(self) -> None:
         _check(self.steps >= 0, "run.steps", f"{self.steps}: allowed >= 0 (0 = use run.epochs)")
@@ -319,6 +328,8 @@ class RunConfig:
             _check(getattr(self, k) >= 1, f"run.{k}", f"{getattr(self, k)}: allowed >= 1")
         _check(self.checkpoint_minutes >= 0, "run.checkpoint_minutes", f"{self.checkpoint_minutes}: allowed >= 0")
         _check(0 <= self.threads <= 1024, "run.threads", f"{self.threads}: allowed 0-1024")
+        _check(self.init_layers in INIT_LAYERS, "run.init_layers",
+               f"{self.init_layers!r}: allowed {', '.join(map(repr, INIT_LAYERS))}")
 
 
 @dataclass(frozen=True)

@@ -33,21 +33,35 @@ def _grid_record(data) -> dict:
 
 
 def check_init_model(path: str, data, cfg: TrainConfig) -> None:
-    """An ``init`` model must have been trained on this dataset's grid with the same architecture and input."""
-    from .modelfile import check_same_grid, read_model_file
+    """An ``init`` model must have been trained on this dataset's grid with the same input, and
+    with the same architecture (``run.init_layers = "all"``) or one of the same kind sharing some
+    of the network's tensors (``"matching"``)."""
+    from .modelfile import check_same_grid, matching_weights, read_model_file
 
     blob = read_model_file(path)
     check_same_grid(blob["two_theta"].numpy(), data.two_theta, path, data.master)
     want = config_to_dict(cfg)["model"]
-    differ = sorted(k for k in set(want) | set(blob["arch"])
-                    if k not in WEIGHTLESS_MODEL_KEYS and want.get(k) != blob["arch"].get(k))
+    if cfg.run.init_layers == "matching":
+        differ = [k for k in ("arch",) if want.get(k) != blob["arch"].get(k)]
+    else:
+        differ = sorted(k for k in set(want) | set(blob["arch"])
+                        if k not in WEIGHTLESS_MODEL_KEYS and want.get(k) != blob["arch"].get(k))
     if differ:
         raise InputError("the model's architecture differs from the config's [model] section in "
-                         + ", ".join(f"{k} (model {blob['arch'].get(k)!r}, config {want.get(k)!r})" for k in differ),
+                         + ", ".join(f"{k} (model {blob['arch'].get(k)!r}, config {want.get(k)!r})" for k in differ)
+                         + ("" if cfg.run.init_layers == "matching" else
+                            " (run.init_layers = \"matching\" takes the tensors whose shapes match)"),
                          path, "arch")
     if int(blob["in_channels"]) != cfg.normalise.in_channels:
         raise InputError(f"the model takes {blob['in_channels']} input channels, the config "
                          f"{cfg.normalise.in_channels}", path, "in_channels")
+    if cfg.run.init_layers == "matching":
+        from .models import build_model
+
+        own = build_model(cfg.model, int(data.two_theta.size), cfg.normalise.in_channels, cfg.loss.heads).state_dict()
+        if not any(k.startswith("trunk.") for k in matching_weights(blob["state_dict"], own)[0]):
+            raise InputError("no layer of the model's trunk matches the config's network in name and shape "
+                             "(run.init_layers = \"matching\")", path, "state_dict")
 
 
 def prepare_run(cfg: TrainConfig, dataset: str, output: str, spec: LaunchSpec, *, resume: bool,

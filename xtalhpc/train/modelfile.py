@@ -139,6 +139,29 @@ def check_same_grid(model_two_theta, data_two_theta, model_source, data_source) 
                          str(model_source), "two_theta")
 
 
+def matching_weights(init_state: dict, model_state: dict) -> tuple[dict, list[str]]:
+    """The tensors of ``init_state`` whose names and shapes are those of ``model_state`` (a
+    network of other sizes: ``run.init_layers = "matching"``), taken by module: a layer's weight
+    and bias together or neither. Also the names of the model's tensors left to their random
+    start, in the model's order."""
+    def module(k):
+        return k.rsplit(".", 1)[0]
+
+    fits = {k: k in init_state and tuple(init_state[k].shape) == tuple(v.shape) for k, v in model_state.items()}
+    whole = {}
+    for k, ok in fits.items():
+        whole[module(k)] = whole.get(module(k), True) and ok
+    take = {k: init_state[k] for k in model_state if whole[module(k)]}
+    return take, [k for k in model_state if k not in take]
+
+
+def layer_groups(names) -> str:
+    """Tensor names summarised by stage or head ("trunk.stages.2, heads.space_group"), in order."""
+    groups = dict.fromkeys(".".join(p[:3] if len(p) > 3 and p[1] == "stages" else p[:2])
+                           for p in (n.split(".") for n in names))
+    return ", ".join(groups)
+
+
 def read_model_file(path) -> dict:
     """The model file's dict (weights_only), after checking format and version; InputError naming both if unknown."""
     import torch

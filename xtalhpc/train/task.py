@@ -241,10 +241,20 @@ class TrainTask:
             step = int(state["step"])
             log0(f"resumed from {ckpts[-1]} at step {step}")
         elif cfg.run.init:
-            from .modelfile import read_model_file
+            from .modelfile import layer_groups, matching_weights, read_model_file
 
-            model.load_state_dict(read_model_file(cfg.run.init)["state_dict"])
-            log0(f"weights initialised from {cfg.run.init}")
+            init_state = read_model_file(cfg.run.init)["state_dict"]
+            if cfg.run.init_layers == "matching":
+                own = model.state_dict()
+                take, new = matching_weights(init_state, own)
+                model.load_state_dict(take, strict=False)
+                n_take = sum(v.numel() for v in take.values())
+                log0(f"weights initialised from {cfg.run.init} where names and shapes match: {len(take)} of "
+                     f"{len(own)} tensors, {n_take:,} of {sum(v.numel() for v in own.values()):,} values; "
+                     f"random start: {layer_groups(new) or 'none'}")
+            else:
+                model.load_state_dict(init_state)
+                log0(f"weights initialised from {cfg.run.init}")
         if step >= total:
             log0(f"nothing to do: step {step} >= {total} steps")
 
