@@ -64,7 +64,7 @@ def test_recipes_load_and_round_trip():
     from xtalhpc.job import config_to_dict, to_toml
     from xtalhpc.train.config import load_train_config
 
-    for name in ("train-smoke.toml", "train-bt1.toml"):
+    for name in ("train-smoke.toml", "train-bt1.toml", "train-bt1-stage1.toml", "train-bt1-wide.toml"):
         cfg = load_train_config(Path(__file__).parents[1] / "jobs" / name)
         again = config_from_dict(TrainConfig, tomllib.loads(to_toml(config_to_dict(cfg))))
         assert again == cfg
