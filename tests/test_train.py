@@ -195,6 +195,12 @@ def test_init_layers_matching_starts_a_wider_net_from_the_shared_layers(run_a, d
                  str(other), "--init-layers", "matching"]) == EXIT_USAGE
     err = capsys.readouterr().err
     assert "other.pt" in err and "no layer of the model's trunk matches" in err
+    # matching without an init model: refused, not a silent random start
+    assert main(["train", str(wide), "--dataset", str(dataset), "--output", str(tmp_path / "noinit"),
+                 "--init-layers", "matching"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "wide.toml" in err and "run.init_layers = \"matching\"" in err and "--init MODEL" in err
+    assert not (tmp_path / "noinit").exists()
 
 
 def test_resume_continues_at_the_saved_step_like_an_uninterrupted_run(dataset, run_a, tmp_path):

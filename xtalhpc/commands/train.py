@@ -84,6 +84,9 @@ def run(args) -> int:
         raise InputError(exc.message, flag or args.config, exc.field) from None
     if cfg.run.init:
         cfg = replace_config(cfg, {"run.init": str(Path(cfg.run.init).resolve())})
+    elif cfg.run.init_layers == "matching":  # else a random start, without a word
+        raise InputError("run.init_layers = \"matching\" takes layers from run.init, which is empty: give "
+                         "--init MODEL, or --init-layers all for a random start", args.config, "run.init_layers")
     if args.epochs is not None and args.steps is None:  # --epochs alone: the length is in epochs
         cfg = replace_config(cfg, {"run.steps": 0})
     spec = LaunchSpec(cluster=args.cluster, gpus=args.gpus, procs=args.procs, nodes=args.nodes,
