@@ -80,6 +80,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="with --synthetic N: draw this share of the crystals with a cell close to a metric of "
                         "higher symmetry (monoclinic beta near 90, orthorhombic axes near 1:1 or 1:sqrt(3), ...), "
                         "as pseudo-symmetric real structures have (docs/synthetic.md; default 0)")
+    p.add_argument("--synthetic-hydrogen", type=float, default=0.0, metavar="F",
+                   help="with --synthetic N: draw this share of the crystals as molecular crystals with hydrogen "
+                        "(compositions such as C8H9NO2, Kempster-Lipson volume, the hydrogen incoherent "
+                        "background), and keep the --synthetic-prior table's hydrogen-bearing compositions "
+                        "(docs/synthetic.md; default 0)")
     p.add_argument("--texture", type=float, default=0.0, metavar="F",
                    help="simulate this share of the patterns with a preferred orientation (March-Dollase, axis "
                         "among <100>, <110>, <111>, r log-uniform in 0.6-1.67; each item's from the seed and its "
@@ -121,7 +126,8 @@ def config_from_args(args):
         max_absorption=args.max_absorption, find_symmetry=getattr(args, "find_symmetry", True),
         synthetic_special=getattr(args, "synthetic_special", 0.0),
         synthetic_formulas=getattr(args, "synthetic_formulas", 0.0),
-        synthetic_pseudo=getattr(args, "synthetic_pseudo", 0.0), texture=getattr(args, "texture", 0.0))
+        synthetic_pseudo=getattr(args, "synthetic_pseudo", 0.0),
+        synthetic_hydrogen=getattr(args, "synthetic_hydrogen", 0.0), texture=getattr(args, "texture", 0.0))
 
 
 def run(args) -> int:

@@ -114,6 +114,11 @@ class GenerateConfig:
     synthetic_pseudo : float
         Share (0-1) of the synthetic crystals drawn with a cell close to a metric of higher
         symmetry (``SynthConfig.pseudo_fraction``). 0 (default) leaves every crystal as before.
+    synthetic_hydrogen : float
+        Share (0-1) of the synthetic crystals drawn as molecular crystals with hydrogen
+        (``SynthConfig.hydrogen_fraction``; their patterns get the hydrogen incoherent
+        background like any hydrogen-bearing item); above 0 the ``synthetic_prior`` table's
+        hydrogen-bearing compositions are kept too. 0 (default) leaves every crystal as before.
     texture : float
         Share (0-1) of the patterns simulated with a preferred orientation (March-Dollase: an
         axis among the low-index directions, r log-uniform in 0.6-1.67; each item's is
@@ -149,6 +154,7 @@ class GenerateConfig:
     synthetic_special: float = 0.0
     synthetic_formulas: float = 0.0
     synthetic_pseudo: float = 0.0
+    synthetic_hydrogen: float = 0.0
     texture: float = 0.0
 
     def __post_init__(self) -> None:
@@ -217,6 +223,12 @@ class GenerateConfig:
         if ps and not self.synthetic:
             raise InputError("--synthetic-pseudo needs --synthetic N", field="--synthetic-pseudo")
         object.__setattr__(self, "synthetic_pseudo", float(ps))
+        hy = self.synthetic_hydrogen
+        if isinstance(hy, bool) or not isinstance(hy, (int, float)) or not 0 <= hy <= 1:
+            raise InputError(f"--synthetic-hydrogen {hy!r} must be a number in [0, 1]", field="--synthetic-hydrogen")
+        if hy and not self.synthetic:
+            raise InputError("--synthetic-hydrogen needs --synthetic N", field="--synthetic-hydrogen")
+        object.__setattr__(self, "synthetic_hydrogen", float(hy))
         tx = self.texture
         if isinstance(tx, bool) or not isinstance(tx, (int, float)) or not 0 <= tx <= 1:
             raise InputError(f"--texture {tx!r} must be a number in [0, 1]", field="--texture")
@@ -242,6 +254,8 @@ class GenerateConfig:
             d.pop("synthetic_formulas")
         if d["synthetic_pseudo"] == 0.0:  # likewise
             d.pop("synthetic_pseudo")
+        if d["synthetic_hydrogen"] == 0.0:  # likewise
+            d.pop("synthetic_hydrogen")
         if d["texture"] == 0.0:  # likewise
             d.pop("texture")
         return d
@@ -275,6 +289,8 @@ def config_to_argv(cfg: GenerateConfig, ranks: int | None = None) -> list[str]:
             argv += ["--synthetic-special", repr(cfg.synthetic_special)]
         if cfg.synthetic_pseudo:
             argv += ["--synthetic-pseudo", repr(cfg.synthetic_pseudo)]
+        if cfg.synthetic_hydrogen:
+            argv += ["--synthetic-hydrogen", repr(cfg.synthetic_hydrogen)]
     if cfg.cycle_to is not None:
         argv += ["--cycle-to", str(cfg.cycle_to)]
     if cfg.radiation is not None:

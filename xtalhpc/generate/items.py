@@ -214,9 +214,10 @@ def list_files(sources) -> tuple[list[str], list[int | None]]:
 
 
 def load_item(man: Manifest, i: int, seed: int, find_symmetry: bool = True, synthetic_special: float = 0.0,
-              synthetic_formulas: float = 0.0, formula_table: str | None = None, synthetic_pseudo: float = 0.0):
+              synthetic_formulas: float = 0.0, formula_table: str | None = None, synthetic_pseudo: float = 0.0,
+              synthetic_hydrogen: float = 0.0):
     """The Crystal of item ``i``, or an error text (``synthetic_special``, ``synthetic_formulas``,
-    ``formula_table`` (the ``synthetic_prior`` path) and ``synthetic_pseudo``: see
+    ``formula_table`` (the ``synthetic_prior`` path), ``synthetic_pseudo`` and ``synthetic_hydrogen``: see
     :class:`~xtalhpc.generate.GenerateConfig`)."""
     kind, where, k = man.locate(i)
     if kind == "file":
@@ -237,7 +238,7 @@ def load_item(man: Manifest, i: int, seed: int, find_symmetry: bool = True, synt
                          field="--synthetic") from None
     # a bad formula table is the run's error (InputError), not this crystal's; plan time reads it first
     cfg = _synth_config(synthetic_special, synthetic_formulas, formula_table if synthetic_formulas else None,
-                        synthetic_pseudo)
+                        synthetic_pseudo, synthetic_hydrogen)
     try:
         return generate_crystal(int(where), seed, int(k), cfg)
     except Exception as exc:  # noqa: BLE001 - this crystal's reject row, unless it is a JobError (reject_text)
@@ -245,16 +246,21 @@ def load_item(man: Manifest, i: int, seed: int, find_symmetry: bool = True, synt
 
 
 @lru_cache(maxsize=4)
-def _synth_config(special: float, formulas: float = 0.0, table: str | None = None, pseudo: float = 0.0):
+def _synth_config(special: float, formulas: float = 0.0, table: str | None = None, pseudo: float = 0.0,
+                  hydrogen: float = 0.0):
     """The synthetic crystals' settings of a run (defaults but for the special-position share,
-    the share of real compositions from ``table`` and the share of pseudo-symmetric cells)."""
+    the share of real compositions from ``table``, the share of pseudo-symmetric cells and the
+    share of molecular crystals with hydrogen, with which the table keeps its hydrogen-bearing
+    compositions)."""
     from ..synth import DEFAULT_WEIGHTS, SynthConfig
+    from ..synth.elements import HYDROGEN_POOL_ELEMENTS
     from ..synth.formulas import FormulaTable
 
-    if not special and not formulas and not pseudo:
+    if not special and not formulas and not pseudo and not hydrogen:
         return None
-    ft = FormulaTable.from_csv(table, DEFAULT_WEIGHTS) if formulas else None
-    return SynthConfig(special_fraction=special, formula_fraction=formulas, formulas=ft, pseudo_fraction=pseudo)
+    ft = FormulaTable.from_csv(table, HYDROGEN_POOL_ELEMENTS if hydrogen else DEFAULT_WEIGHTS) if formulas else None
+    return SynthConfig(special_fraction=special, formula_fraction=formulas, formulas=ft, pseudo_fraction=pseudo,
+                       hydrogen_fraction=hydrogen)
 
 
 def item_source_id(man: Manifest, i: int, seed: int) -> tuple[str, str]:
@@ -299,7 +305,8 @@ def enumerate_items(comm, cfg: GenerateConfig) -> Manifest:
         cdf = (np.cumsum(weights) / weights.sum()).tolist()
         if cfg.synthetic_formulas:
             # a bad table fails here, on every rank alike, before any crystal (the same cached object later)
-            _synth_config(cfg.synthetic_special, cfg.synthetic_formulas, cfg.synthetic_prior, cfg.synthetic_pseudo)
+            _synth_config(cfg.synthetic_special, cfg.synthetic_formulas, cfg.synthetic_prior, cfg.synthetic_pseudo,
+                          cfg.synthetic_hydrogen)
     return Manifest(files, blocks, sizes, labels=labels, synthetic=syn, per_space_group=cfg.per_space_group,
                     cycle_to=cfg.cycle_to, prior_cdf=cdf)
 

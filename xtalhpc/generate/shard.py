@@ -120,7 +120,7 @@ def _load_items(cfg: GenerateConfig, man: Manifest, start: int, stop: int, betwe
             between()  # reading structures can take as long as simulating them: keep answering
             last_poll = time.perf_counter()
         obj = load_item(man, i, cfg.seed, cfg.find_symmetry, cfg.synthetic_special, cfg.synthetic_formulas,
-                        cfg.synthetic_prior, cfg.synthetic_pseudo)
+                        cfg.synthetic_prior, cfg.synthetic_pseudo, cfg.synthetic_hydrogen)
         if isinstance(obj, str):
             rejects.append((i, item_source_id(man, i, cfg.seed)[1], obj))
         elif obj.space_group is None:

@@ -19,8 +19,9 @@ from ..errors import InputError
 #: hand-set weights (anions and network formers favoured, as in inorganic
 #: databases). These are not fitted to any database; use
 #: :meth:`ElementPool.from_crystals` to follow the statistics of real structures.
-#: Hydrogen is left out on purpose: its incoherent neutron background is a
-#: separate study (H/D, issue 5 item 5), not something to sprinkle at random.
+#: Hydrogen is left out of random compositions on purpose (its incoherent neutron background
+#: would swamp crystals that draw it by chance); ``SynthConfig.hydrogen_fraction`` adds it for
+#: molecular compositions and for the hydrogen-bearing formulas of a formula table.
 DEFAULT_WEIGHTS: dict[str, float] = {
     # anions and network formers
     "O": 12.0, "F": 2.5, "S": 2.5, "Cl": 2.0, "N": 1.5, "Se": 1.2, "Br": 1.0, "I": 1.0,
@@ -39,6 +40,11 @@ DEFAULT_WEIGHTS: dict[str, float] = {
     "La": 0.6, "Ce": 0.4, "Pr": 0.3, "Nd": 0.4, "Sm": 0.3, "Eu": 0.3, "Gd": 0.3, "Tb": 0.2,
     "Dy": 0.2, "Ho": 0.2, "Er": 0.2, "Yb": 0.2, "Lu": 0.1, "Th": 0.1, "U": 0.3,
 }
+
+
+#: Elements of the default pool with hydrogen (``SynthConfig.hydrogen_fraction > 0``): read a
+#: formula table with these to keep its hydrogen-bearing compositions.
+HYDROGEN_POOL_ELEMENTS = frozenset(DEFAULT_WEIGHTS) | {"H"}
 
 
 def covalent_radius(element: str) -> float:
@@ -124,6 +130,21 @@ class ElementPool:
         return cls(els, w / w.sum(),
                    np.array([covalent_radius(e) for e in els]),
                    np.array([atomic_volume(e) for e in els]))
+
+    def with_element(self, symbol: str, weight: float = 0.0, volume: float | None = None) -> "ElementPool":
+        """This pool with ``symbol`` added (weight relative to the pool's total of 1; 0: present for
+        formulas and molecular compositions but never drawn at random, every other element keeping
+        its probability). ``volume`` replaces :func:`atomic_volume` for it."""
+        if symbol in self.elements:
+            raise InputError(f"{symbol!r} is in the pool already", "ElementPool.with_element", "symbol")
+        if not (math.isfinite(weight) and weight >= 0):
+            raise InputError(f"weight {weight!r} must be finite and >= 0", "ElementPool.with_element", "weight")
+        els = tuple(sorted(self.elements + (symbol,)))
+        k = els.index(symbol)
+        w = np.insert(np.asarray(self.weights, dtype=np.float64), k, weight)
+        r = np.insert(self.radius, k, covalent_radius(symbol))
+        v = np.insert(self.volume, k, atomic_volume(symbol) if volume is None else float(volume))
+        return ElementPool(els, w / w.sum(), r, v)
 
     @classmethod
     def default(cls) -> "ElementPool":

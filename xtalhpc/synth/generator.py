@@ -48,6 +48,10 @@ import numpy as np
 from ..crystal import Crystal
 from ..errors import InputError, XtalhpcError
 from ..spacegroups import check_space_group, crystal_system
+from .compositions import (MOLECULAR_MAX_GENERAL, decompose, formula_text, molecular_composition, molecular_orbits,
+                           molecular_volume)
+from .compositions import pick as _pick
+from .compositions import table_lists as _table_lists
 from .elements import ElementPool
 from .lattice import _lattice_matrix, _pseudo_cell, _sample_cell
 from .wyckoff import WyckoffTable, extra_translations, wyckoff_table
@@ -71,14 +75,9 @@ _SPECIAL_TRIES = 8
 #: Occupations drawn from a real composition of the group before a crystal falls back to the
 #: rules above (each draws a composition, a Z and an orbit decomposition afresh).
 _FORMULA_TRIES = 8
-#: Random decompositions of one (composition, Z) into orbits before the next Z is tried.
-_DECOMPOSE_TRIES = 12
-#: Values of Z tried per composition draw.
-_Z_TRIES = 6
-#: Orbits allowed in a crystal of a real composition: real low-symmetry structures have large
-#: asymmetric units (a triclinic oxide of 40 atoms has 20 orbits), which the cap of random
-#: compositions (8) would exclude.
-_FORMULA_MAX_ORBITS = 24
+#: Molecular compositions drawn (each tried with a few Z) before a crystal falls back to the
+#: rules above.
+_MOLECULAR_TRIES = 8
 
 
 @dataclass(frozen=True)
@@ -143,6 +142,15 @@ class SynthConfig:
         patterns show split or broadened peaks where the higher symmetry has one, and
         telling the true group from the nearby one is what a powder pattern makes hard. The
         atoms keep the group's symmetry only. 0 (default) leaves every crystal as before.
+    hydrogen_fraction : float
+        Share (0-1) of crystals drawn as molecular crystals with hydrogen, in groups whose
+        general position has at most 18 atoms (:mod:`xtalhpc.synth.compositions`): a
+        composition such as C8H9NO2 or C6H6ClCuN2O, decomposed into Wyckoff orbits like a
+        real composition, in a cell of Kempster and Lipson's 16-20 A^3 per non-hydrogen atom.
+        Any value above 0 also adds hydrogen to the element pool (weight 0: random
+        compositions never draw it; volume 5.08 A^3, Hofmann's increment, Acta Cryst. B58,
+        489, 2002), so that a formula table read with :data:`HYDROGEN_POOL_ELEMENTS` keeps its
+        hydroxides, hydrates and hydrides. 0 (default) leaves every crystal as before.
     """
 
     max_atoms: int = 160
@@ -158,6 +166,7 @@ class SynthConfig:
     formula_fraction: float = 0.0
     formulas: object | None = field(default=None, compare=False)
     pseudo_fraction: float = 0.0
+    hydrogen_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         src = "synthetic crystal config"
@@ -195,11 +204,15 @@ class SynthConfig:
         if isinstance(pf, bool) or not isinstance(pf, (int, float)) or not 0 <= pf <= 1:
             raise InputError(f"pseudo_fraction {pf!r} must be a number in [0, 1]", src, "pseudo_fraction")
         object.__setattr__(self, "pseudo_fraction", float(pf))
+        hf = self.hydrogen_fraction
+        if isinstance(hf, bool) or not isinstance(hf, (int, float)) or not 0 <= hf <= 1:
+            raise InputError(f"hydrogen_fraction {hf!r} must be a number in [0, 1]", src, "hydrogen_fraction")
+        object.__setattr__(self, "hydrogen_fraction", float(hf))
         if ff > 0 and self.formulas is None:
             raise InputError("formula_fraction > 0 needs a formula table (formulas=FormulaTable.from_csv(...))",
                              src, "formulas")
         if self.formulas is not None:
-            pool_els = set((self.pool or _default_pool()).elements)
+            pool_els = set(_pool_of(self).elements)
             outside = sorted(set(self.formulas.elements) - pool_els)
             if outside:
                 raise InputError(f"the formula table has elements outside the element pool: {outside[:8]}; "
@@ -302,24 +315,6 @@ class _Uniforms:
 
     def seed64(self) -> np.uint64:
         return self.rng.integers(2**63, dtype=np.uint64)
-
-
-def _pick(weights: list[float], u: float) -> int:
-    """Index drawn with probability proportional to ``weights`` for a uniform ``u`` in [0, 1)."""
-    target = u * sum(weights)
-    acc = 0.0
-    for i, w in enumerate(weights):
-        acc += w
-        if target < acc:
-            return i
-    return len(weights) - 1
-
-
-@lru_cache(maxsize=None)
-def _table_lists(space_group: int) -> tuple[list[int], list[int]]:
-    # plain lists: the occupation loop touches a few numbers, where NumPy's per-call cost dominates
-    t = wyckoff_table(space_group)
-    return t.multiplicity.tolist(), t.dof.tolist()
 
 
 def _choose_orbits(table: WyckoffTable, max_atoms: int, n_target: int, rng: "_Uniforms",
@@ -438,7 +433,7 @@ def generate_crystal(space_group: int, seed: int, index: int, config: SynthConfi
             raise InputError(f"unknown option(s) {unknown}; allowed: {sorted(kw)}", "generate_crystal", unknown[0])
         kw.update(overrides)
         cfg = SynthConfig(**kw)
-    pool = cfg.pool or _default_pool()
+    pool = _pool_of(cfg)
     table = wyckoff_table(sg)
     need = min_atoms(sg)
     if cfg.max_atoms < need:
@@ -454,9 +449,16 @@ def generate_crystal(space_group: int, seed: int, index: int, config: SynthConfi
     formula_left = 0
     if cfg.formula_fraction > 0 and rng.u() < cfg.formula_fraction and cfg.formulas.compositions(sg):
         formula_left = _FORMULA_TRIES
+    molecular_left = 0
+    if cfg.hydrogen_fraction > 0 and rng.u() < cfg.hydrogen_fraction and int(table.multiplicity[0]) <= MOLECULAR_MAX_GENERAL:
+        molecular_left = _MOLECULAR_TRIES
     for _ in range(cfg.max_attempts):
         formula = None
-        if formula_left > 0:
+        molecular = molecular_left > 0
+        if molecular:
+            molecular_left -= 1
+            formula = _molecular_occupation(table, cfg, pool, rng)
+        elif formula_left > 0:
             formula_left -= 1
             formula = _formula_occupation(table, cfg, pool, rng)
         special = formula is None and special_left > 0
@@ -466,7 +468,8 @@ def generate_crystal(space_group: int, seed: int, index: int, config: SynthConfi
         else:
             wps, sp, volume = _occupation(table, cfg, pool, rng, special)
             note = None
-        volume *= rng.between(*cfg.volume_factor)
+        if not (molecular and formula is not None):  # the molecular volume is drawn already
+            volume *= rng.between(*cfg.volume_factor)
         out = _place(table, system, cfg, pool, rng, place, wps, sp, volume, pseudo)
         if out is None:
             continue
@@ -551,6 +554,24 @@ def _default_pool() -> ElementPool:
     return ElementPool.default()
 
 
+#: Hydrogen's volume in the pool of ``hydrogen_fraction > 0`` (Hofmann 2002: 5.08 A^3 per H).
+HYDROGEN_VOLUME = 5.08
+_WITH_H: dict[int, tuple[ElementPool, ElementPool]] = {}
+
+
+def _pool_of(cfg: SynthConfig) -> ElementPool:
+    """The configuration's pool (the default one if None), with hydrogen added at weight 0 when
+    ``hydrogen_fraction > 0`` and the pool has none."""
+    pool = cfg.pool or _default_pool()
+    if cfg.hydrogen_fraction <= 0 or "H" in pool.elements:
+        return pool
+    hit = _WITH_H.get(id(pool))
+    if hit is None or hit[0] is not pool:
+        hit = (pool, pool.with_element("H", volume=HYDROGEN_VOLUME))
+        _WITH_H[id(pool)] = hit
+    return hit[1]
+
+
 def _occupation(table, cfg, pool, rng, special: bool = False):
     """Orbits (placement order), element index per orbit and the sum of atomic volumes."""
     mult, dof = _table_lists(table.space_group)
@@ -589,68 +610,29 @@ def _occupation(table, cfg, pool, rng, special: bool = False):
 
 def _formula_occupation(table, cfg, pool, rng):
     """Orbits, element per orbit, the sum of atomic volumes and a note, for one of the group's
-    real compositions; None when the drawn composition fits no occupation.
-
-    The composition (elements, counts per formula unit) is drawn uniformly among the group's
-    distinct ones. Z is drawn among 1..max_atoms // atoms per formula unit with weight 1/Z
-    (small cells more likely), at most :data:`_Z_TRIES` values. For each Z the atoms of every
-    element (the largest count first) are split into orbits at random: a position is chosen
-    among those whose multiplicity fits what is left, with weight proportional to its
-    multiplicity (fewer, larger orbits, the general position where it fits), fixed positions
-    at most once in the crystal. A decomposition is kept when it has at most
-    :data:`_FORMULA_MAX_ORBITS` orbits and no translation outside the group common to every orbit.
-    """
-    mult, dof = _table_lists(table.space_group)
-    extra = extra_translations(table.space_group)
+    real compositions (drawn uniformly among its distinct ones); None when the drawn
+    composition fits no occupation (:func:`~xtalhpc.synth.compositions.decompose`)."""
     comps = cfg.formulas.compositions(table.space_group)
     els, counts = comps[rng.below(len(comps))]
-    index = pool.index_of
-    n_fu = sum(counts)
-    zmax = cfg.max_atoms // n_fu
-    if zmax < 1:
+    out = decompose(table.space_group, cfg.max_atoms, rng, els, counts, pool.index_of, pool.volume_list)
+    if out is None:
         return None
-    g = math.gcd(*mult)
-    m0 = min(mult)
-    # Z for which every element's atoms can be a sum of multiplicities (a necessary condition)
-    zs = [z for z in range(1, zmax + 1) if all(c * z >= m0 and (c * z) % g == 0 for c in counts)]
-    zw = [1.0 / z for z in zs]
-    order = sorted(range(len(els)), key=lambda k: -counts[k])
-    for _ in range(min(_Z_TRIES, len(zs))):
-        j = _pick(zw, rng.u())
-        z = zs.pop(j)
-        zw.pop(j)
-        need = [counts[k] * z for k in order]
-        for _ in range(_DECOMPOSE_TRIES):
-            orbits: list[int] = []
-            owner: list[int] = []
-            ok = True
-            for k, n in zip(order, need):
-                left = n
-                while left > 0 and ok:
-                    cand = [i for i in range(len(mult)) if mult[i] <= left and not (dof[i] == 0 and i in orbits)]
-                    if not cand or len(orbits) >= _FORMULA_MAX_ORBITS:
-                        ok = False
-                        break
-                    i = cand[_pick([float(mult[i]) for i in cand], rng.u())]
-                    orbits.append(i)
-                    owner.append(index[els[k]])
-                    left -= mult[i]
-                if not ok:
-                    break
-            if not ok:
-                continue
-            common = None
-            for i in orbits:
-                common = extra[i] if common is None else common & extra[i]
-            if common:
-                continue
-            ordered = sorted(range(len(orbits)), key=lambda j: (dof[orbits[j]] != 0, -mult[orbits[j]]))
-            wps = np.array([orbits[j] for j in ordered], dtype=np.int64)
-            spa = np.array([owner[j] for j in ordered], dtype=np.int64)
-            volume = sum(pool.volume_list[owner[j]] * mult[orbits[j]] for j in range(len(orbits)))
-            formula = "".join(e + (str(c) if c != 1 else "") for e, c in zip(els, counts))
-            return wps, spa, float(volume), f"composition {formula} Z={z} (formula table)"
-    return None
+    wps, spa, volume, z = out
+    return wps, spa, volume, f"composition {formula_text(els, counts)} Z={z} (formula table)"
+
+
+def _molecular_occupation(table, cfg, pool, rng):
+    """Orbits, element per orbit, the cell volume and a note for a molecular composition
+    (:func:`~xtalhpc.synth.compositions.molecular_composition` placed by
+    :func:`~xtalhpc.synth.compositions.molecular_orbits`, the Kempster-Lipson volume); None
+    when it does not fit."""
+    els, counts = molecular_composition(rng, cfg.max_atoms // int(table.multiplicity[0]))
+    out = molecular_orbits(table.space_group, cfg.max_atoms, rng, els, counts, pool.index_of)
+    if out is None:
+        return None
+    wps, spa, z = out
+    volume = molecular_volume(els, counts, z, rng)
+    return wps, spa, volume, f"composition {formula_text(els, counts)} Z={z} (molecular)"
 
 
 def _place(table, system, cfg, pool, rng, place, wps, sp, volume, pseudo: bool = False):
