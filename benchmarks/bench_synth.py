@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/bench_synth.py [--per-group 20] [--pyxtal-per-group 3] [--seed 0]
-                                     [--special-fraction F] [--json OUT]
+                                     [--special-fraction F] [--hydrogen-fraction F] [--json OUT]
 
 xtalhpc.synth draws ``--per-group`` crystals for each of the 230 space groups
 (default settings, max_atoms 160). pyxtal is slow, so it runs on 23 groups
@@ -19,7 +19,9 @@ and printed separately. Also reported: the fraction of xtalhpc crystals whose
 space group spglib (symprec 1e-3 A) finds to be the intended one.
 ``--special-fraction F`` draws the xtalhpc crystals with ``SynthConfig(special_fraction=F)``
 (docs/synthetic.md: that share on special Wyckoff positions, each checked to have exactly its
-group); pyxtal then gets those crystals' compositions.
+group); pyxtal then gets those crystals' compositions. ``--hydrogen-fraction F`` likewise with
+``SynthConfig(hydrogen_fraction=F)`` (that share drawn as molecular crystals with hydrogen, in
+groups whose general position holds at most 18 atoms).
 """
 from __future__ import annotations
 
@@ -40,10 +42,10 @@ import numpy as np  # noqa: E402
 PYXTAL_GROUPS = tuple(int(round(x)) for x in np.linspace(1, 230, 23))
 
 
-def bench_synth(per_group: int, seed: int, special_fraction: float = 0.0):
+def bench_synth(per_group: int, seed: int, special_fraction: float = 0.0, hydrogen_fraction: float = 0.0):
     from xtalhpc.synth import SynthConfig, generate_crystal, spglib_number
 
-    cfg = SynthConfig(special_fraction=special_fraction)
+    cfg = SynthConfig(special_fraction=special_fraction, hydrogen_fraction=hydrogen_fraction)
     t = time.process_time()
     for sg in range(1, 231):  # tables + kernel: one-time costs
         generate_crystal(sg, seed + 1, 0, cfg)
@@ -103,6 +105,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--special-fraction", type=float, default=0.0,
                     help="share of crystals on special positions (SynthConfig.special_fraction; default 0)")
+    ap.add_argument("--hydrogen-fraction", type=float, default=0.0,
+                    help="share of molecular crystals with hydrogen (SynthConfig.hydrogen_fraction; default 0)")
     ap.add_argument("--json", help="write the raw numbers here")
     a = ap.parse_args(argv)
 
@@ -111,7 +115,8 @@ def main(argv=None) -> int:
     import xtalhpc
 
     wall = time.perf_counter()
-    s_rate, s_atoms, crystals, agree, agree_loose, s_setup, t_spglib = bench_synth(a.per_group, a.seed, a.special_fraction)
+    s_rate, s_atoms, crystals, agree, agree_loose, s_setup, t_spglib = bench_synth(a.per_group, a.seed, a.special_fraction,
+                                                                                  a.hydrogen_fraction)
     p_rate, p_atoms, p_fails, p_setup = bench_pyxtal(crystals, a.pyxtal_per_group, a.seed)
     wall = time.perf_counter() - wall
     import pyxtal
@@ -161,7 +166,7 @@ def main(argv=None) -> int:
             json.dump({"versions": {"xtalhpc": xtalhpc.__version__, "pyxtal": pyxtal.__version__,
                                     "spglib": spglib.__version__, "numpy": np.__version__},
                        "per_group": a.per_group, "pyxtal_per_group": a.pyxtal_per_group, "seed": a.seed,
-                       "special_fraction": a.special_fraction,
+                       "special_fraction": a.special_fraction, "hydrogen_fraction": a.hydrogen_fraction,
                        "synth_rate": s_rate, "synth_atoms": s_atoms, "spglib_agree": agree, "spglib_agree_1e-2": agree_loose,
                        "pyxtal_rate": p_rate, "pyxtal_atoms": p_atoms, "pyxtal_failures": p_fails}, fh, indent=1)
     return 0
